@@ -1,0 +1,1 @@
+"""Readers and writers of block matrices in files."""

@@ -1,0 +1,537 @@
+"""``BlockMatrix``: an immutable distributed matrix of numpy / scipy.sparse CSR blocks.
+
+A BlockMatrix is an RDD of ``((i, j), block)`` plus the matrix shape and the block shape. Block
+``(i, j)`` covers rows ``i * rows_per_block ...`` and columns ``j * cols_per_block ...``; edge
+blocks may be smaller; absent blocks are zero. Constructing one never runs a Spark job:
+expensive checks live in :meth:`BlockMatrix.validate`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from functools import partial
+from numbers import Integral
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import blocks as bk
+from .errors import (
+    BlockSizeMismatchError,
+    BlockTypeError,
+    InvalidBlockError,
+    InvalidParameterError,
+    ShapeMismatchError,
+)
+from .io import hdf5
+from .partitioner import GridPartitioner
+from .planner import BlockLayout, MultiplyPlan, block_extent, blocks_along, check_multiplicable
+from .strategies import MultiplyOptions, get_strategy
+from .strategies.base import DEFAULT_TASK_BUFFER_BYTES
+
+Key = tuple[int, int]
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise InvalidParameterError(
+            f"{name} must be a positive integer, got {value!r}: choose a block size >= 1, "
+            f"e.g. 1024")
+    return int(value)
+
+
+def _check_shape(shape) -> tuple[int, int]:
+    try:
+        rows, cols = shape
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"shape must be a pair (rows, cols), got {shape!r}") from None
+    for name, n in (("shape[0]", rows), ("shape[1]", cols)):
+        if isinstance(n, bool) or not isinstance(n, Integral) or n < 0:
+            raise InvalidParameterError(f"{name} must be a non-negative integer, got {n!r}")
+    return int(rows), int(cols)
+
+
+class BlockMatrix:
+    """A distributed matrix stored as numpy / scipy.sparse CSR blocks in an RDD.
+
+    Parameters
+    ----------
+    blocks : pyspark.RDD
+        RDD of ``((i, j), block)`` with ``block`` a 2-D ndarray or CSR matrix.
+    shape : (int, int)
+        Rows and columns of the matrix.
+    rows_per_block, cols_per_block : int
+        Block shape; blocks on the last block row / column may be smaller.
+    layout : BlockLayout, optional
+        The block keys and sizes when already known (saves a Spark job when planning).
+
+    Notes
+    -----
+    Use the ``from_*`` constructors rather than this one. Nothing is computed here; call
+    :meth:`validate` to check the blocks against the claimed shape.
+    """
+
+    def __init__(self, blocks, shape, rows_per_block: int, cols_per_block: int, *,
+                 layout: BlockLayout | None = None, plan: MultiplyPlan | None = None,
+                 source: tuple[str, str] | None = None):
+        self._blocks = blocks
+        self._shape = _check_shape(shape)
+        self._rows_per_block = _positive_int(rows_per_block, "rows_per_block")
+        self._cols_per_block = _positive_int(cols_per_block, "cols_per_block")
+        self._layout = layout
+        self._plan = plan
+        self._source = source
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def blocks(self):
+        """The RDD of ``((i, j), block)``."""
+        return self._blocks
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)``."""
+        return self._shape
+
+    @property
+    def rows_per_block(self) -> int:
+        """Rows of a full block."""
+        return self._rows_per_block
+
+    @property
+    def cols_per_block(self) -> int:
+        """Columns of a full block."""
+        return self._cols_per_block
+
+    @property
+    def num_row_blocks(self) -> int:
+        """Number of block rows."""
+        return blocks_along(self._shape[0], self._rows_per_block)
+
+    @property
+    def num_col_blocks(self) -> int:
+        """Number of block columns."""
+        return blocks_along(self._shape[1], self._cols_per_block)
+
+    @property
+    def plan(self) -> MultiplyPlan | None:
+        """The plan that produced this matrix, when it is a product."""
+        return self._plan
+
+    @property
+    def source(self) -> tuple[str, str] | None:
+        """``(path, dataset)`` when the blocks are read unchanged from an HDF5 dataset."""
+        return self._source
+
+    def __repr__(self) -> str:
+        return (f"BlockMatrix(shape={self._shape}, block=({self._rows_per_block}, "
+                f"{self._cols_per_block}), grid={self.num_row_blocks}x{self.num_col_blocks})")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_blocks(cls, rdd, shape, rows_per_block: int, cols_per_block: int) -> BlockMatrix:
+        """Wrap an RDD of ``((i, j), block)``; no job runs (see :meth:`validate`)."""
+        return cls(rdd, shape, rows_per_block, cols_per_block)
+
+    @classmethod
+    def from_numpy(cls, sc, a, rows_per_block: int, cols_per_block: int,
+                   num_partitions: int | None = None) -> BlockMatrix:
+        """Distribute a dense array or any scipy.sparse matrix held by the driver.
+
+        Sparse input gives CSR blocks, dense input dense blocks; all-zero blocks are not stored.
+
+        Parameters
+        ----------
+        sc : pyspark.SparkContext
+        a : array_like or scipy.sparse matrix
+            A 2-D matrix of real numbers.
+        rows_per_block, cols_per_block : int
+            Block shape.
+        num_partitions : int, optional
+            Partitions of the blocks RDD; default ``sc.defaultParallelism``.
+        """
+        rpb = _positive_int(rows_per_block, "rows_per_block")
+        cpb = _positive_int(cols_per_block, "cols_per_block")
+        if sp.issparse(a):
+            a = bk.check_block(a, "matrix a")
+        else:
+            a = bk.check_block(np.asarray(a), "matrix a")
+        rows, cols = a.shape
+        items = []
+        for i in range(blocks_along(rows, rpb)):
+            for j in range(blocks_along(cols, cpb)):
+                block = a[i * rpb:(i + 1) * rpb, j * cpb:(j + 1) * cpb]
+                block = block.tocsr() if sp.issparse(block) else np.ascontiguousarray(block)
+                if not bk.is_all_zero(block):
+                    items.append(((i, j), block))
+        n = num_partitions or sc.defaultParallelism
+        n = max(1, min(_positive_int(n, "num_partitions"), len(items) or 1))
+        layout = BlockLayout((rows, cols), rpb, cpb, {k: bk.nbytes(b) for k, b in items},
+                             a.dtype, n)
+        return cls(sc.parallelize(items, n), (rows, cols), rpb, cpb, layout=layout)
+
+    @classmethod
+    def from_hdf5(cls, sc, path: str, dataset: str, rows_per_block: int, cols_per_block: int,
+                  num_partitions: int | None = None) -> BlockMatrix:
+        """Read a 2-D HDF5 dataset block by block: each task reads its own blocks.
+
+        The driver reads metadata only. Every block is stored (no zero test, which would
+        read the file twice); the file is opened read-only.
+
+        Raises
+        ------
+        InputNotFoundError
+            The file or the dataset does not exist.
+        InvalidInputError
+            Not HDF5, not a dataset, not 2-D, or not real numbers.
+        """
+        rpb = _positive_int(rows_per_block, "rows_per_block")
+        cpb = _positive_int(cols_per_block, "cols_per_block")
+        shape, dtype, _ = hdf5.inspect_input(path, dataset, param="input")
+        path = os.path.abspath(path)
+        layout = BlockLayout(shape, rpb, cpb, {}, dtype)
+        keys = [(i, j) for i in range(layout.num_row_blocks) for j in range(layout.num_col_blocks)]
+        n = num_partitions or sc.defaultParallelism
+        n = max(1, min(_positive_int(n, "num_partitions"), len(keys) or 1))
+        layout = BlockLayout(shape, rpb, cpb, {k: layout.dense_nbytes(*k) for k in keys}, dtype, n)
+        rdd = sc.parallelize(keys, n).mapPartitions(
+            partial(hdf5.read_blocks, path=path, dataset=dataset, rows_per_block=rpb,
+                    cols_per_block=cpb))
+        return cls(rdd, shape, rpb, cpb, layout=layout, source=(path, dataset))
+
+    @classmethod
+    def from_mllib(cls, m) -> BlockMatrix:
+        """Convert a ``pyspark.mllib.linalg.distributed.BlockMatrix`` (blocks become CSR or
+        dense arrays; no job runs when the MLlib matrix knows its dimensions)."""
+        return cls(m.blocks.map(_from_mllib_item), (m.numRows(), m.numCols()),
+                   m.rowsPerBlock, m.colsPerBlock)
+
+    # ------------------------------------------------------------------ exits
+    def to_numpy(self) -> np.ndarray:
+        """Collect into a dense ndarray on the driver (absent blocks are zero)."""
+        items = self._blocks.collect()
+        dtype = np.result_type(*(b.dtype for _, b in items)) if items else np.float64
+        out = np.zeros(self._shape, dtype=dtype)
+        for (i, j), block in items:
+            rows, cols = self._slices(i, j)
+            out[rows, cols] += bk.to_dense(block)
+        return out
+
+    def to_scipy(self) -> sp.csr_matrix:
+        """Collect into a scipy.sparse CSR matrix on the driver."""
+        items = self._blocks.collect()
+        parts = []
+        for (i, j), block in items:
+            coo = sp.coo_matrix(block)
+            parts.append((coo.row + i * self._rows_per_block,
+                          coo.col + j * self._cols_per_block, coo.data))
+        dtype = np.result_type(*(b.dtype for _, b in items)) if items else np.float64
+        if not parts:
+            return sp.csr_matrix(self._shape, dtype=dtype)
+        rows, cols, data = (np.concatenate(p) for p in zip(*parts))
+        return sp.csr_matrix((data.astype(dtype, copy=False), (rows, cols)), shape=self._shape)
+
+    def to_hdf5(self, path: str, dataset: str, overwrite: bool = False) -> int:
+        """Write into ``path::dataset``, streaming partitions to one writer on the driver.
+
+        The driver holds one partition at a time. An existing dataset is replaced only with
+        ``overwrite=True``; the check runs before anything is written.
+
+        Returns
+        -------
+        int
+            Number of blocks written.
+        """
+        hdf5.check_output(path, dataset, overwrite=overwrite)
+        dtype = self.layout().dtype
+        return hdf5.write_blocks(path, dataset, self._shape, dtype,
+                                 self._blocks.toLocalIterator(), self._rows_per_block,
+                                 self._cols_per_block, overwrite=overwrite)
+
+    def to_mllib(self):
+        """Convert to a ``pyspark.mllib.linalg.distributed.BlockMatrix`` (float64 blocks)."""
+        from pyspark.mllib.linalg.distributed import BlockMatrix as MLlibBlockMatrix
+        from pyspark.sql import SparkSession
+
+        SparkSession.builder.getOrCreate()  # MLlib converts the blocks through a DataFrame
+        return MLlibBlockMatrix(self._blocks.map(_to_mllib_item), self._rows_per_block,
+                                self._cols_per_block, self._shape[0], self._shape[1])
+
+    # ------------------------------------------------------------------ planning info
+    def layout(self) -> BlockLayout:
+        """Block keys, block byte sizes and dtype; runs one small job the first time if unknown.
+
+        Duplicate block indices are counted once with their sizes summed.
+        """
+        if self._layout is None:
+            described = self._blocks.map(_describe_block).collect()
+            sizes: Counter = Counter()
+            dtypes = []
+            for key, _, _, dtype, size, error in described:
+                if error:
+                    raise BlockTypeError(f"block {key}: {error}")
+                sizes[key] += size
+                dtypes.append(np.dtype(dtype))
+            dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
+            self._layout = BlockLayout(self._shape, self._rows_per_block, self._cols_per_block,
+                                       dict(sizes), dtype, self._blocks.getNumPartitions())
+        return self._layout
+
+    def _shape_only_layout(self) -> BlockLayout:
+        return BlockLayout(self._shape, self._rows_per_block, self._cols_per_block, {})
+
+    def _slices(self, i: int, j: int) -> tuple[slice, slice]:
+        return hdf5.block_slices(i, j, self._shape, self._rows_per_block, self._cols_per_block)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> BlockMatrix:
+        """Check every block against the claimed shape; one Spark job. Returns self.
+
+        Checks what Spark's ``validate`` does (dimensions within the claimed shape, no
+        duplicate indices, interior blocks exactly ``rows_per_block x cols_per_block``, edge
+        blocks no larger) and more: indices that are negative or out of range, blocks that are
+        not 2-D real ndarrays / sparse matrices, and edge blocks of exactly the remaining size.
+
+        Raises
+        ------
+        InvalidBlockError
+            A block index or shape is wrong, or an index is duplicated.
+        BlockTypeError
+            A block is not a 2-D real ndarray or scipy.sparse matrix.
+        """
+        described = self._blocks.map(_describe_block).collect()
+        for key, is_index, shape, _, _, error in described:
+            if not is_index:
+                raise InvalidBlockError(
+                    f"block key {key!r} is not a pair of integers (i, j): key blocks by "
+                    f"(block_row, block_col)")
+            if error:
+                raise BlockTypeError(f"block {key}: {error}")
+            self._check_block_shape(key, shape)
+        counts = Counter(d[0] for d in described)
+        duplicates = sorted(k for k, c in counts.items() if c > 1)
+        if duplicates:
+            raise InvalidBlockError(
+                f"found {counts[duplicates[0]]} blocks with the index {duplicates[0]} "
+                f"({len(duplicates)} duplicated indices in all): remove blocks with duplicate "
+                f"indices, or sum them first with rdd.reduceByKey")
+        return self
+
+    def _check_block_shape(self, key: Key, shape: tuple[int, int]) -> None:
+        i, j = key
+        nrb, ncb = self.num_row_blocks, self.num_col_blocks
+        if not (0 <= i < nrb and 0 <= j < ncb):
+            raise InvalidBlockError(
+                f"block index ({i}, {j}) is outside the {nrb}x{ncb} block grid of a "
+                f"{self._shape[0]}x{self._shape[1]} matrix in {self._rows_per_block}x"
+                f"{self._cols_per_block} blocks: fix the index or the claimed shape")
+        expected = (block_extent(i, self._shape[0], self._rows_per_block),
+                    block_extent(j, self._shape[1], self._cols_per_block))
+        if tuple(shape) != expected:
+            edge = " (an edge block: it covers the rest of the matrix)" if (
+                i == nrb - 1 or j == ncb - 1) else ""
+            raise InvalidBlockError(
+                f"block ({i}, {j}) has shape {tuple(shape)}, expected {expected}{edge}: blocks "
+                f"must be rows_per_block x cols_per_block ({self._rows_per_block}x"
+                f"{self._cols_per_block}) except on the bottom and right edges; re-block the "
+                f"matrix, e.g. with BlockMatrix.from_numpy")
+
+    # ------------------------------------------------------------------ algebra
+    def transpose(self) -> BlockMatrix:
+        """The transpose (blocks transposed in their own format)."""
+        layout = self._layout.transpose() if self._layout is not None else None
+        return BlockMatrix(self._blocks.map(_transpose_item), (self._shape[1], self._shape[0]),
+                           self._cols_per_block, self._rows_per_block, layout=layout)
+
+    @property
+    def T(self) -> BlockMatrix:  # noqa: N802  (numpy's name)
+        """The transpose."""
+        return self.transpose()
+
+    def add(self, other: BlockMatrix) -> BlockMatrix:
+        """``self + other``: same shape and block shape required; duplicates are rejected."""
+        return self._elementwise(other, "add", negate=False)
+
+    def subtract(self, other: BlockMatrix) -> BlockMatrix:
+        """``self - other``: same shape and block shape required; duplicates are rejected."""
+        return self._elementwise(other, "subtract", negate=True)
+
+    __add__ = add
+    __sub__ = subtract
+
+    def _elementwise(self, other: BlockMatrix, op: str, negate: bool) -> BlockMatrix:
+        _check_operand(other, op)
+        if self._shape != other._shape:
+            raise ShapeMismatchError(
+                f"cannot {op} a {self._shape[0]}x{self._shape[1]} matrix and a "
+                f"{other._shape[0]}x{other._shape[1]} one: A.shape ({self._shape}) != B.shape "
+                f"({other._shape})")
+        mine = (self._rows_per_block, self._cols_per_block)
+        theirs = (other._rows_per_block, other._cols_per_block)
+        if mine != theirs:
+            raise BlockSizeMismatchError(
+                f"cannot {op} matrices with different block shapes: A blocks {mine} != B "
+                f"blocks {theirs}; re-block one operand to match the other")
+        parts = max(self._blocks.getNumPartitions(), other._blocks.getNumPartitions())
+        grid = GridPartitioner.from_suggested(max(self.num_row_blocks, 1),
+                                              max(self.num_col_blocks, 1), parts)
+        tagged = self._blocks.map(partial(_tag, side=0)).union(
+            other._blocks.map(partial(_tag, side=1)))
+        summed = tagged.groupByKey(grid.num_partitions, grid).mapValues(
+            partial(_combine_pair, negate=negate))
+        return BlockMatrix(summed, self._shape, self._rows_per_block, self._cols_per_block)
+
+    def multiply(self, other: BlockMatrix, strategy: str = "inner", *,
+                 num_partitions: int | None = None, num_mid_splits: int = 1,
+                 task_buffer_bytes: int | None = None) -> BlockMatrix:
+        """``self @ other`` with a registered strategy.
+
+        Parameters
+        ----------
+        other : BlockMatrix
+            Right operand; ``other.rows_per_block`` must equal ``self.cols_per_block``.
+        strategy : str
+            A name from :data:`blockmatrix.strategies.STRATEGIES`; ``"inner"`` is Spark's
+            one-shuffle inner product.
+        num_partitions : int, optional
+            Suggested number of result partitions (default: the larger operand's).
+        num_mid_splits : int
+            Sub-reducers the inner dimension is striped over (Spark's numMidDimSplits).
+        task_buffer_bytes : int, optional
+            Bytes of input blocks a task buffers before spilling to local disk; default
+            ``spark.python.worker.memory``.
+
+        Returns
+        -------
+        BlockMatrix
+            The product; its :attr:`plan` holds the plan that was run.
+
+        Raises
+        ------
+        ShapeMismatchError, BlockSizeMismatchError, InvalidParameterError, UnknownStrategyError
+            Before any Spark job runs.
+        """
+        _check_operand(other, "multiply")
+        check_multiplicable(self._shape_only_layout(), other._shape_only_layout())
+        if task_buffer_bytes is None:
+            task_buffer_bytes = worker_buffer_bytes(self._blocks.context)
+        options = MultiplyOptions(num_partitions=num_partitions, num_mid_splits=num_mid_splits,
+                                  task_buffer_bytes=task_buffer_bytes)
+        chosen = get_strategy(strategy)
+        plan = chosen.plan(self.layout(), other.layout(), options)
+        result = chosen.execute(plan, self, other, options)
+        result._plan = plan
+        return result
+
+    def __matmul__(self, other: BlockMatrix) -> BlockMatrix:
+        return self.multiply(other)
+
+    # ------------------------------------------------------------------ caching
+    def persist(self, storage_level=None) -> BlockMatrix:
+        """Persist the blocks (default ``MEMORY_AND_DISK``) and return self."""
+        from pyspark import StorageLevel
+
+        self._blocks.persist(storage_level or StorageLevel.MEMORY_AND_DISK)
+        return self
+
+    def cache(self) -> BlockMatrix:
+        """Persist the blocks with the default level and return self."""
+        return self.persist()
+
+    def unpersist(self) -> BlockMatrix:
+        """Drop the persisted blocks and return self."""
+        self._blocks.unpersist()
+        return self
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_operand(other, op: str) -> None:
+    if not isinstance(other, BlockMatrix):
+        raise TypeError(f"can only {op} a BlockMatrix with another BlockMatrix, "
+                        f"not {type(other).__name__}: wrap it with BlockMatrix.from_numpy")
+
+
+def worker_buffer_bytes(sc) -> int:
+    """``spark.python.worker.memory`` of a context, in bytes (PySpark's default 512m)."""
+    value = sc.getConf().get("spark.python.worker.memory", None)
+    return parse_memory(value) if value else DEFAULT_TASK_BUFFER_BYTES
+
+
+def parse_memory(text: str) -> int:
+    """Bytes in a JVM-style memory string.
+
+    >>> parse_memory("512m"), parse_memory("2g"), parse_memory("100k"), parse_memory("64")
+    (536870912, 2147483648, 102400, 67108864)
+    """
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().rstrip("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text)) << 20  # Spark reads a bare number of this setting as MiB
+
+
+# ---------------------------------------------------------------------- executor side
+
+
+def _describe_block(item):
+    """``(key, key_ok, shape, dtype, nbytes, error)`` of one block (executor side)."""
+    key, block = item
+    key_ok = (isinstance(key, tuple) and len(key) == 2
+              and all(isinstance(x, Integral) and not isinstance(x, bool) for x in key))
+    try:
+        block = bk.check_block(block)
+    except BlockTypeError as exc:
+        return key, key_ok, None, "float64", 0, str(exc)
+    return key, key_ok, tuple(block.shape), block.dtype.str, bk.nbytes(block), None
+
+
+def _transpose_item(item):
+    (i, j), block = item
+    return (j, i), bk.transpose(block)
+
+
+def _tag(item, side: int):
+    key, block = item
+    return key, (side, block)
+
+
+def _combine_pair(tagged, negate: bool):
+    left = [b for side, b in tagged if side == 0]
+    right = [b for side, b in tagged if side == 1]
+    if len(left) > 1 or len(right) > 1:
+        raise InvalidBlockError(
+            "there are multiple blocks with the same index in an operand of add/subtract: "
+            "remove blocks with duplicate indices (see BlockMatrix.validate)")
+    if negate and right:
+        right = [bk.negate(right[0])]
+    if left and right:
+        return bk.add(left[0], right[0])
+    return (left or right)[0]
+
+
+def _from_mllib_item(item):
+    key, matrix = item
+    from pyspark.mllib.linalg import SparseMatrix
+
+    if isinstance(matrix, SparseMatrix):
+        arrays = (matrix.values, matrix.rowIndices, matrix.colPtrs)
+        compressed = sp.csr_matrix if matrix.isTransposed else sp.csc_matrix
+        return key, sp.csr_matrix(compressed(arrays, shape=(matrix.numRows, matrix.numCols)))
+    return key, np.ascontiguousarray(matrix.toArray())
+
+
+def _to_mllib_item(item):
+    from pyspark.mllib.linalg import Matrices
+
+    key, block = item
+    rows, cols = block.shape
+    if sp.issparse(block):
+        csc = sp.csc_matrix(block, dtype=np.float64)
+        csc.sort_indices()
+        return key, Matrices.sparse(rows, cols, csc.indptr, csc.indices, csc.data)
+    values = np.asarray(block, dtype=np.float64).ravel(order="F")
+    return key, Matrices.dense(rows, cols, values)

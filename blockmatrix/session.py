@@ -1,0 +1,93 @@
+"""Creating a SparkContext for jobs, tests and notebooks.
+
+Library code never creates a context: it takes the one its caller made. Jobs, tests and notebooks
+call :func:`spark_context`, which reuses the context of ``spark-submit`` when there is one and
+otherwise starts embedded local Spark configured from ``conf/`` (``spark-defaults.conf`` and the
+quiet ``log4j2.properties``), with the Python workers running the driver's own interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+#: The ``conf/`` folder of a source checkout (jobs, tests and notebooks live beside it).
+REPO_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def under_spark_submit() -> bool:
+    """Whether this driver was started by ``spark-submit`` (its JVM is already running)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def read_properties(path: str | os.PathLike) -> dict[str, str]:
+    """Read a Spark properties file (``key value`` or ``key=value`` lines, ``#`` comments).
+
+    >>> import tempfile, os
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
+    ...     _ = f.write("# comment\\nspark.a   1\\nspark.b=two words\\n\\n")
+    >>> read_properties(f.name)
+    {'spark.a': '1', 'spark.b': 'two words'}
+    >>> os.unlink(f.name)
+    """
+    props: dict[str, str] = {}
+    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        if "=" in line and (" " not in line or line.index("=") < line.index(" ")):
+            key, _, value = line.partition("=")
+        else:
+            key, _, value = line.partition(" ")
+        props[key.strip()] = value.strip()
+    return props
+
+
+def spark_context(master: str | None = None, app_name: str = "blockmatrix",
+                  conf_dir: str | os.PathLike | None = None,
+                  extra_conf: dict[str, str] | None = None):
+    """Return the running SparkContext, or start embedded local Spark.
+
+    Parameters
+    ----------
+    master : str, optional
+        Spark master URL. Ignored under ``spark-submit`` (its ``--master`` wins); otherwise the
+        default is ``local[*]``.
+    app_name : str
+        Application name shown in the Spark UI.
+    conf_dir : path, optional
+        Folder holding ``spark-defaults.conf`` and ``log4j2.properties``; defaults to the
+        checkout's ``conf/`` when it exists.
+    extra_conf : dict, optional
+        Properties that override the defaults file.
+
+    Returns
+    -------
+    pyspark.SparkContext
+    """
+    from pyspark import SparkConf, SparkContext
+
+    conf_path = Path(conf_dir) if conf_dir is not None else REPO_CONF_DIR
+    if under_spark_submit():
+        conf = SparkConf()
+    else:
+        # Workers must import the same packages as the driver: run the driver's interpreter.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+        if conf_path.is_dir():
+            # spark-submit (which launches the embedded JVM) reads log4j2.properties from here.
+            os.environ.setdefault("SPARK_CONF_DIR", str(conf_path))
+        conf = SparkConf()
+        defaults = conf_path / "spark-defaults.conf"
+        if defaults.is_file():
+            for key, value in read_properties(defaults).items():
+                conf.set(key, value)
+        conf.setMaster(master or "local[*]")
+        if conf.get("spark.master", "").startswith("local"):
+            conf.setIfMissing("spark.driver.host", "127.0.0.1")
+            conf.setIfMissing("spark.driver.bindAddress", "127.0.0.1")
+    conf.setIfMissing("spark.app.name", app_name)
+    for key, value in (extra_conf or {}).items():
+        conf.set(key, value)
+    return SparkContext.getOrCreate(conf)

@@ -1,0 +1,41 @@
+"""Options shared by every strategy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InvalidParameterError
+from ..planner import check_num_mid_splits
+
+#: Default bytes a task may buffer in memory before spilling (PySpark's own default,
+#: ``spark.python.worker.memory`` = 512m); jobs read the configured value.
+DEFAULT_TASK_BUFFER_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class MultiplyOptions:
+    """Parameters of a multiplication, common to all strategies.
+
+    Parameters
+    ----------
+    num_partitions : int, optional
+        Suggested number of result partitions; default, as Spark: the larger operand's.
+    num_mid_splits : int
+        Sub-reducers the inner dimension is striped over (Spark's numMidDimSplits).
+    task_buffer_bytes : int
+        Bytes of shuffled blocks a task keeps in memory before spilling them to local disk.
+    """
+
+    num_partitions: int | None = None
+    num_mid_splits: int = 1
+    task_buffer_bytes: int = DEFAULT_TASK_BUFFER_BYTES
+
+    def __post_init__(self):
+        check_num_mid_splits(self.num_mid_splits)
+        n = self.num_partitions
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise InvalidParameterError(
+                f"num_partitions must be a positive integer or None (Spark's default), got {n!r}")
+        if not isinstance(self.task_buffer_bytes, int) or self.task_buffer_bytes < 0:
+            raise InvalidParameterError(
+                f"task_buffer_bytes must be a non-negative integer, got {self.task_buffer_bytes!r}")

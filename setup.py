@@ -1,0 +1,42 @@
+"""Packaging for blockmatrix: block-matrix multiplication on Apache Spark."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="blockmatrix",
+    version="0.1.0",
+    description=(
+        "Block-matrix multiplication on Apache Spark with numpy and scipy.sparse blocks: "
+        "Spark's one-shuffle inner product, alternative strategies with predicted and measured "
+        "shuffle volume, and an out-of-core X X^T from HDF5."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["blockmatrix", "blockmatrix.*"]),
+    install_requires=[
+        "pyspark>=4.0",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "h5py>=3.8",
+        "psutil>=5.9",
+        "threadpoolctl>=3.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "hypothesis>=6",
+            "ruff>=0.5",
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "ipykernel>=6",
+            "matplotlib>=3.7",
+            "dask[array]>=2024.1",
+        ],
+    },
+    license="Apache-2.0",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Mathematics",
+    ],
+)
