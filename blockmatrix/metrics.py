@@ -1,0 +1,210 @@
+"""What Spark itself measured for a block of code: stages, tasks, shuffle bytes, wall time.
+
+Figures are read from Spark's own status store through its monitoring REST API (the driver's UI
+server, ``spark.ui.enabled``, which is on by default); nothing is estimated here. Jobs started
+inside :func:`record` are tagged with a private job group, so concurrent work of other threads
+is not counted.
+
+Examples
+--------
+>>> with record(sc) as m:                                # doctest: +SKIP
+...     C = (A @ B).persist(); C.blocks.count()
+>>> m.shuffle_stages, m.shuffle_write_bytes              # doctest: +SKIP
+(1, 2886350)
+>>> print(m)                                             # doctest: +SKIP
+
+Notes
+-----
+PySpark writes each shuffle record as a pickled *batch* of Python records, so Spark's record
+counts are batches; byte counts are exact (after ``spark.shuffle.compress``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .errors import BlockMatrixError
+from .planner import format_bytes
+
+_FINAL_STAGE_STATES = {"COMPLETE", "SKIPPED", "FAILED"}
+
+
+class MetricsUnavailableError(BlockMatrixError, RuntimeError):
+    """Spark's status store cannot be read (the UI server is disabled)."""
+
+
+@dataclass(frozen=True)
+class StageMetrics:
+    """One stage attempt as Spark's status store reports it."""
+
+    stage_id: int
+    attempt_id: int
+    name: str
+    status: str
+    num_tasks: int
+    shuffle_write_bytes: int
+    shuffle_write_records: int
+    shuffle_read_bytes: int
+    shuffle_read_records: int
+    executor_run_time_ms: int
+    memory_bytes_spilled: int
+    disk_bytes_spilled: int
+
+    @property
+    def writes_shuffle(self) -> bool:
+        """Whether this stage is the map side of a shuffle that actually ran."""
+        return self.status != "SKIPPED" and self.shuffle_write_records > 0
+
+    @classmethod
+    def from_rest(cls, d: dict) -> StageMetrics:
+        """Build from one element of ``/api/v1/applications/{app}/stages``."""
+        return cls(d["stageId"], d.get("attemptId", 0), d.get("name", ""), d.get("status", ""),
+                   d.get("numTasks", 0), d.get("shuffleWriteBytes", 0),
+                   d.get("shuffleWriteRecords", 0), d.get("shuffleReadBytes", 0),
+                   d.get("shuffleReadRecords", 0), d.get("executorRunTime", 0),
+                   d.get("memoryBytesSpilled", 0), d.get("diskBytesSpilled", 0))
+
+
+@dataclass
+class SparkMetrics:
+    """Stages and jobs Spark ran inside a :func:`record` block, and its wall time."""
+
+    label: str = ""
+    job_ids: list[int] = field(default_factory=list)
+    stages: list[StageMetrics] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    @property
+    def ran_stages(self) -> list[StageMetrics]:
+        """Stages that ran (not skipped)."""
+        return [s for s in self.stages if s.status != "SKIPPED"]
+
+    @property
+    def shuffle_stages(self) -> int:
+        """Number of shuffle map stages that ran, i.e. shuffles paid."""
+        return sum(s.writes_shuffle for s in self.stages)
+
+    @property
+    def shuffle_write_bytes(self) -> int:
+        """Bytes written by all shuffles."""
+        return sum(s.shuffle_write_bytes for s in self.ran_stages)
+
+    @property
+    def shuffle_read_bytes(self) -> int:
+        """Bytes read by all shuffles."""
+        return sum(s.shuffle_read_bytes for s in self.ran_stages)
+
+    @property
+    def shuffle_write_records(self) -> int:
+        """Records (PySpark batches) written by all shuffles."""
+        return sum(s.shuffle_write_records for s in self.ran_stages)
+
+    @property
+    def num_tasks(self) -> int:
+        """Tasks of the stages that ran."""
+        return sum(s.num_tasks for s in self.ran_stages)
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes Spark's JVM spilled to disk."""
+        return sum(s.disk_bytes_spilled for s in self.ran_stages)
+
+    def as_dict(self) -> dict:
+        """Summary figures as plain numbers (for JSON and tables)."""
+        return {"label": self.label, "jobs": len(self.job_ids), "stages": len(self.ran_stages),
+                "shuffle_stages": self.shuffle_stages, "tasks": self.num_tasks,
+                "shuffle_write_bytes": self.shuffle_write_bytes,
+                "shuffle_read_bytes": self.shuffle_read_bytes,
+                "shuffle_write_records": self.shuffle_write_records,
+                "wall_time_s": round(self.wall_time_s, 3)}
+
+    def __str__(self) -> str:
+        head = f"{self.label or 'spark'}: {len(self.job_ids)} job(s), " \
+               f"{len(self.ran_stages)} stage(s), {self.shuffle_stages} shuffle(s), " \
+               f"{self.num_tasks} task(s), wall {self.wall_time_s:.2f} s"
+        rows = [head, f"  {'stage':>5} {'tasks':>5} {'shuffle write':>14} {'shuffle read':>14}"
+                      f"  name"]
+        for s in sorted(self.stages, key=lambda s: s.stage_id):
+            rows.append(f"  {s.stage_id:>5} {s.num_tasks:>5} "
+                        f"{format_bytes(s.shuffle_write_bytes):>14} "
+                        f"{format_bytes(s.shuffle_read_bytes):>14}  {s.name}"
+                        + (" (skipped)" if s.status == "SKIPPED" else ""))
+        return "\n".join(rows)
+
+
+@contextmanager
+def record(sc, label: str = "", timeout_s: float = 30.0):
+    """Measure the Spark jobs run by this thread inside the ``with`` block.
+
+    Parameters
+    ----------
+    sc : pyspark.SparkContext
+    label : str
+        Name shown in the summary.
+    timeout_s : float
+        How long to wait, on exit, for Spark's listener to publish the last stages.
+
+    Yields
+    ------
+    SparkMetrics
+        Filled in when the block exits.
+    """
+    metrics = SparkMetrics(label=label)
+    group = f"blockmatrix-metrics-{uuid.uuid4().hex}"
+    previous = sc.getLocalProperty("spark.jobGroup.id")
+    previous_description = sc.getLocalProperty("spark.job.description")
+    sc.setJobGroup(group, label or "blockmatrix.metrics.record", interruptOnCancel=False)
+    start = time.perf_counter()
+    try:
+        yield metrics
+    finally:
+        metrics.wall_time_s = time.perf_counter() - start
+        sc.setLocalProperty("spark.jobGroup.id", previous)
+        sc.setLocalProperty("spark.job.description", previous_description)
+    _collect(sc, group, metrics, timeout_s)
+
+
+def _collect(sc, group: str, metrics: SparkMetrics, timeout_s: float) -> None:
+    tracker = sc.statusTracker()
+    metrics.job_ids = sorted(tracker.getJobIdsForGroup(group))
+    stage_ids = set()
+    for job_id in metrics.job_ids:
+        info = tracker.getJobInfo(job_id)
+        if info is not None:
+            stage_ids.update(info.stageIds)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stages = [_latest_attempt(_get_stage(sc, stage_id)) for stage_id in sorted(stage_ids)]
+        if all(s is not None and s.status in _FINAL_STAGE_STATES for s in stages) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    metrics.stages = [s for s in stages if s is not None]
+
+
+def _latest_attempt(attempts: list[dict]) -> StageMetrics | None:
+    if not attempts:
+        return None
+    return StageMetrics.from_rest(max(attempts, key=lambda d: d.get("attemptId", 0)))
+
+
+def _get_stage(sc, stage_id: int) -> list[dict]:
+    base = sc.uiWebUrl
+    if not base:
+        raise MetricsUnavailableError(
+            "Spark's UI server is off (spark.ui.enabled=false), so its measurements cannot be "
+            "read: set spark.ui.enabled=true to use blockmatrix.metrics")
+    url = f"{base}/api/v1/applications/{sc.applicationId}/stages/{stage_id}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return []
+        raise
