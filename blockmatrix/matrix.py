@@ -8,6 +8,7 @@ expensive checks live in :meth:`BlockMatrix.validate`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from functools import partial
@@ -75,14 +76,19 @@ class BlockMatrix:
 
     def __init__(self, blocks, shape, rows_per_block: int, cols_per_block: int, *,
                  layout: BlockLayout | None = None, plan: MultiplyPlan | None = None,
-                 source: tuple[str, str] | None = None):
+                 source: tuple[str, str] | None = None,
+                 input_files: frozenset[str] = frozenset(), dtype=None):
         self._blocks = blocks
         self._shape = _check_shape(shape)
         self._rows_per_block = _positive_int(rows_per_block, "rows_per_block")
         self._cols_per_block = _positive_int(cols_per_block, "cols_per_block")
         self._layout = layout
         self._plan = plan
+        self._transpose_of: BlockMatrix | None = None
+        self._dtype = np.dtype(dtype) if dtype is not None else (
+            layout.dtype if layout is not None else None)
         self._source = source
+        self._input_files = frozenset(input_files) | ({source[0]} if source else set())
 
     # ------------------------------------------------------------------ properties
     @property
@@ -116,6 +122,13 @@ class BlockMatrix:
         return blocks_along(self._shape[1], self._cols_per_block)
 
     @property
+    def dtype(self) -> np.dtype:
+        """Element type of the blocks (one small job when not known from construction)."""
+        if self._dtype is None:
+            self._dtype = self.layout().dtype
+        return self._dtype
+
+    @property
     def plan(self) -> MultiplyPlan | None:
         """The plan that produced this matrix, when it is a product."""
         return self._plan
@@ -124,6 +137,11 @@ class BlockMatrix:
     def source(self) -> tuple[str, str] | None:
         """``(path, dataset)`` when the blocks are read unchanged from an HDF5 dataset."""
         return self._source
+
+    @property
+    def input_files(self) -> frozenset[str]:
+        """Absolute paths of the files this matrix's blocks are computed from."""
+        return self._input_files
 
     def __repr__(self) -> str:
         return (f"BlockMatrix(shape={self._shape}, block=({self._rows_per_block}, "
@@ -203,8 +221,11 @@ class BlockMatrix:
 
     @classmethod
     def from_mllib(cls, m) -> BlockMatrix:
-        """Convert a ``pyspark.mllib.linalg.distributed.BlockMatrix`` (blocks become CSR or
-        dense arrays; no job runs when the MLlib matrix knows its dimensions)."""
+        """Convert a ``pyspark.mllib.linalg.distributed.BlockMatrix``.
+
+        Sparse blocks become CSR, dense ones ndarrays; no job runs when the MLlib matrix knows
+        its dimensions.
+        """
         return cls(m.blocks.map(_from_mllib_item), (m.numRows(), m.numCols()),
                    m.rowsPerBlock, m.colsPerBlock)
 
@@ -230,7 +251,7 @@ class BlockMatrix:
         dtype = np.result_type(*(b.dtype for _, b in items)) if items else np.float64
         if not parts:
             return sp.csr_matrix(self._shape, dtype=dtype)
-        rows, cols, data = (np.concatenate(p) for p in zip(*parts))
+        rows, cols, data = (np.concatenate(p) for p in zip(*parts, strict=True))
         return sp.csr_matrix((data.astype(dtype, copy=False), (rows, cols)), shape=self._shape)
 
     def to_hdf5(self, path: str, dataset: str, overwrite: bool = False) -> int:
@@ -245,10 +266,36 @@ class BlockMatrix:
             Number of blocks written.
         """
         hdf5.check_output(path, dataset, overwrite=overwrite)
-        dtype = self.layout().dtype
-        return hdf5.write_blocks(path, dataset, self._shape, dtype,
-                                 self._blocks.toLocalIterator(), self._rows_per_block,
-                                 self._cols_per_block, overwrite=overwrite)
+        write = partial(hdf5.write_blocks, shape=self._shape, dtype=self.dtype,
+                        rows_per_block=self._rows_per_block, cols_per_block=self._cols_per_block)
+        with self._computed_in_parallel() as blocks:
+            if os.path.abspath(path) not in self._input_files:
+                return write(path, dataset, blocks=blocks.toLocalIterator(), overwrite=overwrite)
+            # The tasks read this very file: never write it while they run. Stage the result
+            # in a private file beside it, then copy it in once no task reads any more.
+            with hdf5.staging_file(path) as staged:
+                count = write(staged, dataset, blocks=blocks.toLocalIterator())
+                hdf5.copy_dataset(staged, path, dataset, overwrite=overwrite)
+            return count
+
+    @contextlib.contextmanager
+    def _computed_in_parallel(self):
+        """The blocks, computed by all tasks at once and persisted while the block is open.
+
+        ``toLocalIterator`` runs one partition at a time; computing first keeps every core
+        busy, and the single writer then streams the persisted partitions one by one.
+        """
+        from pyspark import StorageLevel
+
+        if self._blocks.getStorageLevel() != StorageLevel.NONE:
+            yield self._blocks
+            return
+        blocks = self._blocks.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            blocks.count()
+            yield blocks
+        finally:
+            blocks.unpersist()
 
     def to_mllib(self):
         """Convert to a ``pyspark.mllib.linalg.distributed.BlockMatrix`` (float64 blocks)."""
@@ -342,8 +389,12 @@ class BlockMatrix:
     def transpose(self) -> BlockMatrix:
         """The transpose (blocks transposed in their own format)."""
         layout = self._layout.transpose() if self._layout is not None else None
-        return BlockMatrix(self._blocks.map(_transpose_item), (self._shape[1], self._shape[0]),
-                           self._cols_per_block, self._rows_per_block, layout=layout)
+        transposed = BlockMatrix(self._blocks.map(_transpose_item),
+                                 (self._shape[1], self._shape[0]), self._cols_per_block,
+                                 self._rows_per_block, layout=layout,
+                                 input_files=self._input_files, dtype=self._dtype)
+        transposed._transpose_of = self
+        return transposed
 
     @property
     def T(self) -> BlockMatrix:  # noqa: N802  (numpy's name)
@@ -381,7 +432,8 @@ class BlockMatrix:
             other._blocks.map(partial(_tag, side=1)))
         summed = tagged.groupByKey(grid.num_partitions, grid).mapValues(
             partial(_combine_pair, negate=negate))
-        return BlockMatrix(summed, self._shape, self._rows_per_block, self._cols_per_block)
+        return BlockMatrix(summed, self._shape, self._rows_per_block, self._cols_per_block,
+                           input_files=self._input_files | other._input_files)
 
     def multiply(self, other: BlockMatrix, strategy: str = "inner", *,
                  num_partitions: int | None = None, num_mid_splits: int = 1,
@@ -423,6 +475,8 @@ class BlockMatrix:
         plan = chosen.plan(self.layout(), other.layout(), options)
         result = chosen.execute(plan, self, other, options)
         result._plan = plan
+        result._input_files = self._input_files | other._input_files
+        result._dtype = np.result_type(plan.left.dtype, plan.right.dtype)
         return result
 
     def __matmul__(self, other: BlockMatrix) -> BlockMatrix:

@@ -88,7 +88,7 @@ class GridPartitioner:
         return self.row_partitions * self.col_partitions
 
     def partition_of(self, i: int, j: int) -> int:
-        """Partition id of block ``(i, j)``."""
+        """Partition id of block ``(i, j)``; raises if the index is outside the grid."""
         if not 0 <= i < self.rows:
             raise InvalidParameterError(f"Row index {i} out of range [0, {self.rows}).")
         if not 0 <= j < self.cols:
@@ -96,6 +96,7 @@ class GridPartitioner:
         return i // self.rows_per_part + (j // self.cols_per_part) * self.row_partitions
 
     def __call__(self, key) -> int:
+        """Partition id of a key: a partition id itself, ``(i, j)`` or ``(i, j, k)``."""
         if isinstance(key, Integral) and not isinstance(key, bool):
             return int(key)
         if isinstance(key, tuple) and len(key) in (2, 3):

@@ -22,7 +22,7 @@ def under_spark_submit() -> bool:
 
 
 def read_properties(path: str | os.PathLike) -> dict[str, str]:
-    """Read a Spark properties file (``key value`` or ``key=value`` lines, ``#`` comments).
+    r"""Read a Spark properties file (``key value`` or ``key=value`` lines, ``#`` comments).
 
     >>> import tempfile, os
     >>> with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:

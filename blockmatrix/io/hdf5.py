@@ -8,7 +8,10 @@ Locations are written ``FILE.h5::/dataset`` on command lines (see :func:`parse_l
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -221,3 +224,33 @@ def _write_chunks(shape: tuple[int, int], rows_per_block: int,
     while rows * cols * 8 > 4 << 20 and rows > 1:
         rows = (rows + 1) // 2
     return rows, cols
+
+
+@contextlib.contextmanager
+def staging_file(path: str | os.PathLike) -> Iterator[str]:
+    """A private temporary HDF5 path beside ``path``, removed on exit whatever happens."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, staged = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".staging.h5",
+                                  dir=folder)
+    os.close(fd)
+    os.unlink(staged)
+    try:
+        yield staged
+    finally:
+        if os.path.exists(staged):
+            os.unlink(staged)
+
+
+def copy_dataset(source_path: str, target_path: str, dataset: str,
+                 overwrite: bool = False) -> None:
+    """Copy ``dataset`` from one HDF5 file into another (replacing it only with ``overwrite``)."""
+    with h5py.File(source_path, "r") as src, h5py.File(target_path, "a") as dst:
+        if dataset in dst:
+            if not overwrite:
+                raise OutputExistsError(
+                    f"output dataset {dataset!r} already exists in {target_path!r}: pass "
+                    f"overwrite=True to replace it")
+            del dst[dataset]
+        parent = posixpath.dirname(dataset) or "/"
+        dst.require_group(parent)
+        src.copy(src[dataset], dst[parent], name=posixpath.basename(dataset))

@@ -1,0 +1,45 @@
+"""Shared plumbing of the command-line jobs: one-line errors and exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import BlockMatrixError
+
+#: Exit code for rejected input (arguments, files, shapes), as argparse uses.
+EXIT_BAD_INPUT = 2
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        """Print ``prog: error: message`` (one line) and exit with code 2."""
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a positive integer.
+
+    >>> positive_int("8")
+    8
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive: give an integer >= 1")
+    return value
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None,
+        prog: str) -> int:
+    """Call ``main(argv)``; a :class:`BlockMatrixError` becomes one stderr line and exit 2."""
+    try:
+        return main(argv)
+    except BlockMatrixError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
