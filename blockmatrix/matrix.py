@@ -27,7 +27,14 @@ from .errors import (
 )
 from .io import hdf5
 from .partitioner import GridPartitioner
-from .planner import BlockLayout, MultiplyPlan, block_extent, blocks_along, check_multiplicable
+from .planner import (
+    BlockLayout,
+    MultiplyPlan,
+    block_extent,
+    blocks_along,
+    check_multiplicable,
+    dense_product_layout,
+)
 from .strategies import MultiplyOptions, get_strategy
 from .strategies.base import DEFAULT_TASK_BUFFER_BYTES
 
@@ -477,6 +484,10 @@ class BlockMatrix:
         result._plan = plan
         result._input_files = self._input_files | other._input_files
         result._dtype = np.result_type(plan.left.dtype, plan.right.dtype)
+        if plan.left.is_dense and plan.right.is_dense:
+            # Planning the next product needs no job: the result's blocks are known.
+            result._layout = dense_product_layout(plan.left, plan.right,
+                                                  result.blocks.getNumPartitions())
         return result
 
     def __matmul__(self, other: BlockMatrix) -> BlockMatrix:

@@ -108,6 +108,11 @@ class BlockLayout:
         """Bytes of all stored blocks."""
         return sum(self.block_nbytes.values())
 
+    @property
+    def is_dense(self) -> bool:
+        """Whether every stored block has the byte size of a dense block."""
+        return all(n == self.dense_nbytes(i, j) for (i, j), n in self.block_nbytes.items())
+
     def transpose(self) -> BlockLayout:
         """Layout of the transpose."""
         return BlockLayout((self.shape[1], self.shape[0]), self.cols_per_block,
@@ -210,6 +215,21 @@ def product_keys(left_keys: Iterable[Key], right_keys: Iterable[Key]) -> set[Key
     for i, k in left_keys:
         left_rows_of_col[k].add(i)
     return {(i, j) for k, j in set(right_keys) for i in left_rows_of_col.get(k, ())}
+
+
+def dense_product_layout(left: BlockLayout, right: BlockLayout,
+                         num_partitions: int) -> BlockLayout:
+    """Layout of ``left @ right`` for dense operands: the product keys, dense blocks.
+
+    >>> a = BlockLayout((4, 4), 2, 2, {(0, 0): 32, (1, 1): 32})
+    >>> sorted(dense_product_layout(a, a, 2).block_nbytes.items())
+    [((0, 0), 32), ((1, 1), 32)]
+    """
+    shell = BlockLayout((left.shape[0], right.shape[1]), left.rows_per_block,
+                        right.cols_per_block, {}, np.result_type(left.dtype, right.dtype))
+    return BlockLayout(shell.shape, shell.rows_per_block, shell.cols_per_block,
+                       {key: shell.dense_nbytes(*key) for key in
+                        product_keys(left.keys, right.keys)}, shell.dtype, num_partitions)
 
 
 def dense_flops(left: BlockLayout, right: BlockLayout) -> int:

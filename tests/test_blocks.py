@@ -1,0 +1,105 @@
+"""Block kernels: format dispatch, in-place accumulation, type checks (no Spark)."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import assert_eq
+
+from blockmatrix import blocks as bk
+from blockmatrix.errors import BlockTypeError
+
+rng = np.random.default_rng(0)
+FORMATS = ["dense", "csr"]
+
+
+def _block(shape, fmt, dtype=np.float64, density=0.3):
+    if fmt == "csr":
+        return sp.random(*shape, density=density, format="csr", random_state=rng, dtype=dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("left", FORMATS)
+@pytest.mark.parametrize("right", FORMATS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_accumulate_all_format_pairs(left, right, dtype):
+    pairs = [(_block((5, 4), left, dtype), _block((4, 3), right, dtype)) for _ in range(4)]
+    acc = None
+    for a, b in pairs:
+        acc = bk.matmul_accumulate(acc, a, b)
+    expected = sum(bk.to_dense(a) @ bk.to_dense(b) for a, b in pairs)
+    assert sp.issparse(acc) == (left == right == "csr")
+    assert_eq(acc, expected, dtype=dtype)
+
+
+def test_dense_accumulation_is_in_place_without_temporaries():
+    a = rng.standard_normal((300, 300))
+    b = rng.standard_normal((300, 300))
+    acc = bk.matmul_accumulate(None, a, b)
+    buffer = acc.__array_interface__["data"][0]
+    tracemalloc.start()
+    for _ in range(5):
+        acc = bk.matmul_accumulate(acc, a, b)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert acc.__array_interface__["data"][0] == buffer
+    assert peak < a.nbytes // 4, f"accumulating allocated {peak} bytes"
+    assert_eq(acc, 6 * (a @ b))
+
+
+def test_sparse_product_scattered_into_dense_accumulator_in_place():
+    acc = np.zeros((4, 4))
+    a = sp.csr_matrix(np.eye(4))
+    same = bk.matmul_accumulate(acc, a, sp.csr_matrix(np.ones((4, 4))))
+    assert same is acc
+    assert_eq(acc, np.ones((4, 4)))
+
+
+def test_mixed_dtypes_promote():
+    acc = bk.matmul_accumulate(None, np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))
+    acc = bk.matmul_accumulate(acc, np.ones((2, 2)), np.ones((2, 2)))
+    assert acc.dtype == np.float64
+    assert_eq(acc, np.full((2, 2), 4.0))
+
+
+def test_first_product_does_not_alias_an_input():
+    a = np.ones((3, 1))
+    acc = bk.matmul_accumulate(None, np.eye(3), a)
+    acc = bk.matmul_accumulate(acc, np.eye(3), a)
+    assert_eq(a, np.ones((3, 1)))
+
+
+def test_add_and_negate():
+    d = rng.standard_normal((3, 3))
+    s = sp.csr_matrix(np.eye(3))
+    assert_eq(bk.add(d, s), d + np.eye(3))
+    assert_eq(bk.add(s, d), d + np.eye(3))
+    assert bk.add(s, s).format == "csr"
+    assert_eq(bk.negate(np.array([[True]])), np.array([[-1]]))
+
+
+def test_nbytes_and_transpose():
+    s = sp.random(6, 5, density=0.5, format="csr", random_state=1)
+    assert bk.nbytes(s) == s.data.nbytes + s.indices.nbytes + s.indptr.nbytes
+    assert bk.transpose(s).format == "csr"
+    assert_eq(bk.transpose(s), s.toarray().T)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros(3), "1 dimension"),
+    (np.zeros((2, 2, 2)), "3 dimension"),
+    (np.zeros((2, 2), dtype=complex), "complex"),
+    (np.array([["a"]]), "only real numbers"),
+    (np.array([[object()]]), "object"),
+    ([[1.0]], "list"),
+])
+def test_check_block_rejects(bad, match):
+    with pytest.raises(BlockTypeError, match=match):
+        bk.check_block(bad)
+
+
+def test_check_block_converts_sparse_to_csr():
+    assert bk.check_block(sp.coo_matrix(np.eye(2))).format == "csr"
