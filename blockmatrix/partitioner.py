@@ -122,3 +122,80 @@ class GridPartitioner:
     def __repr__(self) -> str:
         return (f"GridPartitioner(rows={self.rows}, cols={self.cols}, "
                 f"rows_per_part={self.rows_per_part}, cols_per_part={self.cols_per_part})")
+
+
+class MatrixMultPartitioner:
+    """Marlin's (PASA lab) ``MatrixMultPartitioner(m, k, n)``: one partition per block product.
+
+    Marlin keys every replicated block by ``BlockID(row, column, seq)`` with
+    ``seq = i * n * k + j * k + l`` for the product ``A(i, l) B(l, j)``, and its partitioner
+    returns ``seq`` itself: ``numPartitions = m * k * n``, ``getPartition(BlockID) = seq``
+    (``edu/nju/pasalab/marlin/rdd/MatrixMultPartitioner.scala`` in PasaLab/marlin). Here a key
+    is the triple ``(i, j, l)``, or an int ``seq``, which is returned unchanged. Equality and
+    hashing are by value, as for :class:`GridPartitioner`.
+
+    Parameters
+    ----------
+    m, k, n : int
+        Block rows of A, block columns of A (= block rows of B), block columns of B.
+
+    Examples
+    --------
+    >>> p = MatrixMultPartitioner(2, 3, 4)
+    >>> p.num_partitions
+    24
+    >>> p((1, 2, 0)), p((0, 0, 2)), p(7)
+    (18, 2, 7)
+    >>> ids = {p((i, j, l)) for i in range(2) for j in range(4) for l in range(3)}
+    >>> sorted(ids) == list(range(24))
+    True
+    >>> p == MatrixMultPartitioner(2, 3, 4), p == MatrixMultPartitioner(2, 4, 3)
+    (True, False)
+    """
+
+    __slots__ = ("m", "k", "n")
+
+    def __init__(self, m: int, k: int, n: int):
+        self.m = _positive(m, "m")
+        self.k = _positive(k, "k")
+        self.n = _positive(n, "n")
+
+    @property
+    def num_partitions(self) -> int:
+        """Number of partitions, ``m * k * n`` (Marlin's ``numPartitions``)."""
+        return self.m * self.k * self.n
+
+    def seq(self, i: int, j: int, l: int) -> int:  # noqa: E741  (Marlin's name)
+        """Marlin's ``seq`` of the product ``A(i, l) B(l, j)``: ``i * n * k + j * k + l``."""
+        if not (0 <= i < self.m and 0 <= j < self.n and 0 <= l < self.k):
+            raise InvalidParameterError(
+                f"block product (i={i}, j={j}, l={l}) is outside the {self.m}x{self.n} result "
+                f"grid with {self.k} inner blocks")
+        return i * self.n * self.k + j * self.k + l
+
+    def __call__(self, key) -> int:
+        """Partition id of a key: ``seq`` itself (an int) or a triple ``(i, j, l)``."""
+        if isinstance(key, Integral) and not isinstance(key, bool):
+            return int(key)
+        if isinstance(key, tuple) and len(key) == 3:
+            return self.seq(*key)
+        raise InvalidParameterError(
+            f"MatrixMultPartitioner keys are seq (an int) or (i, j, l); got {key!r}")
+
+    def _state(self) -> tuple[int, int, int]:
+        return self.m, self.k, self.n
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, MatrixMultPartitioner) and self._state() == other._state()
+
+    def __hash__(self) -> int:
+        return hash(("MatrixMultPartitioner",) + self._state())
+
+    def __getstate__(self):
+        return self._state()
+
+    def __setstate__(self, state):
+        self.__init__(*state)
+
+    def __repr__(self) -> str:
+        return f"MatrixMultPartitioner(m={self.m}, k={self.k}, n={self.n})"
