@@ -82,7 +82,8 @@ def spark_context(master: str | None = None, app_name: str = "blockmatrix",
         defaults = conf_path / "spark-defaults.conf"
         if defaults.is_file():
             for key, value in read_properties(defaults).items():
-                conf.set(key, value)
+                # Paths like conf/log4j2.properties are relative to the checkout's top folder.
+                conf.set(key, value.replace("=conf/", f"={conf_path.resolve()}/"))
         conf.setMaster(master or "local[*]")
         if conf.get("spark.master", "").startswith("local"):
             conf.setIfMissing("spark.driver.host", "127.0.0.1")

@@ -108,3 +108,18 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(inputs, make_args,
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert {p.name: digest(p) for p in folder.iterdir()} == before
+
+
+def test_job_under_spark_submit_with_the_properties_file(inputs):
+    folder, a, b = inputs
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    result = subprocess.run(
+        [str(spark_submit), "--properties-file", "conf/spark-defaults.conf", "--master",
+         "local[2]", str(JOB), f"{folder}/in.h5::/A", f"{folder}/in.h5::/B",
+         f"{folder}/submitted.h5::/C", "--block-size", "50"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert " INFO " not in result.stderr  # conf/log4j2.properties keeps Spark quiet
+    with h5py.File(folder / "submitted.h5", "r") as f:
+        assert_eq(f["C"][()], a @ b.astype(np.float64))
