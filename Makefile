@@ -26,7 +26,7 @@ demo: java $(STAMP)
 		--block-size 512 --master 'local[*]' --overwrite --verify
 
 test: java $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules blockmatrix tests
+	$(BIN)/python -m pytest -q --doctest-modules blockmatrix tests
 	$(BIN)/ruff check blockmatrix jobs tests
 
 lint: $(STAMP)
