@@ -34,9 +34,11 @@ from .planner import (
     blocks_along,
     check_multiplicable,
     dense_product_layout,
+    parallelized_partitions,
 )
 from .strategies import MultiplyOptions, get_strategy
 from .strategies.base import DEFAULT_TASK_BUFFER_BYTES
+from .strategies.broadcast import default_memory_budget
 
 Key = tuple[int, int]
 
@@ -194,7 +196,7 @@ class BlockMatrix:
         n = num_partitions or sc.defaultParallelism
         n = max(1, min(_positive_int(n, "num_partitions"), len(items) or 1))
         layout = BlockLayout((rows, cols), rpb, cpb, {k: bk.nbytes(b) for k, b in items},
-                             a.dtype, n)
+                             a.dtype, n, _key_partitions([k for k, _ in items], n, sc))
         return cls(sc.parallelize(items, n), (rows, cols), rpb, cpb, layout=layout)
 
     @classmethod
@@ -220,7 +222,8 @@ class BlockMatrix:
         keys = [(i, j) for i in range(layout.num_row_blocks) for j in range(layout.num_col_blocks)]
         n = num_partitions or sc.defaultParallelism
         n = max(1, min(_positive_int(n, "num_partitions"), len(keys) or 1))
-        layout = BlockLayout(shape, rpb, cpb, {k: layout.dense_nbytes(*k) for k in keys}, dtype, n)
+        layout = BlockLayout(shape, rpb, cpb, {k: layout.dense_nbytes(*k) for k in keys}, dtype, n,
+                             _key_partitions(keys, n, sc))
         rdd = sc.parallelize(keys, n).mapPartitions(
             partial(hdf5.read_blocks, path=path, dataset=dataset, rows_per_block=rpb,
                     cols_per_block=cpb))
@@ -444,7 +447,8 @@ class BlockMatrix:
 
     def multiply(self, other: BlockMatrix, strategy: str = "inner", *,
                  num_partitions: int | None = None, num_mid_splits: int = 1,
-                 task_buffer_bytes: int | None = None) -> BlockMatrix:
+                 task_buffer_bytes: int | None = None,
+                 memory_budget_bytes: int | None = None) -> BlockMatrix:
         """``self @ other`` with a registered strategy.
 
         Parameters
@@ -461,6 +465,10 @@ class BlockMatrix:
         task_buffer_bytes : int, optional
             Bytes of input blocks a task buffers before spilling to local disk; default
             ``spark.python.worker.memory``.
+        memory_budget_bytes : int, optional
+            Memory a task may use for its data (what ``broadcast`` may broadcast, what ``auto``
+            requires of a plan); default a quarter of the executor memory
+            (:func:`blockmatrix.strategies.broadcast.default_memory_budget`).
 
         Returns
         -------
@@ -476,8 +484,11 @@ class BlockMatrix:
         check_multiplicable(self._shape_only_layout(), other._shape_only_layout())
         if task_buffer_bytes is None:
             task_buffer_bytes = worker_buffer_bytes(self._blocks.context)
+        if memory_budget_bytes is None:
+            memory_budget_bytes = default_memory_budget(self._blocks.context)
         options = MultiplyOptions(num_partitions=num_partitions, num_mid_splits=num_mid_splits,
-                                  task_buffer_bytes=task_buffer_bytes)
+                                  task_buffer_bytes=task_buffer_bytes,
+                                  memory_budget_bytes=memory_budget_bytes)
         chosen = get_strategy(strategy)
         plan = chosen.plan(self.layout(), other.layout(), options)
         result = chosen.execute(plan, self, other, options)
@@ -489,6 +500,15 @@ class BlockMatrix:
             result._layout = dense_product_layout(plan.left, plan.right,
                                                   result.blocks.getNumPartitions())
         return result
+
+    def explain_multiply(self, other: BlockMatrix, strategy: str | None = None, **options):
+        """Plans of ``self @ other`` for every strategy (or one), from block keys and sizes.
+
+        See :func:`blockmatrix.explain.explain_multiply`; ``print`` the report for a table.
+        """
+        from .explain import explain_multiply
+
+        return explain_multiply(self, other, strategy=strategy, **options)
 
     def __matmul__(self, other: BlockMatrix) -> BlockMatrix:
         return self.multiply(other)
@@ -518,6 +538,12 @@ def _check_operand(other, op: str) -> None:
     if not isinstance(other, BlockMatrix):
         raise TypeError(f"can only {op} a BlockMatrix with another BlockMatrix, "
                         f"not {type(other).__name__}: wrap it with BlockMatrix.from_numpy")
+
+
+def _key_partitions(keys: list, num_slices: int, sc) -> dict:
+    """The partition ``sc.parallelize`` gives each key of a list (see the planner's helper)."""
+    parts = parallelized_partitions(len(keys), num_slices, getattr(sc, "_batchSize", 0))
+    return dict(zip(keys, parts, strict=True))
 
 
 def worker_buffer_bytes(sc) -> int:

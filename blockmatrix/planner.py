@@ -69,6 +69,10 @@ class BlockLayout:
         Element type of the blocks (the widest one if they differ).
     num_partitions : int
         Partitions of the RDD that holds the blocks.
+    key_partitions : Mapping[(int, int), int], optional
+        The RDD partition that holds every stored block, when known (e.g. from
+        :func:`parallelized_partitions`); None when unknown. The ``broadcast`` strategy needs
+        no shuffle when each block row (column) of the large operand lies in one partition.
     """
 
     shape: tuple[int, int]
@@ -77,6 +81,7 @@ class BlockLayout:
     block_nbytes: Mapping[Key, int] = field(repr=False)
     dtype: np.dtype = np.dtype(np.float64)
     num_partitions: int = 1
+    key_partitions: Mapping[Key, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_row_blocks(self) -> int:
@@ -118,7 +123,36 @@ class BlockLayout:
         return BlockLayout((self.shape[1], self.shape[0]), self.cols_per_block,
                            self.rows_per_block, {(j, i): n for (i, j), n in
                                                  self.block_nbytes.items()},
-                           self.dtype, self.num_partitions)
+                           self.dtype, self.num_partitions,
+                           None if self.key_partitions is None else
+                           {(j, i): p for (i, j), p in self.key_partitions.items()})
+
+
+def parallelized_partitions(num_items: int, num_slices: int, batch_size: int = 0) -> list[int]:
+    """Partition of every item of ``sc.parallelize(items, num_slices)``, in item order.
+
+    PySpark pickles the list in batches of ``max(1, min(len // num_slices, batch_size or
+    1024))`` items (``batch_size`` is ``sc._batchSize``, 0 = automatic) and Spark's
+    ``ParallelCollectionRDD`` gives slice ``p`` the batches ``[p * B // n, (p + 1) * B // n)``
+    of the ``B`` batches. Checked against Spark in the tests.
+
+    >>> parallelized_partitions(9, 2)
+    [0, 0, 0, 0, 1, 1, 1, 1, 1]
+    >>> parallelized_partitions(5, 3)
+    [0, 1, 1, 2, 2]
+    """
+    if num_items == 0:
+        return []
+    size = max(1, min(num_items // num_slices, batch_size or 1024))
+    batches = -(-num_items // size)
+    first_batch = [p * batches // num_slices for p in range(num_slices + 1)]
+    out, p = [], 0
+    for item in range(num_items):
+        batch = item // size
+        while batch >= first_batch[p + 1]:
+            p += 1
+        out.append(p)
+    return out
 
 
 def check_multiplicable(left: BlockLayout, right: BlockLayout) -> None:

@@ -61,4 +61,18 @@ from . import inner  # noqa: E402
 register("inner", inner.plan, inner.execute,
          "Spark's inner product: blocks routed only where they have a counterpart, one shuffle")
 
+from . import auto, broadcast, outer, pasa  # noqa: E402
+
+register("outer", outer.plan, outer.execute,
+         "outer product: join A columns and B rows on k, partial products summed per task, "
+         "reduce by (i, j): two shuffles")
+register("pasa", pasa.plan, pasa.execute,
+         "Marlin/PASA baseline: replicate without counterpart checks, join on "
+         "MatrixMultPartitioner, reduceByKey: two shuffles")
+register("broadcast", broadcast.plan, broadcast.execute,
+         "broadcast the smaller operand, map over the larger: no shuffle when its block rows "
+         "lie in one partition each")
+register("auto", auto.plan, auto.execute,
+         "the cheapest plan within the memory budget (says which and why)")
+
 __all__ = ["STRATEGIES", "MultiplyOptions", "Strategy", "get_strategy", "register"]

@@ -12,6 +12,11 @@ from ..planner import check_num_mid_splits
 DEFAULT_TASK_BUFFER_BYTES = 512 << 20
 
 
+#: Memory budget of a task when none is given and no Spark configuration is at hand: a quarter
+#: of Spark's default 1g executor memory.
+DEFAULT_MEMORY_BUDGET_BYTES = 256 << 20
+
+
 @dataclass(frozen=True)
 class MultiplyOptions:
     """Parameters of a multiplication, common to all strategies.
@@ -24,11 +29,23 @@ class MultiplyOptions:
         Sub-reducers the inner dimension is striped over (Spark's numMidDimSplits).
     task_buffer_bytes : int
         Bytes of shuffled blocks a task keeps in memory before spilling them to local disk.
+    memory_budget_bytes : int, optional
+        Memory a single task may use for its data: the most ``broadcast`` may broadcast, and
+        what ``auto`` requires of a plan's largest task. None: the planners' default,
+        :data:`DEFAULT_MEMORY_BUDGET_BYTES` (``multiply`` derives it from the executor memory).
     """
 
     num_partitions: int | None = None
     num_mid_splits: int = 1
     task_buffer_bytes: int = DEFAULT_TASK_BUFFER_BYTES
+    memory_budget_bytes: int | None = None
+
+    @property
+    def budget_bytes(self) -> int:
+        """The memory budget in effect (the default when none was given)."""
+        if self.memory_budget_bytes is None:
+            return DEFAULT_MEMORY_BUDGET_BYTES
+        return self.memory_budget_bytes
 
     def __post_init__(self):
         check_num_mid_splits(self.num_mid_splits)
@@ -39,3 +56,9 @@ class MultiplyOptions:
         if not isinstance(self.task_buffer_bytes, int) or self.task_buffer_bytes < 0:
             raise InvalidParameterError(
                 f"task_buffer_bytes must be a non-negative integer, got {self.task_buffer_bytes!r}")
+        budget = self.memory_budget_bytes
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                                   or budget < 1):
+            raise InvalidParameterError(
+                f"memory_budget_bytes must be a positive integer or None (the default, a quarter "
+                f"of the executor memory), got {budget!r}")

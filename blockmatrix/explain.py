@@ -1,0 +1,225 @@
+"""``explain_multiply``: every strategy's plan for ``A @ B``, from block keys and sizes alone.
+
+No block data moves: the plans are made from :class:`~blockmatrix.planner.BlockLayout` s (a
+:class:`~blockmatrix.BlockMatrix` gives its layout, which from ``from_numpy`` / ``from_hdf5``
+is known without a job). ``print(report)`` shows one row per strategy, in the style of
+opt_einsum's path report, and the line saying what ``auto`` picks and why.
+
+>>> from blockmatrix.planner import BlockLayout
+>>> dense = {(i, j): 100 * 100 * 8 for i in range(3) for j in range(3)}
+>>> rows = {key: key[0] for key in dense}  # block row i in partition i
+>>> a = BlockLayout((300, 300), 100, 100, dense, num_partitions=3, key_partitions=rows)
+>>> report = explain_multiply(a, a, num_partitions=9)
+>>> report.auto_choice
+'broadcast'
+>>> [report[s].num_shuffles for s in ("inner", "outer", "pasa", "broadcast")]
+[1, 2, 2, 0]
+>>> shuffle_elements(report["inner"]) == seed_inner_elements(300, 300, 300, 100)
+True
+
+The seed formulas count elements moved for ``C (n x k) = A (n x m) B (m x k)`` in ``r x r``
+blocks, every block stored and every result block its own reducer:
+
+>>> seed_inner_elements(n=300, m=300, k=300, r=100)
+540000
+>>> seed_outer_elements(n=300, m=300, k=300, r=100)
+450000
+>>> seed_pasa_elements(n=300, m=300, k=300, r=100)
+810000
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .planner import RECORD_OVERHEAD_BYTES, BlockLayout, MultiplyPlan, format_bytes
+from .strategies import STRATEGIES, MultiplyOptions, get_strategy
+from .strategies import auto as _auto
+
+# ---------------------------------------------------------------------- seed formulas
+
+
+def seed_inner_elements(n: int, m: int, k: int, r: int) -> int:
+    """Elements an inner-product multiply shuffles: ``2 m n k / r``.
+
+    A (``n x m``) is sent once per block column of C (``k / r`` times), B (``m x k``) once per
+    block row of C (``n / r`` times).
+    """
+    return 2 * m * n * k // r
+
+
+def seed_outer_elements(n: int, m: int, k: int, r: int) -> int:
+    """Elements an outer-product multiply shuffles: ``m (n + k + n k / r)``.
+
+    All of A and B once (``m n + m k``), then one ``n x k`` partial product per inner block
+    (``m / r`` of them).
+    """
+    return m * (n + k) + m * n * k // r
+
+
+def seed_pasa_elements(n: int, m: int, k: int, r: int) -> int:
+    """Elements Marlin/PASA shuffles: ``2 m n k / r`` to join, plus ``m n k / r`` to reduce.
+
+    A is replicated once per block column of B (``k / r`` times) and B once per block row of A
+    (``n / r`` times), without checking for counterparts; each of the ``(n/r)(m/r)(k/r)``
+    block products (``r x r``) is then shuffled to the reduce: ``3 m n k / r`` in all. When
+    there is a single inner block (``m <= r``) Marlin skips the reduce: ``2 m n k / r``.
+    """
+    reduce = m * n * k // r if m > r else 0
+    return 2 * m * n * k // r + reduce
+
+
+def shuffle_elements(plan: MultiplyPlan, index: int | None = None) -> float:
+    """Elements a plan shuffles (all shuffles, or shuffle ``index``), for dense blocks.
+
+    Bytes minus the per-record overhead, divided by the element size of the shuffled blocks.
+    """
+    import numpy as np
+
+    shuffles = plan.shuffles if index is None else (plan.shuffles[index],)
+    itemsize = np.result_type(plan.left.dtype, plan.right.dtype).itemsize
+    return sum(s.bytes - s.records * RECORD_OVERHEAD_BYTES for s in shuffles) / itemsize
+
+
+# ---------------------------------------------------------------------- report
+
+
+@dataclass
+class MultiplyReport:
+    """Every requested strategy's plan for ``A @ B`` and what ``auto`` would pick.
+
+    Attributes
+    ----------
+    plans : dict[str, MultiplyPlan]
+        Plan per strategy name.
+    auto_choice : str
+        The strategy ``auto`` would run.
+    auto_reason : str
+        Why.
+    options : MultiplyOptions
+        The options the plans were made with.
+    """
+
+    left: BlockLayout = field(repr=False)
+    right: BlockLayout = field(repr=False)
+    plans: dict[str, MultiplyPlan]
+    auto_choice: str
+    auto_reason: str
+    options: MultiplyOptions = field(repr=False)
+
+    def __getitem__(self, name: str) -> MultiplyPlan:
+        return self.plans[name]
+
+    def __iter__(self):
+        return iter(self.plans)
+
+    def rows(self) -> list[dict]:
+        """One dict of plain numbers per strategy (for CSV / JSON)."""
+        return [{"strategy": name, "shuffles": p.num_shuffles, "shuffle_records": p.shuffle_records,
+                 "shuffle_bytes": p.shuffle_bytes, "max_task_input_bytes": p.max_task_input_bytes,
+                 "max_task_memory_bytes": p.max_task_memory_bytes,
+                 "max_task_output_bytes": p.max_task_output_bytes, "flops": p.flops,
+                 "auto_choice": name == self.auto_choice} for name, p in self.plans.items()]
+
+    def __str__(self) -> str:
+        def describe(lay: BlockLayout) -> str:
+            return (f"{lay.shape[0]}x{lay.shape[1]} in {lay.rows_per_block}x"
+                    f"{lay.cols_per_block} blocks ({len(lay.block_nbytes)} of "
+                    f"{lay.num_row_blocks * lay.num_col_blocks} stored, "
+                    f"{format_bytes(lay.nbytes)})")
+
+        header = (f"{'strategy':<10} {'shuffles':>8} {'records':>9} {'shuffle bytes':>14} "
+                  f"{'task input':>11} {'task memory':>12} {'task output':>12} {'flops':>10}")
+        rule = "-" * len(header)
+        lines = [
+            f"         A: {describe(self.left)}",
+            f"         B: {describe(self.right)}",
+            f"    budget: {format_bytes(self.options.budget_bytes)} of task memory",
+            f" auto pick: {self.auto_choice}",
+            f"       why: {self.auto_reason}",
+            rule, header, rule,
+        ]
+        for name, p in self.plans.items():
+            mark = "*" if name == self.auto_choice else " "
+            lines.append(
+                f"{name + mark:<10} {p.num_shuffles:>8} {p.shuffle_records:>9} "
+                f"{format_bytes(p.shuffle_bytes):>14} {format_bytes(p.max_task_input_bytes):>11} "
+                f"{format_bytes(p.max_task_memory_bytes):>12} "
+                f"{format_bytes(p.max_task_output_bytes):>12} {p.flops:>10.3e}")
+        lines.append(rule)
+        for name, p in self.plans.items():
+            for n, s in enumerate(p.shuffles, 1):
+                lines.append(f"{name:<10} shuffle {n}: {s.name}: {s.records} records, "
+                             f"{format_bytes(s.bytes)}")
+            note = p.details.get("note")
+            if note:
+                lines.append(f"{name:<10} {note}")
+        return "\n".join(lines)
+
+
+def explain_multiply(A, B, strategy: str | None = None, **options) -> MultiplyReport:
+    """Plan ``A @ B`` with every registered strategy (or one) without moving block data.
+
+    Parameters
+    ----------
+    A, B : BlockMatrix or BlockLayout
+        The operands (a BlockMatrix whose layout is unknown runs one small job to list its
+        block keys and sizes).
+    strategy : str, optional
+        Plan only this strategy (``"auto"`` gives the plan auto would run). Default: every
+        registered strategy but ``auto``.
+    **options
+        ``num_partitions``, ``num_mid_splits``, ``task_buffer_bytes``, ``memory_budget_bytes``
+        as for :meth:`BlockMatrix.multiply`. With BlockMatrix operands the last two default to
+        the Spark configuration's values, with layouts to :class:`MultiplyOptions`' defaults.
+
+    Returns
+    -------
+    MultiplyReport
+        ``print`` it for a table; ``report[name]`` is a :class:`MultiplyPlan`.
+
+    Raises
+    ------
+    ShapeMismatchError, BlockSizeMismatchError, InvalidParameterError, UnknownStrategyError
+        Before anything is planned.
+    """
+    from .planner import check_multiplicable
+
+    unknown = set(options) - {"num_partitions", "num_mid_splits", "task_buffer_bytes",
+                              "memory_budget_bytes"}
+    if unknown:
+        from .errors import InvalidParameterError
+
+        raise InvalidParameterError(
+            f"explain_multiply got unknown option(s) {sorted(unknown)}: use num_partitions, "
+            f"num_mid_splits, task_buffer_bytes or memory_budget_bytes")
+    if strategy is not None:
+        get_strategy(strategy)
+    left, right = _layout(A, options), _layout(B, options)
+    check_multiplicable(left, right)
+    opts = MultiplyOptions(**{k: v for k, v in options.items() if v is not None})
+    names = [strategy] if strategy is not None else [n for n in STRATEGIES if n != "auto"]
+    plans = {name: get_strategy(name).plan(left, right, opts) for name in names}
+    candidates = {n: plans[n] for n in _auto.CANDIDATES if n in plans}
+    missing = [n for n in _auto.CANDIDATES if n not in candidates]
+    for name in missing:
+        candidates[name] = get_strategy(name).plan(left, right, opts)
+    choice, reason = _auto.choose(candidates, opts.budget_bytes)
+    return MultiplyReport(left, right, plans, choice, reason, opts)
+
+
+def _layout(operand, options: dict) -> BlockLayout:
+    if isinstance(operand, BlockLayout):
+        return operand
+    from .matrix import BlockMatrix, worker_buffer_bytes
+    from .strategies.broadcast import default_memory_budget
+
+    if not isinstance(operand, BlockMatrix):
+        raise TypeError(f"explain_multiply takes BlockMatrix or BlockLayout operands, not "
+                        f"{type(operand).__name__}: wrap arrays with BlockMatrix.from_numpy")
+    sc = operand.blocks.context
+    if options.get("memory_budget_bytes") is None:
+        options["memory_budget_bytes"] = default_memory_budget(sc)
+    if options.get("task_buffer_bytes") is None:
+        options["task_buffer_bytes"] = worker_buffer_bytes(sc)
+    return operand.layout()
