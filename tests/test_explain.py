@@ -1,0 +1,200 @@
+"""Planning without Spark: seed formulas, key-set counting, budgets, auto's choice, the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from blockmatrix.errors import InvalidParameterError, ShapeMismatchError, UnknownStrategyError
+from blockmatrix.explain import (
+    explain_multiply,
+    seed_inner_elements,
+    seed_outer_elements,
+    seed_pasa_elements,
+    shuffle_elements,
+)
+from blockmatrix.partitioner import MatrixMultPartitioner
+from blockmatrix.planner import RECORD_OVERHEAD_BYTES, BlockLayout, parallelized_partitions
+from blockmatrix.strategies import STRATEGIES, MultiplyOptions
+from blockmatrix.strategies import auto as auto_strategy
+from blockmatrix.strategies import broadcast as broadcast_strategy
+
+
+def dense_layout(rows, cols, r, c, itemsize=8, keys=None, num_partitions=1, rows_aligned=False):
+    lay = BlockLayout((rows, cols), r, c, {})
+    keys = keys if keys is not None else [(i, j) for i in range(lay.num_row_blocks)
+                                          for j in range(lay.num_col_blocks)]
+    sizes = {k: lay.block_shape(*k)[0] * lay.block_shape(*k)[1] * itemsize for k in keys}
+    parts = {k: k[0] % num_partitions for k in keys} if rows_aligned else None
+    return BlockLayout((rows, cols), r, c, sizes, num_partitions=num_partitions,
+                       key_partitions=parts)
+
+
+# (n, m, k, r): C (n x k) = A (n x m) B (m x k) in r x r blocks
+SEED_SHAPES = [(40, 40, 40, 10), (60, 20, 30, 10), (10, 80, 10, 10), (80, 10, 20, 10),
+               (30, 30, 30, 30)]
+
+
+@pytest.mark.parametrize("n,m,k,r", SEED_SHAPES)
+def test_dense_plans_agree_with_seed_formulas(n, m, k, r):
+    a, b = dense_layout(n, m, r, r), dense_layout(m, k, r, r)
+    # every result block its own reducer, every inner block its own outer task
+    parts = max(n // r, k // r, m // r) ** 2
+    report = explain_multiply(a, b, num_partitions=parts)
+    assert shuffle_elements(report["inner"]) == seed_inner_elements(n, m, k, r)
+    assert shuffle_elements(report["outer"]) == seed_outer_elements(n, m, k, r)
+    assert shuffle_elements(report["pasa"]) == seed_pasa_elements(n, m, k, r)
+    assert report["outer"].shuffles[0].records == (n // r + k // r) * (m // r)
+
+
+def test_seed_formulas_by_hand():
+    # 2 x 2 blocks each way, r = 1: inner sends A and B twice each
+    assert seed_inner_elements(2, 2, 2, 1) == 16
+    assert seed_outer_elements(2, 2, 2, 1) == 2 * (2 + 2 + 4)
+    assert seed_pasa_elements(2, 2, 2, 1) == 24
+    assert seed_pasa_elements(2, 1, 2, 1) == 8  # one inner block: Marlin skips the reduce
+
+
+def test_block_sparse_counts_the_key_sets():
+    # A has blocks (0,0), (1,1); B has (0,0), (0,1): A (1,1) has no counterpart (B row 1 empty)
+    a = dense_layout(20, 20, 10, 10, keys=[(0, 0), (1, 1)])
+    b = dense_layout(20, 20, 10, 10, keys=[(0, 0), (0, 1)])
+    block = 10 * 10 * 8 + RECORD_OVERHEAD_BYTES
+    report = explain_multiply(a, b, num_partitions=4)
+    inner = report["inner"]
+    # A(0,0) goes to C(0,0) and C(0,1); B(0,0), B(0,1) once each; A(1,1) nowhere
+    assert inner.shuffles[0].records == 4
+    assert inner.shuffle_bytes == 4 * block
+    outer = report["outer"]
+    # only k = 0 meets: A(0,0), B(0,0), B(0,1); then two partial blocks
+    assert [s.records for s in outer.shuffles] == [3, 2]
+    assert outer.shuffle_bytes == 5 * block
+    pasa = report["pasa"]
+    # no checks: A blocks x 2 block columns, B blocks x 2 block rows; 2 products
+    assert [s.records for s in pasa.shuffles] == [8, 2]
+    assert pasa.shuffle_bytes == 10 * block
+    assert pasa.shuffle_bytes >= inner.shuffle_bytes
+
+
+@pytest.mark.parametrize("shape", [(40, 30, 20, 10), (10, 80, 10, 10), (60, 10, 60, 10)])
+@pytest.mark.parametrize("drop", [0, 2, 3])
+def test_pasa_never_shuffles_less_than_inner(shape, drop):
+    n, m, k, r = shape
+    keys_a = [(i, j) for i in range(n // r) for j in range(m // r) if drop == 0 or (i + j) % drop]
+    keys_b = [(i, j) for i in range(m // r) for j in range(k // r) if drop == 0 or (i * j) % drop]
+    a = dense_layout(n, m, r, r, keys=keys_a)
+    b = dense_layout(m, k, r, r, keys=keys_b)
+    report = explain_multiply(a, b)
+    assert report["pasa"].shuffle_bytes >= report["inner"].shuffle_bytes
+
+
+def test_mid_splits_spread_a_long_inner_dimension():
+    # 1 x 16 blocks times 16 x 1 blocks: with s = 1 one task gets everything
+    a = dense_layout(10, 160, 10, 10)
+    b = dense_layout(160, 10, 10, 10)
+    one = explain_multiply(a, b, strategy="inner")["inner"]
+    four = explain_multiply(a, b, strategy="inner", num_mid_splits=4)["inner"]
+    assert one.max_task_input_bytes == one.shuffle_bytes
+    assert four.max_task_input_bytes * 4 == pytest.approx(one.max_task_input_bytes, rel=0.01)
+    assert four.num_shuffles == 2 and one.num_shuffles == 1
+
+
+def test_broadcast_zero_shuffles_when_rows_are_aligned():
+    a = dense_layout(40, 40, 10, 10, num_partitions=2, rows_aligned=True)
+    b = dense_layout(40, 20, 10, 10)
+    plan = explain_multiply(a, b, strategy="broadcast")["broadcast"]
+    assert plan.num_shuffles == 0 and plan.details["side"] == 0 + 1  # B broadcast
+    assert plan.details["broadcast_bytes"] == b.nbytes
+
+
+def test_broadcast_split_rows_or_unknown_partitions_cost_one_shuffle():
+    b = dense_layout(40, 20, 10, 10)
+    # row 1's blocks in two partitions
+    a = dense_layout(40, 40, 10, 10)
+    parts = {key: 0 if key < (1, 2) else 1 for key in a.keys}
+    split = BlockLayout(a.shape, 10, 10, a.block_nbytes, num_partitions=2, key_partitions=parts)
+    plan = explain_multiply(split, b, strategy="broadcast")["broadcast"]
+    assert plan.num_shuffles == 1
+    assert plan.shuffles[0].records == 3 * 2 + 2 * 2  # C is 4x2 blocks; row 1 gets 2 partials
+    unknown = BlockLayout(a.shape, 10, 10, a.block_nbytes, num_partitions=2)
+    assert explain_multiply(unknown, b, strategy="broadcast")["broadcast"].num_shuffles == 1
+
+
+def test_broadcast_refused_over_budget_and_auto_avoids_it():
+    a = dense_layout(400, 400, 100, 100, num_partitions=4, rows_aligned=True)
+    b = dense_layout(400, 100, 100, 100)
+    budget_ok = explain_multiply(a, b, memory_budget_bytes=64 << 20)
+    assert budget_ok.auto_choice == "broadcast"
+    assert budget_ok["broadcast"].details["fits_budget"]
+    tight = b.nbytes - 1
+    refused = explain_multiply(a, b, memory_budget_bytes=tight)
+    assert not refused["broadcast"].details["fits_budget"]
+    assert refused.auto_choice != "broadcast"
+    assert "broadcast" in refused.auto_reason and "over budget" in refused.auto_reason
+    with pytest.raises(InvalidParameterError, match="memory_budget_bytes"):
+        broadcast_strategy.check_fits(refused["broadcast"])
+
+
+def test_auto_plan_carries_choice_and_reason():
+    a = dense_layout(400, 400, 100, 100, num_partitions=4, rows_aligned=True)
+    b = dense_layout(400, 100, 100, 100)
+    plan = auto_strategy.plan(a, b, MultiplyOptions(memory_budget_bytes=64 << 20))
+    assert plan.strategy == "broadcast"
+    assert plan.details["chosen_by"] == "auto"
+    assert set(plan.details["candidates"]) == {"inner", "outer", "pasa", "broadcast"}
+    assert plan.reason.startswith("broadcast: least predicted data movement")
+    assert "reason: broadcast" in str(plan)
+
+
+def test_auto_when_nothing_fits_takes_least_memory():
+    a = dense_layout(400, 400, 100, 100)
+    b = dense_layout(400, 400, 100, 100)
+    report = explain_multiply(a, b, memory_budget_bytes=1000)
+    assert "no plan fits" in report.auto_reason
+    least = min(report.plans.values(), key=lambda p: p.max_task_memory_bytes)
+    assert report.auto_choice == least.strategy
+
+
+def test_report_prints_a_table():
+    a = dense_layout(40, 30, 10, 10)
+    b = dense_layout(30, 20, 10, 10)
+    report = explain_multiply(a, b)
+    text = str(report)
+    for word in ("strategy", "shuffles", "records", "shuffle bytes", "task input",
+                 "task memory", "task output", "flops", "auto pick", "why"):
+        assert word in text
+    for name in STRATEGIES:
+        if name != "auto":
+            assert name in text
+    assert set(report.plans) == set(STRATEGIES) - {"auto"}
+    rows = report.rows()
+    assert sum(r["auto_choice"] for r in rows) == 1
+    single = explain_multiply(a, b, strategy="outer")
+    assert list(single.plans) == ["outer"]
+
+
+def test_bad_input_is_rejected():
+    a = dense_layout(40, 30, 10, 10)
+    with pytest.raises(ShapeMismatchError, match="A.shape"):
+        explain_multiply(a, a)
+    with pytest.raises(UnknownStrategyError):
+        explain_multiply(a, a.transpose(), strategy="nope")
+    with pytest.raises(InvalidParameterError, match="memory_budget_bytes"):
+        explain_multiply(a, a.transpose(), memory_budget_bytes=0)
+    with pytest.raises(InvalidParameterError, match="unknown option"):
+        explain_multiply(a, a.transpose(), num_parts=3)
+
+
+def test_matrix_mult_partitioner_is_a_bijection():
+    p = MatrixMultPartitioner(3, 4, 5)
+    seqs = [p((i, j, ll)) for i in range(3) for j in range(5) for ll in range(4)]
+    assert sorted(seqs) == list(range(p.num_partitions))
+    with pytest.raises(InvalidParameterError):
+        p((3, 0, 0))
+
+
+def test_parallelized_partitions_keep_order_and_range():
+    for n_items in (1, 5, 16, 17, 100):
+        for slices in (1, 2, 3, 8):
+            parts = parallelized_partitions(n_items, slices)
+            assert parts == sorted(parts)
+            assert set(parts) <= set(range(slices))
