@@ -208,3 +208,39 @@ def _get_stage(sc, stage_id: int) -> list[dict]:
         if exc.code == 404:
             return []
         raise
+
+
+def measure_multiply(A, B, strategy: str = "inner", label: str = "", **options):
+    """Run ``A.multiply(B, strategy, **options)`` to completion and compare with its plan.
+
+    The product is computed (``count``) inside :func:`record`, so the figures are Spark's own
+    for the multiply alone.
+
+    Returns
+    -------
+    C : BlockMatrix
+        The product (not persisted).
+    metrics : SparkMetrics
+        What Spark measured.
+    row : dict
+        Plain numbers: the strategy run, predicted and measured shuffles and shuffle bytes,
+        their ratio, the plan's largest task input / memory / output, tasks and wall time.
+    """
+    sc = A.blocks.context
+    with record(sc, label or strategy) as metrics:
+        C = A.multiply(B, strategy=strategy, **options)
+        C.blocks.count()
+    plan = C.plan
+    predicted = plan.shuffle_bytes
+    measured = metrics.shuffle_write_bytes
+    row = {"label": label, "strategy": strategy, "ran": plan.strategy,
+           "predicted_shuffles": plan.num_shuffles, "measured_shuffles": metrics.shuffle_stages,
+           "predicted_shuffle_bytes": predicted, "measured_shuffle_bytes": measured,
+           "measured_over_predicted": round(measured / predicted, 4) if predicted else
+           (1.0 if measured == 0 else float("inf")),
+           "predicted_records": plan.shuffle_records,
+           "max_task_input_bytes": plan.max_task_input_bytes,
+           "max_task_memory_bytes": plan.max_task_memory_bytes,
+           "max_task_output_bytes": plan.max_task_output_bytes,
+           "tasks": metrics.num_tasks, "wall_time_s": round(metrics.wall_time_s, 3)}
+    return C, metrics, row
