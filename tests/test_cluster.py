@@ -1,0 +1,136 @@
+"""The jobs under spark-submit on a real standalone cluster (a master and two workers).
+
+Executors run in their own JVMs with their own Python workers, so anything that only worked in
+local mode (closures capturing driver state, files only the driver can see, packages only the
+driver imports) fails here. Every result is compared with numpy.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from cluster import REPO, spark_submit
+from cluster import standalone_cluster as _standalone_cluster  # noqa: F401  (a fixture)
+from conftest import assert_eq
+
+from blockmatrix import STRATEGIES
+
+MULTIPLY = REPO / "jobs" / "multiply.py"
+GRAM = REPO / "jobs" / "gram.py"
+
+
+@pytest.fixture(scope="module")
+def operands(tmp_path_factory):
+    """A (300 x 200) and B (200 x 250) float64 in HDF5, with a zero block row in A."""
+    folder = tmp_path_factory.mktemp("cluster-inputs")
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 250))
+    a[64:128] = 0.0
+    with h5py.File(folder / "in.h5", "w") as f:
+        f["A"] = a
+        f["B"] = b
+    return folder, a, b
+
+
+def read(path: Path, dataset: str) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f[dataset][()]
+
+
+def check_ran(result) -> None:
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_multiply_job_on_the_cluster(standalone_cluster, operands, tmp_path, strategy):
+    folder, a, b = operands
+    out = tmp_path / "C.h5"
+    result = spark_submit(standalone_cluster, MULTIPLY, f"{folder}/in.h5::/A",
+                          f"{folder}/in.h5::/B", f"{out}::/C", "--block-size", 100,
+                          "--strategy", strategy, "--verify")
+    check_ran(result)
+    assert f"master {standalone_cluster.url}" in result.stdout
+    assert "verified against numpy" in result.stdout and "(OK" in result.stdout
+    assert_eq(read(out, "/C"), a @ b)
+
+
+def test_the_cluster_ran_executors_on_both_workers(standalone_cluster):
+    """The applications above got executors from both workers (separate JVMs)."""
+    apps = standalone_cluster.state().get("completedapps", [])
+    if not apps:
+        pytest.skip("no application has run on this cluster yet (run the module as a whole)")
+    assert all(app.get("state") == "FINISHED" for app in apps), apps
+    assert any(app.get("cores", 0) >= 2 for app in apps), apps
+
+
+def test_gram_job_on_the_cluster(standalone_cluster, tmp_path):
+    if not GRAM.is_file():
+        pytest.skip("jobs/gram.py (helper-1's X X^T job) is not in the checkout yet")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((150, 700))
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f["X"] = x
+    result = spark_submit(standalone_cluster, GRAM, f"{path}::/X", f"{path}::/Y",
+                          "--tile", 64, "--slab", 128)
+    check_ran(result)
+    assert_eq(read(path, "/Y"), x @ x.T)
+    np.testing.assert_array_equal(read(path, "/X"), x)
+
+
+# ---------------------------------------------------------------------- --py-files
+
+
+def make_bare_python(folder: Path) -> Path:
+    """A virtual environment that sees the main one's packages except ``blockmatrix``.
+
+    Its ``.pth`` line puts the main ``site-packages`` on ``sys.path`` as a plain folder, so
+    numpy, h5py and pyspark import, but the ``.pth`` files inside it (the editable install's
+    finder among them) are not run: ``import blockmatrix`` fails unless the package arrives
+    some other way, e.g. through ``--py-files``.
+    """
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(folder)],
+                   check=True, capture_output=True)
+    python = folder / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; "
+                           "print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "main_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def zip_package(target: Path) -> Path:
+    """``blockmatrix/`` as a zip for ``--py-files`` (Python sources only)."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
+        for source in sorted((REPO / "blockmatrix").rglob("*.py")):
+            z.write(source, source.relative_to(REPO).as_posix())
+    return target
+
+
+def test_py_files_ship_the_package_to_executors(standalone_cluster, operands, tmp_path):
+    folder, a, b = operands
+    if any(Path(p, "blockmatrix").is_dir()
+           for p in standalone_cluster.env.get("PYTHONPATH", "").split(":") if p):
+        pytest.skip("PYTHONPATH of the cluster's workers already holds a blockmatrix package")
+    python = make_bare_python(tmp_path / "bare-venv")
+    env = {k: v for k, v in standalone_cluster.env.items() if k != "PYTHONPATH"}
+    probe = subprocess.run([str(python), "-c", "import numpy, h5py, pyspark, blockmatrix"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert probe.returncode != 0 and "No module named 'blockmatrix'" in probe.stderr, probe
+    package = zip_package(tmp_path / "blockmatrix.zip")
+    out = tmp_path / "C.h5"
+    result = spark_submit(standalone_cluster, MULTIPLY, f"{folder}/in.h5::/A",
+                          f"{folder}/in.h5::/B", f"{out}::/C", "--block-size", 100, "--verify",
+                          env=env, spark_args=("--py-files", str(package)),
+                          conf={"spark.pyspark.python": str(python),
+                                "spark.pyspark.driver.python": str(python)})
+    check_ran(result)
+    assert "(OK" in result.stdout
+    assert_eq(read(out, "/C"), a @ b)
