@@ -28,7 +28,6 @@ from ..planner import (
     ShuffleEstimate,
     check_multiplicable,
     dense_flops,
-    product_keys,
     result_grid,
     simulate_multiply,
 )
@@ -62,13 +61,13 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
     out_layout = BlockLayout((left.shape[0], right.shape[1]), left.rows_per_block,
                              right.cols_per_block, {}, np.result_type(left.dtype, right.dtype))
     task_output = [0] * num_tasks
-    partials = 0
-    for i, j in product_keys(left.keys, right.keys):
+    stripes = mid_split_stripes(left.keys, right.keys, s)
+    for (i, j), residues in stripes.items():
         rows, cols = out_layout.block_shape(i, j)
         base = grid.partition_of(i, j) * s
-        for r in range(s):
+        for r in residues:
             task_output[base + r] += rows * cols * itemsize
-        partials += s
+    partials = sum(len(residues) for residues in stripes.values())
     memory = [task_output[t] + min(task_input[t], options.task_buffer_bytes) + largest_slice[t]
               for t in range(num_tasks)]
     shuffles = [ShuffleEstimate("route blocks to result partitions", records, sum(task_input))]
@@ -83,6 +82,24 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
         flops=dense_flops(left, right),
         details={"grid": grid, "num_mid_splits": s, "left_destinations": left_dest,
                  "right_destinations": right_dest})
+
+
+def mid_split_stripes(left_keys, right_keys, s: int) -> dict[tuple[int, int], set[int]]:
+    """For every product block ``(i, j)``, the stripes ``k % s`` that hold a partial of it.
+
+    >>> sorted(mid_split_stripes([(0, 0), (0, 1), (0, 2)], [(0, 0), (2, 0)], 2).items())
+    [((0, 0), {0})]
+    >>> mid_split_stripes([(0, 0), (0, 1)], [(0, 0), (1, 0)], 2)
+    {(0, 0): {0, 1}}
+    """
+    cols_of_row = defaultdict(list)
+    for k, j in right_keys:
+        cols_of_row[k].append(j)
+    stripes: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for i, k in set(left_keys):
+        for j in cols_of_row.get(k, ()):
+            stripes[(i, j)].add(k % s)
+    return dict(stripes)
 
 
 def execute(plan: MultiplyPlan, left, right, options: MultiplyOptions):
