@@ -468,17 +468,18 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc : subprocess.Popen
     """
     procs = []
-    with contextlib.suppress(psutil.NoSuchProcess):
-        root = psutil.Process(proc.pid)
-        procs = [root, *root.children(recursive=True)]
+    if proc.poll() is None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs = psutil.Process(proc.pid).children(recursive=True)
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the group outlives its leader
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-    psutil.wait_procs(procs, timeout=30)
+    # Reap the root with Popen (not psutil) so that its returncode stays the real one (-9).
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=30)
+    psutil.wait_procs(procs, timeout=30)
 
 
 @pytest.fixture(scope="module")
