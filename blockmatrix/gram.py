@@ -1048,8 +1048,9 @@ def plan_request(request: GramRequest, concurrent_tasks: int = 2,
     return plan
 
 
-def _collect(rdd, box: dict) -> None:
+def _collect(rdd, box: dict, description: str) -> None:
     try:
+        rdd.context.setJobDescription(description)  # local properties are per thread
         box["stats"] = rdd.collect()
     except BaseException as exc:  # re-raised on the driver's main thread
         box["error"] = exc
@@ -1064,9 +1065,10 @@ def _start_tasks(sc, request: GramRequest, plan: GramPlan, throttle: float):
         compute_tile, path=os.path.abspath(request.input_path), dataset=request.input_dataset,
         dtype=plan.dtype, slab=plan.slab, threads=plan.threads_per_task,
         work_dir=request.work_dir, cache_bytes=plan.cache_bytes, throttle=throttle)
-    sc.setJobDescription(f"gram: {len(plan.todo)} tiles of {request.input_location}")
     rdd = sc.parallelize(list(plan.todo), len(plan.todo)).map(fn)
-    thread = threading.Thread(target=_collect, args=(rdd, box), name="gram-job", daemon=True)
+    description = f"gram: {len(plan.todo)} tiles of {request.input_location}"
+    thread = threading.Thread(target=_collect, args=(rdd, box, description), name="gram-job",
+                              daemon=True)
     thread.start()
     return thread, box
 

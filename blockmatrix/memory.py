@@ -41,13 +41,26 @@ def tree_rss_by_process(root: psutil.Process) -> dict[int, tuple[str, int]]:
         members = [root, *root.children(recursive=True)]
     except psutil.Error:
         return {}
-    found = {}
+    found: dict[int, tuple[str, int]] = {}
+    seen: dict[int, tuple[tuple[str, ...], int]] = {}
     for proc in members:
         try:
-            found[proc.pid] = (_describe(proc), proc.memory_info().rss)
+            cmd, rss, parent = tuple(proc.cmdline()), proc.memory_info().rss, proc.ppid()
+            if seen.get(parent) == (cmd, rss):
+                continue  # a vfork/posix_spawn child not yet exec'd shares its parent's pages
+            seen[proc.pid] = (cmd, rss)
+            found[proc.pid] = (_describe(proc), rss)
         except psutil.Error:
             continue
     return found
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return t.user + t.system
 
 
 def _describe(proc: psutil.Process) -> str:
@@ -90,6 +103,8 @@ class TreePeakRSS:
         Description and RSS of each process at the peak sample, largest first.
     samples : int
         Number of samples taken.
+    cpu_seconds : float
+        CPU time used by the processes of the tree (see the property).
     """
 
     def __init__(self, pid: int | None = None, interval: float = 0.05):
@@ -99,8 +114,18 @@ class TreePeakRSS:
         self.peak_processes = 0
         self.peak_breakdown: list[tuple[str, int]] = []
         self.samples = 0
+        self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used by the tree's processes, as last sampled.
+
+        A process is counted up to its last sample, so each one that exits between samples
+        loses at most one interval of CPU time.
+        """
+        return sum(self._cpu.values())
 
     def sample(self) -> int:
         """Take one sample now and return the tree's current summed RSS."""
@@ -109,6 +134,10 @@ class TreePeakRSS:
         except psutil.Error:
             return 0
         rss = sum(r for _, r in found.values())
+        for pid in found:
+            cpu = _cpu_seconds(pid)
+            if cpu is not None:
+                self._cpu[pid] = max(cpu, self._cpu.get(pid, 0.0))
         self.samples += 1
         if rss > self.peak_bytes:
             self.peak_bytes, self.peak_processes = rss, len(found)

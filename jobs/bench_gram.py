@@ -130,7 +130,8 @@ def measure(cmd: list[str], log: Path) -> dict:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:3]} failed with exit code {proc.returncode}: see {log}")
-    return {"wall_s": wall, "peak_rss": peak.peak_bytes, "processes": peak.peak_processes,
+    return {"wall_s": wall, "cpu_s": peak.cpu_seconds, "peak_rss": peak.peak_bytes,
+            "processes": peak.peak_processes,
             "breakdown": peak.peak_breakdown, "load_before": load}
 
 
@@ -155,13 +156,15 @@ def compare(path: Path, names: list[str]) -> dict:
 def table(rows: list[dict], best: dict) -> str:
     """The printed comparison table."""
     ref = best.get("numpy")
-    lines = [f"{'contender':<10}{'wall s':>10}{'peak RSS':>14}{'wall/numpy':>12}"
-             f"{'RSS/numpy':>11}{'procs':>7}{'load':>7}"]
+    lines = [f"{'contender':<10}{'wall s':>8}{'CPU s':>8}{'peak RSS':>12}{'wall/numpy':>12}"
+             f"{'CPU/numpy':>11}{'RSS/numpy':>11}{'procs':>7}{'load':>6}"]
     for r in rows:
         wr = r["wall_s"] / ref["wall_s"] if ref else float("nan")
+        cr = r["cpu_s"] / ref["cpu_s"] if ref else float("nan")
         mr = r["peak_rss"] / ref["peak_rss"] if ref else float("nan")
-        lines.append(f"{r['name']:<10}{r['wall_s']:>10.1f}{format_bytes(r['peak_rss']):>14}"
-                     f"{wr:>12.3f}{mr:>11.3f}{r['processes']:>7}{r['load_before']:>7.1f}")
+        lines.append(f"{r['name']:<10}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}"
+                     f"{format_bytes(r['peak_rss']):>12}{wr:>12.3f}{cr:>11.3f}{mr:>11.3f}"
+                     f"{r['processes']:>7}{r['load_before']:>6.1f}")
     return "\n".join(lines)
 
 
@@ -182,7 +185,8 @@ def main(argv=None) -> int:
             if name == "ours" and Path(f"{path}.ours.json").exists():
                 result["report"] = json.loads(Path(f"{path}.ours.json").read_text())
             runs.append(result)
-            print(f"{name:<6} run {rep}: {result['wall_s']:.1f} s, peak "
+            print(f"{name:<6} run {rep}: {result['wall_s']:.1f} s, "
+                  f"CPU {result['cpu_s']:.1f} s, peak "
                   f"{format_bytes(result['peak_rss'])} ({result['processes']} processes), "
                   f"load {result['load_before']:.1f}", flush=True)
     best = {n: min((r for r in runs if r["name"] == n), key=lambda r: r["wall_s"])
