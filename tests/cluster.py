@@ -34,6 +34,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 VENV_BIN = Path(sys.executable).parent
+#: JVM options for short test applications on a busy 2-core machine: the client compiler only
+#: and the serial collector start a JVM about a third faster (measured: a trivial spark-submit
+#: on the test cluster took 12 s instead of 19 s).
+FAST_START_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 def _pyspark_bin() -> Path:
@@ -99,6 +103,7 @@ def cluster_env(base: Path) -> dict[str, str]:
     )
     # Keep the daemons small: they only schedule; executors get their own JVMs.
     env.setdefault("SPARK_DAEMON_MEMORY", "256m")
+    env.setdefault("SPARK_DAEMON_JAVA_OPTS", FAST_START_JVM)
     for name in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_HOME"):
         env.pop(name, None)
     return env
@@ -402,9 +407,9 @@ def submit_command(cluster: StandaloneCluster, script, *args, executor_memory: s
         "spark.task.maxFailures": "8",
         # The log4j2 path in spark-defaults.conf is relative to the checkout: make it absolute.
         "spark.driver.extraJavaOptions":
-            f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}",
+            f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'} {FAST_START_JVM}",
         "spark.executor.extraJavaOptions":
-            f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}",
+            f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'} {FAST_START_JVM}",
     }
     props.update(conf or {})
     cmd = [str(spark_script("spark-submit")), "--master", cluster.url,

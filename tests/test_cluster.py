@@ -16,8 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from cluster import REPO, spark_submit
-from cluster import standalone_cluster as _standalone_cluster  # noqa: F401  (a fixture)
+from cluster import REPO, spark_submit, standalone_cluster  # noqa: F401  (a fixture)
 from conftest import assert_eq
 
 from blockmatrix import STRATEGIES
@@ -49,7 +48,7 @@ def check_ran(result) -> None:
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_multiply_job_on_the_cluster(standalone_cluster, operands, tmp_path, strategy):
+def test_multiply_job_on_the_cluster(standalone_cluster, operands, tmp_path, strategy):  # noqa: F811
     folder, a, b = operands
     out = tmp_path / "C.h5"
     result = spark_submit(standalone_cluster, MULTIPLY, f"{folder}/in.h5::/A",
@@ -61,7 +60,7 @@ def test_multiply_job_on_the_cluster(standalone_cluster, operands, tmp_path, str
     assert_eq(read(out, "/C"), a @ b)
 
 
-def test_the_cluster_ran_executors_on_both_workers(standalone_cluster):
+def test_the_cluster_ran_executors_on_both_workers(standalone_cluster):  # noqa: F811
     """The applications above got executors from both workers (separate JVMs)."""
     apps = standalone_cluster.state().get("completedapps", [])
     if not apps:
@@ -70,7 +69,7 @@ def test_the_cluster_ran_executors_on_both_workers(standalone_cluster):
     assert any(app.get("cores", 0) >= 2 for app in apps), apps
 
 
-def test_gram_job_on_the_cluster(standalone_cluster, tmp_path):
+def test_gram_job_on_the_cluster(standalone_cluster, tmp_path):  # noqa: F811
     if not GRAM.is_file():
         pytest.skip("jobs/gram.py (helper-1's X X^T job) is not in the checkout yet")
     rng = np.random.default_rng(7)
@@ -114,7 +113,7 @@ def zip_package(target: Path) -> Path:
     return target
 
 
-def test_py_files_ship_the_package_to_executors(standalone_cluster, operands, tmp_path):
+def test_py_files_ship_the_package_to_executors(standalone_cluster, operands, tmp_path):  # noqa: F811
     folder, a, b = operands
     if any(Path(p, "blockmatrix").is_dir()
            for p in standalone_cluster.env.get("PYTHONPATH", "").split(":") if p):

@@ -148,13 +148,13 @@ def test_python_worker_killed_mid_task(cluster, square, tmp_path):
 
 
 def test_long_inner_dimension_in_512mb_executors(cluster, tmp_path):
-    """1 x 48 blocks times 48 x 1 blocks of 1024 x 1024: 768 MB of input, 8 MB of output.
+    """1 x 40 blocks times 40 x 1 blocks of 1024 x 1024: 640 MB of input, 8 MB of output.
 
     Every input block meets on the one reducer of the one output block (SPARK-18218). The
     reducer buffers at most ``spark.python.worker.memory`` (128 MB here) of blocks and spills
     the rest to local disk; the JVM side spills its shuffle too.
     """
-    n, blocks = 1024, 48
+    n, blocks = 1024, 40
     rng = np.random.default_rng(62)
     a = np.empty((n, n * blocks))
     b = np.empty((n * blocks, n))
