@@ -32,6 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cluster import FAST_START_JVM
 from conftest import assert_eq
 
 from blockmatrix import STRATEGIES, BlockMatrix
@@ -219,7 +220,7 @@ def test_add_refuses_duplicate_blocks(sc, folder):
 
 
 def run_job(folder: Path, *args, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAVA_TOOL_OPTIONS=FAST_START_JVM)
     return subprocess.run([sys.executable, str(MULTIPLY), *map(str, args)], cwd=folder,
                           capture_output=True, text=True, timeout=timeout, env=env)
 

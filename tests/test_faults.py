@@ -22,7 +22,14 @@ import h5py
 import numpy as np
 import psutil
 import pytest
-from cluster import REPO, kill_tree, spark_submit, spark_submit_popen, start_cluster
+from cluster import (
+    FAST_START_JVM,
+    REPO,
+    kill_tree,
+    spark_submit,
+    spark_submit_popen,
+    start_cluster,
+)
 from conftest import assert_eq
 
 MULTIPLY = REPO / "jobs" / "multiply.py"
@@ -185,7 +192,8 @@ needs_gram = pytest.mark.skipif(not GRAM.is_file(),
 
 
 def gram_popen(*args, throttle: float = 0.0) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", BLOCKMATRIX_GRAM_THROTTLE=str(throttle))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", BLOCKMATRIX_GRAM_THROTTLE=str(throttle),
+               JAVA_TOOL_OPTIONS=FAST_START_JVM)
     return subprocess.Popen([sys.executable, str(GRAM), *map(str, args), "--master", "local[2]"],
                             cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
