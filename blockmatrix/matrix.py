@@ -412,7 +412,12 @@ class BlockMatrix:
         return self.transpose()
 
     def add(self, other: BlockMatrix) -> BlockMatrix:
-        """``self + other``: same shape and block shape required; duplicates are rejected."""
+        """``self + other``: same shape and block shape required.
+
+        Duplicate block indices in an operand are rejected when the sum is computed: the Spark
+        job fails with the :class:`InvalidBlockError` message (run :meth:`validate` first to
+        get the error itself).
+        """
         return self._elementwise(other, "add", negate=False)
 
     def subtract(self, other: BlockMatrix) -> BlockMatrix:

@@ -175,7 +175,7 @@ def check_multiplicable(left: BlockLayout, right: BlockLayout) -> None:
             f"A.cols_per_block ({left.cols_per_block}) != B.rows_per_block "
             f"({right.rows_per_block}): the inner block size must agree; re-block one operand, "
             f"e.g. B = BlockMatrix.from_numpy(sc, b, {left.cols_per_block}, ...) or "
-            f"B.rechunk(rows_per_block={left.cols_per_block})")
+            f"BlockMatrix.from_hdf5(sc, path, dataset, {left.cols_per_block}, ...)")
 
 
 def check_num_mid_splits(num_mid_splits) -> int:

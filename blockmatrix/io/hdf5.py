@@ -130,16 +130,19 @@ def check_output(path: str | os.PathLike, dataset: str, overwrite: bool = False,
         raise OutputNotWritableError(
             f"{param} folder {str(folder)!r} does not exist: create it or choose another path")
     if not target.exists():
-        if not os.access(folder, os.W_OK | os.X_OK):
+        if not _can_create_in(folder):
             raise OutputNotWritableError(
                 f"{param} folder {str(folder)!r} is not writable: choose a writable location")
         return
     if not target.is_file():
         raise OutputNotWritableError(f"{param} {str(target)!r} exists and is not a file")
-    if not os.access(target, os.W_OK):
+    try:
+        with open(target, "ab"):  # append mode: opens for writing, changes nothing
+            pass
+    except OSError as exc:
         raise OutputNotWritableError(
-            f"{param} file {str(target)!r} is not writable: fix its permissions or choose "
-            f"another file")
+            f"{param} file {str(target)!r} is not writable ({exc.strerror}): fix its "
+            f"permissions or choose another file") from exc
     try:
         f = h5py.File(target, "r")
     except OSError as exc:
@@ -151,6 +154,18 @@ def check_output(path: str | os.PathLike, dataset: str, overwrite: bool = False,
             raise OutputExistsError(
                 f"{param} dataset {dataset!r} already exists in {str(target)!r}: "
                 f"pass overwrite=True (--overwrite) to replace it, or choose another name")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (tried for real: ``os.access`` is not
+    enough for root or for pseudo file systems such as /proc)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".blockmatrix-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 def block_slices(i: int, j: int, shape: tuple[int, int], rows_per_block: int,
