@@ -1,0 +1,430 @@
+"""Benchmark every strategy against numpy / scipy.sparse and Spark MLlib, side by side.
+
+Usage::
+
+    python jobs/benchmark.py [--cases dense-2048,dense-4096,...] [--repeats 3]
+        [--contenders inner,outer,pasa,broadcast,auto,numpy,mllib] [--out bench.json]
+        [--master local[2]] [--conf KEY=VALUE ...] [--long-run 60] [--quick]
+    spark-submit --properties-file conf/spark-defaults.conf jobs/benchmark.py ...
+
+For each case the job builds seeded random operands once, distributes them as persisted
+BlockMatrix operands (and, for MLlib, as the same blocks converted with ``to_mllib()`` and
+persisted in the JVM), and then, in this one process, on the same inputs and the same cores:
+
+* ``numpy`` (``scipy`` for sparse cases): ``a @ b`` in this single process, the limit;
+* every strategy of ours and ``auto``: ``A.multiply(B, strategy)`` computed to the end
+  (``count()`` of the product's blocks, which runs the whole multiply in the workers);
+* ``mllib``: ``pyspark.mllib``'s ``BlockMatrix.multiply``, computed to the end on the JVM.
+
+Every contender's product is collected once (outside the timing) and compared with the
+single-process result; a wrong product stops the job. Times are the median of ``--repeats``
+runs (fewer when a run takes longer than ``--long-run`` seconds). Shuffle bytes are what Spark
+measured (:mod:`blockmatrix.metrics`); peak memory is the summed resident memory of the whole
+process tree (driver, JVM, Python workers; :mod:`blockmatrix.memory`) while the contender ran.
+The job prints a table and writes JSON (``--out``).
+
+Cases (``--quick`` swaps them for small ones that run in well under a minute):
+
+* ``dense-N`` (N = 2048, 4096, 8192): dense square float64 in 1024-blocks;
+* ``long-inner``: A 1 x 64 blocks times B 64 x 1 blocks, blocks 1024 x 1024;
+* ``sparse-dD-sxd`` / ``sparse-dD-sxs`` (D = 1, 10): A 16384 x 16384 in 512-blocks with D% of
+  its blocks stored (CSR, 10% filled), times a dense 16384 x 2048 B (``sxd``) or a B like A
+  (``sxs``); the limit is scipy.sparse;
+* ``report``: the default sweep of ``jobs/shuffle_report.py`` (square, tall-skinny, 1xN;
+  blocks 100 and 200; 4-block grid; block densities 1 and 0.5; seed 0), so notebook and
+  benchmark agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from blockmatrix import BlockMatrix
+from blockmatrix.cli import OneLineArgumentParser, positive_int, run
+from blockmatrix.errors import InvalidParameterError
+from blockmatrix.memory import TreePeakRSS, format_bytes
+from blockmatrix.metrics import record
+from blockmatrix.session import spark_context, under_spark_submit
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import shuffle_report  # noqa: E402
+
+PROG = "benchmark.py"
+STRATEGIES = ("inner", "outer", "pasa", "broadcast", "auto")
+CONTENDERS = ("numpy",) + STRATEGIES + ("mllib",)
+
+#: pasa runs one task per (i, k, j) block triple; beyond this many it is skipped (and says so).
+MAX_PASA_TASKS = 1024
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case: how to build A and B (seeded), and their block size."""
+
+    name: str
+    a_shape: tuple[int, int]
+    b_shape: tuple[int, int]
+    block: int
+    a_density: float = 1.0  # fraction of blocks stored
+    b_density: float = 1.0
+    sparse_a: bool = False  # CSR blocks, ``fill`` of each stored block non-zero
+    sparse_b: bool = False
+    fill: float = 0.1
+    partitions: int | None = None  # of each operand; default sc.defaultParallelism
+
+    @property
+    def is_sparse(self) -> bool:
+        """Whether either operand has CSR blocks (the limit is then scipy.sparse)."""
+        return self.sparse_a or self.sparse_b
+
+
+def _sparse_cases(n: int, cols: int, block: int) -> list[Case]:
+    out = []
+    for pct in (1, 10):
+        d = pct / 100
+        out.append(Case(f"sparse-d{pct}-sxd", (n, n), (n, cols), block, a_density=d,
+                        sparse_a=True))
+        out.append(Case(f"sparse-d{pct}-sxs", (n, n), (n, n), block, a_density=d, b_density=d,
+                        sparse_a=True, sparse_b=True))
+    return out
+
+
+def report_cases(block_sizes=(100, 200), grid=4, densities=(1.0, 0.5)) -> list[Case]:
+    """The default sweep of ``jobs/shuffle_report.py`` as benchmark cases."""
+    out = []
+    for shape in shuffle_report.SHAPES:
+        (ra, ca), (rb, cb) = shuffle_report.grid_of(shape, grid)
+        for block in block_sizes:
+            for density in densities:
+                out.append(Case(f"report:{shape} b={block} d={density:g}",
+                                (ra * block, ca * block), (rb * block, cb * block), block,
+                                a_density=density, b_density=density, partitions=2))
+    return out
+
+
+FULL_CASES = {c.name: c for c in [
+    Case("dense-2048", (2048, 2048), (2048, 2048), 1024),
+    Case("dense-4096", (4096, 4096), (4096, 4096), 1024),
+    Case("dense-8192", (8192, 8192), (8192, 8192), 1024),
+    Case("long-inner", (1024, 64 * 1024), (64 * 1024, 1024), 1024),
+    *_sparse_cases(16384, 2048, 512),
+]}
+FULL_GROUPS = {"report": report_cases()}
+
+QUICK_CASES = {c.name: c for c in [
+    Case("dense-256", (256, 256), (256, 256), 64),
+    Case("long-inner", (64, 8 * 64), (8 * 64, 64), 64),
+    Case("sparse-d50-sxd", (256, 256), (256, 128), 64, a_density=0.5, sparse_a=True),
+    Case("sparse-d50-sxs", (256, 256), (256, 256), 64, a_density=0.5, b_density=0.5,
+         sparse_a=True, sparse_b=True),
+]}
+QUICK_GROUPS = {"report": report_cases(block_sizes=(20,), grid=2, densities=(1.0,))}
+
+DEFAULT_CASES = ("dense-2048", "dense-4096", "dense-8192", "long-inner", "sparse-d1-sxd",
+                 "sparse-d1-sxs", "sparse-d10-sxd", "sparse-d10-sxs", "report")
+
+
+def _list(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty list")
+    return items
+
+
+def parse_args(argv):
+    """Parse the command line."""
+    parser = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=_list, default=None,
+                        help=f"comma-separated cases (default {','.join(DEFAULT_CASES)})")
+    parser.add_argument("--contenders", type=_list, default=list(CONTENDERS),
+                        help=f"comma-separated subset of {','.join(CONTENDERS)}")
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="timed runs per contender; the median is reported (default 3)")
+    parser.add_argument("--long-run", type=float, default=60.0,
+                        help="stop repeating a contender after a run longer than this many "
+                             "seconds (default 60)")
+    parser.add_argument("--out", default=None, help="JSON file for every figure")
+    parser.add_argument("--master", default="local[2]",
+                        help="Spark master URL (default local[2]; ignored under spark-submit)")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Spark property (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small cases, 1 run each: a smoke test in well under a minute")
+    args = parser.parse_args(argv)
+    cases, groups = (QUICK_CASES, QUICK_GROUPS) if args.quick else (FULL_CASES, FULL_GROUPS)
+    names = args.cases or (list(cases) + list(groups))
+    chosen = []
+    for name in names:
+        if name in cases:
+            chosen.append(cases[name])
+        elif name in groups:
+            chosen.extend(groups[name])
+        else:
+            parser.error(f"unknown case {name!r}: choose from "
+                         f"{', '.join(list(cases) + list(groups))}")
+    args.case_list = chosen
+    for name in args.contenders:
+        if name not in CONTENDERS:
+            parser.error(f"unknown contender {name!r}: choose from {', '.join(CONTENDERS)}")
+    if args.quick and "--repeats" not in " ".join(argv or []):
+        args.repeats = 1
+    extra = {}
+    for item in args.conf:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--conf {item!r} is not KEY=VALUE")
+        extra[key] = value
+    args.extra_conf = extra
+    return args
+
+
+# ---------------------------------------------------------------------------------- operands
+def make_operand(rng, shape, block: int, density: float, sparse: bool, fill: float):
+    """Seeded random operand: ndarray, or CSR whose stored blocks are ``fill`` non-zero."""
+    rows, cols = shape
+    gr, gc = -(-rows // block), -(-cols // block)
+    keep = rng.random((gr, gc)) < density
+    if not keep.any():
+        keep[0, 0] = True
+    if not sparse:
+        a = rng.standard_normal(shape)
+        for i, j in zip(*np.nonzero(~keep), strict=True):
+            a[i * block:(i + 1) * block, j * block:(j + 1) * block] = 0
+        return a
+    parts = []
+    for i, j in zip(*np.nonzero(keep), strict=True):
+        r, c = min(block, rows - i * block), min(block, cols - j * block)
+        m = sp.random(r, c, density=fill, format="coo", random_state=rng,
+                      data_rvs=rng.standard_normal)
+        parts.append((m.row + i * block, m.col + j * block, m.data))
+    r, c, v = (np.concatenate(x) for x in zip(*parts, strict=True))
+    return sp.csr_matrix((v, (r, c)), shape=shape)
+
+
+def _root_pid() -> int:
+    # Under spark-submit the Python driver is a child of the JVM, which forks the workers.
+    return os.getppid() if under_spark_submit() else os.getpid()
+
+
+def _max_abs(x) -> float:
+    if sp.issparse(x):
+        return float(abs(x).max()) if x.nnz else 0.0
+    return float(np.abs(x).max(initial=0.0))
+
+
+def check(got, expected) -> float:
+    """Largest absolute difference between a product and the reference."""
+    if sp.issparse(expected):
+        got = got if sp.issparse(got) else sp.csr_matrix(got)
+        return _max_abs(sp.csr_matrix(got) - expected)
+    got = got.toarray() if sp.issparse(got) else got
+    return _max_abs(got - expected)
+
+
+# ---------------------------------------------------------------------------------- timing
+def timed_runs(fn, repeats: int, long_run: float, sc=None, label: str = ""):
+    """Run ``fn`` up to ``repeats`` times; times, peak tree RSS, Spark's shuffle figures."""
+    times, metrics = [], None
+    with TreePeakRSS(_root_pid(), interval=0.05) as peak:
+        for _ in range(repeats):
+            if sc is None:
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            else:
+                with record(sc, label) as m:
+                    fn()
+                times.append(m.wall_time_s)
+                metrics = m
+            if times[-1] > long_run:
+                break
+    out = {"times_s": [round(t, 4) for t in times], "median_s": statistics.median(times),
+           "runs": len(times), "peak_rss_bytes": peak.peak_bytes}
+    if metrics is not None:
+        out.update(shuffle_stages=metrics.shuffle_stages,
+                   shuffle_write_bytes=metrics.shuffle_write_bytes,
+                   spark_tasks=metrics.num_tasks)
+    return out
+
+
+def run_case(sc, case: Case, args, rng) -> list[dict]:
+    """Every contender on one case; one row each."""
+    a = make_operand(rng, case.a_shape, case.block, case.a_density, case.sparse_a, case.fill)
+    b = make_operand(rng, case.b_shape, case.block, case.b_density, case.sparse_b, case.fill)
+    expected = a @ b
+    if sp.issparse(expected):
+        expected = sp.csr_matrix(expected)
+    scale = max(1.0, _max_abs(expected))
+    parts = case.partitions or sc.defaultParallelism
+    A = BlockMatrix.from_numpy(sc, a, case.block, case.block, num_partitions=parts).persist()
+    B = BlockMatrix.from_numpy(sc, b, case.block, case.block, num_partitions=parts).persist()
+    A.blocks.count()
+    B.blocks.count()
+    rows = []
+    limit = "scipy" if case.is_sparse else "numpy"
+    for name in args.contenders:
+        row = {"case": case.name, "contender": limit if name == "numpy" else name,
+               "ran": name}
+        pasa_tasks = (-(-case.a_shape[0] // case.block)) * (-(-case.a_shape[1] // case.block)) \
+            * (-(-case.b_shape[1] // case.block))
+        if name == "pasa" and pasa_tasks > MAX_PASA_TASKS:
+            row.update(refused=f"skipped: pasa would run {pasa_tasks} tasks "
+                               f"(> {MAX_PASA_TASKS}, one per block triple)", checked=False)
+            rows.append(row)
+            print(f"{case.name:<28} {name:<10} {row['refused']}", flush=True)
+            continue
+        if name == "numpy":
+            row.update(timed_runs(lambda: a @ b, args.repeats, args.long_run))
+            row.update(max_abs_error=0.0, checked=True, reference=True)
+        elif name == "mllib":
+            mA, mB = A.to_mllib(), B.to_mllib()
+            for m in (mA, mB):
+                m.persist(_storage_level())
+                m._java_matrix_wrapper._java_model.blocks().count()
+            product = None
+
+            def multiply_mllib(mA=mA, mB=mB):
+                nonlocal product
+                product = mA.multiply(mB)
+                product._java_matrix_wrapper._java_model.blocks().count()
+
+            row.update(timed_runs(multiply_mllib, args.repeats, args.long_run, sc,
+                                  f"{case.name} mllib"))
+            got = BlockMatrix.from_mllib(product)
+            row["max_abs_error"] = check(got.to_scipy() if case.is_sparse else got.to_numpy(),
+                                         expected)
+            row["checked"] = True
+            for m in (mA, mB):
+                m._java_matrix_wrapper._java_model.blocks().unpersist(True)
+        else:
+            product = None
+
+            def multiply_ours(name=name):
+                nonlocal product
+                product = A.multiply(B, strategy=name)
+                product.blocks.count()
+
+            try:
+                row.update(timed_runs(multiply_ours, args.repeats, args.long_run, sc,
+                                      f"{case.name} {name}"))
+            except InvalidParameterError as exc:  # e.g. broadcast over the memory budget
+                row.update(refused=str(exc), checked=False)
+                rows.append(row)
+                print(f"{case.name:<28} {name:<10} refused: {exc}", flush=True)
+                continue
+            row["ran"] = product.plan.strategy
+            row["predicted_shuffle_bytes"] = product.plan.shuffle_bytes
+            row["max_abs_error"] = check(
+                product.to_scipy() if case.is_sparse else product.to_numpy(), expected)
+            row["checked"] = True
+        if row["max_abs_error"] > 1e-8 * scale:
+            raise AssertionError(f"{case.name} {name}: wrong product "
+                                 f"(max abs error {row['max_abs_error']:.3e}, scale {scale:.3e})")
+        rows.append(row)
+        print(f"{case.name:<28} {row['contender']:<10} median {row['median_s']:8.3f} s "
+              f"({row['runs']} runs)  peak {format_bytes(row['peak_rss_bytes'])}", flush=True)
+    A.unpersist()
+    B.unpersist()
+    base = next((r["median_s"] for r in rows if r.get("reference")), None)
+    mllib = next((r["median_s"] for r in rows if r["contender"] == "mllib" and "median_s" in r),
+                 None)
+    for row in rows:
+        if "median_s" not in row:
+            continue
+        row["x_numpy"] = round(row["median_s"] / base, 3) if base else None
+        row["mllib_speedup"] = round(mllib / row["median_s"], 3) if mllib else None
+    return rows
+
+
+def warm_up(sc, contenders) -> None:
+    """Start the Python workers and load every code path once, untimed."""
+    a = np.arange(64.0).reshape(8, 8)
+    A = BlockMatrix.from_numpy(sc, a, 2, 2, num_partitions=sc.defaultParallelism)
+    for name in contenders:
+        if name in STRATEGIES:
+            A.multiply(A, strategy=name).blocks.count()
+        elif name == "mllib":
+            m = A.to_mllib()
+            m.multiply(m)._java_matrix_wrapper._java_model.blocks().count()
+
+
+def _storage_level():
+    from pyspark import StorageLevel
+
+    return StorageLevel.MEMORY_AND_DISK
+
+
+# ---------------------------------------------------------------------------------- output
+def table(rows: list[dict]) -> str:
+    """A plain-text table of the rows."""
+    head = (f"{'case':<28} {'contender':<10} {'ran':<10} {'median s':>9} {'x numpy':>8} "
+            f"{'MLlib/x':>8} {'shuffle':>11} {'peak RSS':>10} {'max err':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "median_s" not in r:
+            lines.append(f"{r['case']:<28} {r['contender']:<10} refused: "
+                         f"{r.get('refused', '')[:60]}")
+            continue
+        shuffle = format_bytes(r["shuffle_write_bytes"]) if "shuffle_write_bytes" in r else "-"
+        lines.append(
+            f"{r['case']:<28} {r['contender']:<10} {r['ran']:<10} {r['median_s']:>9.3f} "
+            f"{_fmt(r.get('x_numpy'))} {_fmt(r.get('mllib_speedup'))} {shuffle:>11} "
+            f"{format_bytes(r['peak_rss_bytes']):>10} {r['max_abs_error']:>9.1e}")
+    return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return f"{x:>8.2f}" if x is not None else f"{'-':>8}"
+
+
+def main(argv=None) -> int:
+    """Run the benchmark; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    sc = spark_context(args.master, app_name="blockmatrix benchmark",
+                       extra_conf={"spark.ui.showConsoleProgress": "false", **args.extra_conf})
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    started = time.time()
+    try:
+        warm_up(sc, args.contenders)
+        for case in args.case_list:
+            rows.extend(run_case(sc, case, args, rng))
+        conf = {k: v for k, v in sc.getConf().getAll()
+                if k.startswith(("spark.shuffle", "spark.python", "spark.driver.memory",
+                                 "spark.executor.memory", "spark.buffer", "spark.master",
+                                 "spark.default.parallelism"))}
+    finally:
+        sc.stop()
+    print(table(rows))
+    if args.out:
+        meta = {"command": " ".join(["python", "jobs/benchmark.py", *argv]),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+                "duration_s": round(time.time() - started, 1), "repeats": args.repeats,
+                "contenders": args.contenders, "quick": args.quick, "spark_conf": conf,
+                "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+                "python": platform.python_version(), "numpy": np.__version__,
+                "cases": [c.__dict__ for c in args.case_list]}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, sys.argv[1:], PROG))

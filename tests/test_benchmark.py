@@ -1,0 +1,69 @@
+"""jobs/benchmark.py as a user runs it: the --quick smoke test, its JSON, and bad arguments.
+
+No timing assertions: only the structure of the figures, and that every contender's product
+was checked against the single-process numpy / scipy.sparse result.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+JOB = Path(__file__).resolve().parent.parent / "jobs" / "benchmark.py"
+CONTENDERS = {"numpy", "inner", "outer", "pasa", "broadcast", "auto", "mllib"}
+
+
+def run_job(*args, timeout=900):
+    return subprocess.run([sys.executable, str(JOB), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_quick_benchmark_checks_every_contender(tmp_path):
+    out = tmp_path / "bench.json"
+    done = run_job("--quick", "--master", "local[2]", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    meta, rows = data["meta"], data["rows"]
+    assert meta["quick"] is True and meta["repeats"] == 1
+    assert "jobs/benchmark.py --quick" in meta["command"]
+    cases = [c["name"] for c in meta["cases"]]
+    assert {"dense-256", "long-inner"} <= set(cases)
+    assert any(c.startswith("sparse-") and c.endswith("-sxd") for c in cases)
+    assert any(c.startswith("sparse-") and c.endswith("-sxs") for c in cases)
+    assert any(c.startswith("report:") for c in cases)
+    for case in cases:
+        mine = [r for r in rows if r["case"] == case]
+        assert {r["ran"] if r["contender"] in ("numpy", "scipy") else r["contender"]
+                for r in mine} == CONTENDERS, case
+        reference = [r for r in mine if r.get("reference")]
+        assert len(reference) == 1 and reference[0]["contender"] == (
+            "scipy" if case.startswith("sparse-") else "numpy")
+        for r in mine:
+            assert r["checked"] is True, r          # every product compared with numpy/scipy
+            assert r["max_abs_error"] <= 1e-8 * 100, r
+            assert r["runs"] == 1 and len(r["times_s"]) == 1
+            assert r["median_s"] >= 0 and r["peak_rss_bytes"] > 0
+            assert r["x_numpy"] is not None and r["mllib_speedup"] is not None
+            if r["contender"] not in ("numpy", "scipy"):
+                assert r["shuffle_write_bytes"] >= 0 and r["shuffle_stages"] >= 0
+            if r["contender"] == "inner":
+                assert r["shuffle_stages"] == 1             # the one-shuffle multiply
+            if r["contender"] == "auto":
+                assert r["ran"] in {"inner", "outer", "pasa", "broadcast"}
+    assert "MLlib/x" in done.stdout and f"wrote {out}" in done.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--cases", "dense-3"], "unknown case 'dense-3'"),
+    (["--contenders", "inner,nope"], "unknown contender 'nope'"),
+    (["--repeats", "0"], "positive"),
+    (["--conf", "novalue"], "is not KEY=VALUE"),
+])
+def test_bad_arguments_one_line_exit_2(args, needle):
+    done = run_job(*args, timeout=60)
+    assert done.returncode == 2
+    assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
