@@ -879,7 +879,12 @@ class YWriter:
                  throttle: float = 0.0):
         self.dtype = np.dtype(dtype)
         self.throttle = throttle
-        self.file = h5py.File(path, mode)
+        try:
+            self.file = h5py.File(path, mode)
+        except OSError as exc:
+            raise OutputNotWritableError(
+                f"output file {path!r} cannot be opened for writing ({exc}); if another "
+                f"process has it open, close that process and finish with --resume") from exc
         try:
             self.data = self._create(dataset, n)
             self.file.flush()

@@ -25,6 +25,7 @@ from blockmatrix.errors import (
 )
 from blockmatrix.gram import (
     INCOMPLETE_ATTR,
+    YWriter,
     check_gram_request,
     gram_hdf5,
     make_tiles,
@@ -207,6 +208,25 @@ def test_check_refuses(files, args, error, match):
     a, b, c, d = args
     with pytest.raises(error, match=match):
         check_gram_request(str(files / a), b, str(files / c), d)
+
+
+def test_the_writer_refuses_a_file_another_process_holds(tmp_path):
+    path = tmp_path / "x.h5"
+    write_x(path, (3, 4))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'r'); "
+         "print('open', flush=True); sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(OutputNotWritableError, match="--resume"):
+            YWriter(str(path), "/Y", 3, "float64")
+    finally:
+        holder.communicate("")
+    writer = YWriter(str(path), "/Y", 3, "float64")
+    writer.close(complete=False)
+    with h5py.File(path, "r") as f:
+        assert f["Y"].attrs[INCOMPLETE_ATTR] == 1
 
 
 # ------------------------------------------------------------------------------- the CLI job
