@@ -29,8 +29,13 @@ test: java $(STAMP)
 	$(BIN)/python -m pytest -q --doctest-modules blockmatrix tests
 	$(BIN)/ruff check blockmatrix jobs tests
 
+bench-gram: java $(STAMP)
+	mkdir -p bench-data
+	$(BIN)/python jobs/bench_gram.py --rows 10000 --cols 40000 --data bench-data \
+		--json bench-data/gram-10000x40000.json
+
 lint: $(STAMP)
 	$(BIN)/ruff check blockmatrix jobs tests
 
 clean:
-	rm -rf $(DEMO) build *.egg-info
+	rm -rf $(DEMO) bench-data build *.egg-info

@@ -94,6 +94,7 @@ class BlockMatrix:
         self._layout = layout
         self._plan = plan
         self._transpose_of: BlockMatrix | None = None
+        self._gram_source: tuple[str, str] | None = None  # X of an X @ X.T read from HDF5
         self._dtype = np.dtype(dtype) if dtype is not None else (
             layout.dtype if layout is not None else None)
         self._source = source
@@ -270,11 +271,22 @@ class BlockMatrix:
         The driver holds one partition at a time. An existing dataset is replaced only with
         ``overwrite=True``; the check runs before anything is written.
 
+        ``X @ X.T`` of a floating-point X read by :meth:`from_hdf5` is recognised: it is
+        computed by :func:`blockmatrix.gram.gram_hdf5` straight from X's file (tiles on or
+        above the diagonal, symmetric rank-k updates, memory bounded by the tile and slab
+        sizes, not by X), and may be written into X's own file.
+
         Returns
         -------
         int
-            Number of blocks written.
+            Number of blocks (for ``X @ X.T``, tiles) written.
         """
+        if self._gram_source is not None:
+            from .gram import gram_hdf5
+
+            result = gram_hdf5(self._blocks.context, *self._gram_source, path, dataset,
+                               overwrite=overwrite)
+            return len(result.computed) + len(result.reused)
         hdf5.check_output(path, dataset, overwrite=overwrite)
         write = partial(hdf5.write_blocks, shape=self._shape, dtype=self.dtype,
                         rows_per_block=self._rows_per_block, cols_per_block=self._cols_per_block)
@@ -499,6 +511,10 @@ class BlockMatrix:
         result = chosen.execute(plan, self, other, options)
         result._plan = plan
         result._input_files = self._input_files | other._input_files
+        if other._transpose_of is self and self._source is not None and \
+                np.dtype(self.dtype).kind == "f":
+            # X @ X.T of an HDF5 dataset: to_hdf5 takes the out-of-core gram path.
+            result._gram_source = self._source
         result._dtype = np.result_type(plan.left.dtype, plan.right.dtype)
         if plan.left.is_dense and plan.right.is_dense:
             # Planning the next product needs no job: the result's blocks are known.

@@ -23,7 +23,13 @@ import time
 
 from blockmatrix.cli import OneLineArgumentParser, positive_int, run
 from blockmatrix.errors import OutputNotWritableError
-from blockmatrix.gram import DEFAULT_SLAB, DEFAULT_TILE, check_gram_request, gram_hdf5
+from blockmatrix.gram import (
+    DEFAULT_SLAB,
+    DEFAULT_TILE,
+    check_gram_request,
+    gram_hdf5,
+    output_lock,
+)
 from blockmatrix.io import hdf5
 from blockmatrix.session import spark_context
 
@@ -74,6 +80,10 @@ def main(argv=None) -> int:
         _check_report(args.report)
     request = check_gram_request(in_path, in_name, out_path, out_name, args.tile, args.slab,
                                  args.resume, args.overwrite)
+    # Refuse a second job on the same output before paying Spark's start-up (gram_hdf5 takes
+    # the lock again, for the whole run).
+    with output_lock(request.lock_path, request.output_path):
+        pass
     throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
     start = time.perf_counter()
     sc = spark_context(args.master, app_name="blockmatrix gram")

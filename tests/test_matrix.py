@@ -284,3 +284,23 @@ def test_from_hdf5_rejects_missing_and_non_hdf5_files(sc, tmp_path):
     junk.write_bytes(b"not hdf5 at all")
     with pytest.raises(InvalidInputError, match="cannot be read as HDF5"):
         BlockMatrix.from_hdf5(sc, str(junk), "/A", 4, 4)
+
+
+def test_x_times_x_transpose_from_hdf5_takes_the_gram_path(sc, tmp_path):
+    x = rng.standard_normal((70, 260))
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f["X"] = x
+    X = BlockMatrix.from_hdf5(sc, str(path), "/X", 32, 64)
+    G = X @ X.T
+    assert_eq(G.to_numpy(), x @ x.T)  # still an ordinary product for everything else
+    before = hashlib.sha256(h5py.File(path, "r")["X"][()].tobytes()).hexdigest()
+    with record(sc) as m:
+        tiles = G.to_hdf5(str(path), "/Y")
+    assert tiles >= 1
+    assert m.shuffle_stages == 0, str(m)  # tiles read X straight from the file
+    with h5py.File(path, "r") as f:
+        assert_eq(f["Y"][()], x @ x.T)
+        assert hashlib.sha256(f["X"][()].tobytes()).hexdigest() == before
+    with pytest.raises(OutputExistsError):
+        G.to_hdf5(str(path), "/Y")

@@ -157,8 +157,10 @@ def check_output(path: str | os.PathLike, dataset: str, overwrite: bool = False,
 
 
 def _can_create_in(folder: Path) -> bool:
-    """Whether a file can be created in ``folder`` (tried for real: ``os.access`` is not
-    enough for root or for pseudo file systems such as /proc)."""
+    """Whether a file can be created in ``folder``.
+
+    Tried for real: ``os.access`` says yes to root, even on pseudo file systems such as /proc.
+    """
     try:
         fd, probe = tempfile.mkstemp(prefix=".blockmatrix-probe-", dir=folder)
     except OSError:
