@@ -75,8 +75,8 @@ def nbytes(block) -> int:
 
     >>> nbytes(np.zeros((4, 4)))
     128
-    >>> nbytes(sp.csr_matrix(np.eye(4)))
-    84
+    >>> nbytes(sp.csr_matrix(np.eye(4)))  # 4 values, 4 column indices, 5 row pointers
+    68
     """
     if sp.issparse(block):
         csr = block if block.format == "csr" else block.tocsr()
@@ -212,5 +212,5 @@ def is_all_zero(block) -> bool:
     (True, False)
     """
     if sp.issparse(block):
-        return block.count_nonzero() == 0
+        return bool(block.count_nonzero() == 0)
     return not block.any()

@@ -26,7 +26,7 @@ def read_properties(path: str | os.PathLike) -> dict[str, str]:
 
     >>> import tempfile, os
     >>> with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
-    ...     _ = f.write("# comment\\nspark.a   1\\nspark.b=two words\\n\\n")
+    ...     _ = f.write("# comment\nspark.a   1\nspark.b=two words\n\n")
     >>> read_properties(f.name)
     {'spark.a': '1', 'spark.b': 'two words'}
     >>> os.unlink(f.name)
