@@ -140,7 +140,8 @@ def _record_k(record, num_tasks: int) -> int:
     return record[0] // num_tasks
 
 
-def _record_nbytes(record) -> int:
+def record_nbytes(record) -> int:
+    """Bytes of the block a routed record ``(key, (side, index, block))`` carries."""
     return bk.nbytes(record[1][2])
 
 
@@ -151,7 +152,7 @@ def multiply_delivered(records, num_tasks: int, budget_bytes: int):
     inputs, and at most ``budget_bytes`` of not-yet-used inputs (the rest waits on local disk).
     """
     acc: dict[tuple[int, int], object] = {}
-    groups = grouped_by_key(records, partial(_record_k, num_tasks=num_tasks), _record_nbytes,
+    groups = grouped_by_key(records, partial(_record_k, num_tasks=num_tasks), record_nbytes,
                             budget_bytes)
     for _, group in groups:
         accumulate_slice(acc, group)

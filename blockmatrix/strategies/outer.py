@@ -45,7 +45,7 @@ from ..planner import (
     result_grid,
 )
 from .base import MultiplyOptions
-from .inner import LEFT, RIGHT, accumulate_slice
+from .inner import LEFT, RIGHT, accumulate_slice, record_nbytes
 
 #: Bytes of a CSR index (scipy uses int32 indices below 2**31 non-zeros).
 _INDEX_BYTES = 4
@@ -232,10 +232,6 @@ def route_by_inner(item, side: int, ranks: dict):
     return [] if rank is None else [(rank, (side, index, block))]
 
 
-def _record_nbytes(record) -> int:
-    return bk.nbytes(record[1][2])
-
-
 def _record_rank(record) -> int:
     return record[0]
 
@@ -243,6 +239,6 @@ def _record_rank(record) -> int:
 def accumulate_task(records, budget_bytes: int):
     """Multiply a task's slices one ``k`` at a time; yield one partial block per ``(i, j)``."""
     acc: dict = {}
-    for _, group in grouped_by_key(records, _record_rank, _record_nbytes, budget_bytes):
+    for _, group in grouped_by_key(records, _record_rank, record_nbytes, budget_bytes):
         accumulate_slice(acc, group)
     return iter(acc.items())
