@@ -64,7 +64,9 @@ import shuffle_report  # noqa: E402
 
 PROG = "benchmark.py"
 STRATEGIES = ("inner", "outer", "pasa", "broadcast", "auto")
-CONTENDERS = ("numpy",) + STRATEGIES + ("mllib",)
+#: MLlib runs right after the limit, while the JVM heap holds little else: converting blocks
+#: to MLlib goes through a DataFrame of boxed doubles, which needs heap room.
+CONTENDERS = ("numpy", "mllib") + STRATEGIES
 
 #: pasa runs one task per (i, k, j) block triple; beyond this many it is skipped (and says so).
 MAX_PASA_TASKS = 1024
@@ -391,6 +393,15 @@ def _fmt(x) -> str:
     return f"{x:>8.2f}" if x is not None else f"{'-':>8}"
 
 
+def write_json(path: str, meta: dict, rows: list[dict], started: float) -> None:
+    """Write the figures so far (with the machine's load average, since it may be shared)."""
+    meta = dict(meta, duration_s=round(time.time() - started, 1),
+                load_average=os.getloadavg())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
+
+
 def main(argv=None) -> int:
     """Run the benchmark; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -400,28 +411,27 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     rows = []
     started = time.time()
+    conf = {k: v for k, v in sc.getConf().getAll()
+            if k.startswith(("spark.shuffle", "spark.python", "spark.driver.memory",
+                             "spark.executor.memory", "spark.buffer", "spark.master",
+                             "spark.default.parallelism"))}
+    meta = {"command": " ".join(["python", "jobs/benchmark.py", *argv]),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "repeats": args.repeats, "contenders": args.contenders, "quick": args.quick,
+            "spark_conf": conf, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "cases": [c.__dict__ for c in args.case_list]}
     try:
         warm_up(sc, args.contenders)
         for case in args.case_list:
             rows.extend(run_case(sc, case, args, rng))
-        conf = {k: v for k, v in sc.getConf().getAll()
-                if k.startswith(("spark.shuffle", "spark.python", "spark.driver.memory",
-                                 "spark.executor.memory", "spark.buffer", "spark.master",
-                                 "spark.default.parallelism"))}
+            if args.out:  # after every case, so a long run that is stopped keeps its figures
+                write_json(args.out, meta, rows, started)
     finally:
         sc.stop()
     print(table(rows))
     if args.out:
-        meta = {"command": " ".join(["python", "jobs/benchmark.py", *argv]),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-                "duration_s": round(time.time() - started, 1), "repeats": args.repeats,
-                "contenders": args.contenders, "quick": args.quick, "spark_conf": conf,
-                "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
-                "python": platform.python_version(), "numpy": np.__version__,
-                "cases": [c.__dict__ for c in args.case_list]}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
+        write_json(args.out, meta, rows, started)
         print(f"wrote {args.out}")
     return 0
 
