@@ -723,7 +723,7 @@ def check_gram_request(input_path: str, input_dataset: str, output_path: str,
                 f"{work_dir!r}: pass --resume to finish that run") from None
         raise
     folder = os.path.dirname(os.path.abspath(output_path))
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not hdf5.can_create_in(folder):
         raise OutputNotWritableError(
             f"output folder {folder!r} is not writable: the job keeps its finished tiles and "
             f"lock beside the output; choose an output in a writable folder")

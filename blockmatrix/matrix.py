@@ -51,6 +51,15 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
+def _num_slices(sc, num_partitions: int | None, num_items: int) -> int:
+    """Partitions for ``num_items`` blocks, at most one per block and at least one.
+
+    The request defaults to ``sc.defaultParallelism``.
+    """
+    n = _positive_int(num_partitions or sc.defaultParallelism, "num_partitions")
+    return max(1, min(n, num_items))
+
+
 def _check_shape(shape) -> tuple[int, int]:
     try:
         rows, cols = shape
@@ -194,8 +203,7 @@ class BlockMatrix:
                 block = block.tocsr() if sp.issparse(block) else np.ascontiguousarray(block)
                 if not bk.is_all_zero(block):
                     items.append(((i, j), block))
-        n = num_partitions or sc.defaultParallelism
-        n = max(1, min(_positive_int(n, "num_partitions"), len(items) or 1))
+        n = _num_slices(sc, num_partitions, len(items))
         layout = BlockLayout((rows, cols), rpb, cpb, {k: bk.nbytes(b) for k, b in items},
                              a.dtype, n, _key_partitions([k for k, _ in items], n, sc))
         return cls(sc.parallelize(items, n), (rows, cols), rpb, cpb, layout=layout)
@@ -221,8 +229,7 @@ class BlockMatrix:
         path = os.path.abspath(path)
         layout = BlockLayout(shape, rpb, cpb, {}, dtype)
         keys = [(i, j) for i in range(layout.num_row_blocks) for j in range(layout.num_col_blocks)]
-        n = num_partitions or sc.defaultParallelism
-        n = max(1, min(_positive_int(n, "num_partitions"), len(keys) or 1))
+        n = _num_slices(sc, num_partitions, len(keys))
         layout = BlockLayout(shape, rpb, cpb, {k: layout.dense_nbytes(*k) for k in keys}, dtype, n,
                              _key_partitions(keys, n, sc))
         rdd = sc.parallelize(keys, n).mapPartitions(

@@ -20,7 +20,7 @@ import threading
 
 import psutil
 
-__all__ = ["TreePeakRSS", "format_bytes", "tree_rss", "tree_rss_by_process"]
+__all__ = ["TreePeakRSS", "tree_rss", "tree_rss_by_process"]
 
 
 def tree_rss_by_process(root: psutil.Process) -> dict[int, tuple[str, int]]:
@@ -170,18 +170,3 @@ class TreePeakRSS:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def format_bytes(n: float) -> str:
-    """Bytes in human units (powers of 1024).
-
-    >>> format_bytes(3 * 2**30)
-    '3.00 GiB'
-    >>> format_bytes(512)
-    '512 B'
-    """
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"
-

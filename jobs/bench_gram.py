@@ -34,7 +34,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from blockmatrix.memory import TreePeakRSS, format_bytes
+from blockmatrix.memory import TreePeakRSS
+from blockmatrix.planner import format_bytes
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

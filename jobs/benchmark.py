@@ -53,8 +53,9 @@ import scipy.sparse as sp
 from blockmatrix import BlockMatrix
 from blockmatrix.cli import OneLineArgumentParser, positive_int, run
 from blockmatrix.errors import InvalidParameterError
-from blockmatrix.memory import TreePeakRSS, format_bytes
+from blockmatrix.memory import TreePeakRSS
 from blockmatrix.metrics import record
+from blockmatrix.planner import format_bytes
 from blockmatrix.session import spark_context, under_spark_submit
 
 HERE = Path(__file__).resolve().parent

@@ -66,7 +66,7 @@ def _print_progress(report) -> None:
 
 def _check_report(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not hdf5.can_create_in(folder):
         raise OutputNotWritableError(
             f"--report folder {folder!r} is not writable: choose another report file")
 

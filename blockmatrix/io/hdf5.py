@@ -130,7 +130,7 @@ def check_output(path: str | os.PathLike, dataset: str, overwrite: bool = False,
         raise OutputNotWritableError(
             f"{param} folder {str(folder)!r} does not exist: create it or choose another path")
     if not target.exists():
-        if not _can_create_in(folder):
+        if not can_create_in(folder):
             raise OutputNotWritableError(
                 f"{param} folder {str(folder)!r} is not writable: choose a writable location")
         return
@@ -156,7 +156,7 @@ def check_output(path: str | os.PathLike, dataset: str, overwrite: bool = False,
                 f"pass overwrite=True (--overwrite) to replace it, or choose another name")
 
 
-def _can_create_in(folder: Path) -> bool:
+def can_create_in(folder: str | os.PathLike) -> bool:
     """Whether a file can be created in ``folder``.
 
     Tried for real: ``os.access`` says yes to root, even on pseudo file systems such as /proc.
