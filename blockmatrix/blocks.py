@@ -7,7 +7,9 @@ operand gives a dense array (that product is dense anyway). No Spark import here
 Dense products are accumulated with BLAS ``gemm`` and ``beta = 1`` straight into the
 accumulator, so summing many partial products allocates no array per product:
 
->>> import numpy as np
+>>> from collections import defaultdict
+
+import numpy as np
 >>> acc = None
 >>> for k in range(3):
 ...     acc = matmul_accumulate(acc, np.eye(2) * (k + 1), np.ones((2, 2)))
@@ -17,6 +19,8 @@ array([[6., 6.],
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 import numpy as np
 import scipy.sparse as sp
@@ -191,6 +195,54 @@ def add(a, b):
         a, b = b, a
     acc = np.array(a, dtype=dtype, order="C")
     return add_into(acc, b)
+
+
+def sum_by_key(items):
+    """Sum the blocks that share a key; one output block per key.
+
+    Partial products from different tasks are summed here, on the reduce side of one
+    ``partitionBy``. Dense sums are made in place: the first sum of a key makes a new block (of
+    the promoted dtype) and later ones add into it. CSR partials are kept until the end and
+    summed at once (one COO with duplicates summed), not pairwise. The incoming blocks are
+    never written to.
+
+    >>> dict(sum_by_key([((0, 0), np.ones(2)), ((0, 1), np.ones(2)), ((0, 0), np.ones(2)),
+    ...                  ((0, 0), np.ones(2))]))
+    {(0, 0): array([3., 3.]), (0, 1): array([1., 1.])}
+    >>> eye = sp.csr_matrix(np.eye(2))
+    >>> total = dict(sum_by_key([("k", eye), ("k", eye), ("k", 2 * eye)]))["k"]
+    >>> total.format, total.toarray().tolist()
+    ('csr', [[4.0, 0.0], [0.0, 4.0]])
+    """
+    dense: dict = {}
+    owned: set = set()
+    sparse: dict = defaultdict(list)
+    for key, block in items:
+        if sp.issparse(block):
+            sparse[key].append(block)
+            continue
+        acc = dense.get(key)
+        if acc is None:
+            dense[key] = block
+        elif key in owned and np.result_type(acc.dtype, block.dtype) == acc.dtype:
+            add_into(acc, block)
+        else:
+            dense[key] = add(acc, block)
+            owned.add(key)
+    for key, blocks in sparse.items():
+        total = blocks[0] if len(blocks) == 1 else _sum_csr(blocks)
+        yield key, (total if key not in dense else add(dense.pop(key), total))
+    yield from dense.items()
+
+
+def _sum_csr(blocks) -> sp.csr_matrix:
+    """Sum of CSR blocks of one shape in one pass."""
+    coos = [b.tocoo() for b in blocks]
+    data = np.concatenate([c.data for c in coos]).astype(
+        np.result_type(*[c.dtype for c in coos]), copy=False)
+    rows = np.concatenate([c.row for c in coos])
+    cols = np.concatenate([c.col for c in coos])
+    return sp.csr_matrix((data, (rows, cols)), shape=blocks[0].shape)
 
 
 def negate(block):

@@ -119,6 +119,7 @@ class MultiplyReport:
                  "shuffle_bytes": p.shuffle_bytes, "max_task_input_bytes": p.max_task_input_bytes,
                  "max_task_memory_bytes": p.max_task_memory_bytes,
                  "max_task_output_bytes": p.max_task_output_bytes, "flops": p.flops,
+                 "predicted_seconds": _auto.predicted_seconds(p, self.options.cores),
                  "auto_choice": name == self.auto_choice} for name, p in self.plans.items()]
 
     def __str__(self) -> str:
@@ -129,12 +130,14 @@ class MultiplyReport:
                     f"{format_bytes(lay.nbytes)})")
 
         header = (f"{'strategy':<10} {'shuffles':>8} {'records':>9} {'shuffle bytes':>14} "
-                  f"{'task input':>11} {'task memory':>12} {'task output':>12} {'flops':>10}")
+                  f"{'task input':>11} {'task memory':>12} {'task output':>12} {'flops':>10} "
+                  f"{'predicted s':>11}")
         rule = "-" * len(header)
         lines = [
             f"         A: {describe(self.left)}",
             f"         B: {describe(self.right)}",
-            f"    budget: {format_bytes(self.options.budget_bytes)} of task memory",
+            f"    budget: {format_bytes(self.options.budget_bytes)} of task memory, "
+            f"{self.options.cores} core(s)",
             f" auto pick: {self.auto_choice}",
             f"       why: {self.auto_reason}",
             rule, header, rule,
@@ -145,7 +148,8 @@ class MultiplyReport:
                 f"{name + mark:<10} {p.num_shuffles:>8} {p.shuffle_records:>9} "
                 f"{format_bytes(p.shuffle_bytes):>14} {format_bytes(p.max_task_input_bytes):>11} "
                 f"{format_bytes(p.max_task_memory_bytes):>12} "
-                f"{format_bytes(p.max_task_output_bytes):>12} {p.flops:>10.3e}")
+                f"{format_bytes(p.max_task_output_bytes):>12} {p.flops:>10.3e} "
+                f"{_auto.predicted_seconds(p, self.options.cores):>11.2f}")
         lines.append(rule)
         for name, p in self.plans.items():
             for n, s in enumerate(p.shuffles, 1):
@@ -170,8 +174,9 @@ def explain_multiply(A, B, strategy: str | None = None, **options) -> MultiplyRe
         registered strategy but ``auto``.
     **options
         ``num_partitions``, ``num_mid_splits``, ``task_buffer_bytes``, ``memory_budget_bytes``
-        as for :meth:`BlockMatrix.multiply`. With BlockMatrix operands the last two default to
-        the Spark configuration's values, with layouts to :class:`MultiplyOptions`' defaults.
+        and ``num_cores``, as for :class:`MultiplyOptions`. With BlockMatrix operands the last
+        three default to the Spark configuration's values (``num_cores`` to
+        ``defaultParallelism``), with layouts to :class:`MultiplyOptions`' defaults.
 
     Returns
     -------
@@ -186,13 +191,13 @@ def explain_multiply(A, B, strategy: str | None = None, **options) -> MultiplyRe
     from .planner import check_multiplicable
 
     unknown = set(options) - {"num_partitions", "num_mid_splits", "task_buffer_bytes",
-                              "memory_budget_bytes"}
+                              "memory_budget_bytes", "num_cores"}
     if unknown:
         from .errors import InvalidParameterError
 
         raise InvalidParameterError(
             f"explain_multiply got unknown option(s) {sorted(unknown)}: use num_partitions, "
-            f"num_mid_splits, task_buffer_bytes or memory_budget_bytes")
+            f"num_mid_splits, task_buffer_bytes, memory_budget_bytes or num_cores")
     if strategy is not None:
         get_strategy(strategy)
     left, right = _layout(A, options), _layout(B, options)
@@ -200,12 +205,9 @@ def explain_multiply(A, B, strategy: str | None = None, **options) -> MultiplyRe
     opts = MultiplyOptions(**{k: v for k, v in options.items() if v is not None})
     names = [strategy] if strategy is not None else [n for n in STRATEGIES if n != "auto"]
     plans = {name: get_strategy(name).plan(left, right, opts) for name in names}
-    candidates = {n: plans[n] for n in _auto.CANDIDATES if n in plans}
-    missing = [n for n in _auto.CANDIDATES if n not in candidates]
-    for name in missing:
-        candidates[name] = get_strategy(name).plan(left, right, opts)
-    choice, reason = _auto.choose(candidates, opts.budget_bytes)
-    return MultiplyReport(left, right, plans, choice, reason, opts)
+    candidates = _auto.candidate_plans(left, right, opts)
+    label, reason = _auto.choose(candidates, opts.budget_bytes, opts.cores)
+    return MultiplyReport(left, right, plans, candidates[label].strategy, reason, opts)
 
 
 def _layout(operand, options: dict) -> BlockLayout:
@@ -222,4 +224,6 @@ def _layout(operand, options: dict) -> BlockLayout:
         options["memory_budget_bytes"] = default_memory_budget(sc)
     if options.get("task_buffer_bytes") is None:
         options["task_buffer_bytes"] = worker_buffer_bytes(sc)
+    if options.get("num_cores") is None:
+        options["num_cores"] = sc.defaultParallelism
     return operand.layout()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from array import array
 from collections import Counter
 from functools import partial
 from numbers import Integral
@@ -327,13 +328,33 @@ class BlockMatrix:
             blocks.unpersist()
 
     def to_mllib(self):
-        """Convert to a ``pyspark.mllib.linalg.distributed.BlockMatrix`` (float64 blocks)."""
-        from pyspark.mllib.linalg.distributed import BlockMatrix as MLlibBlockMatrix
-        from pyspark.sql import SparkSession
+        """Convert to a ``pyspark.mllib.linalg.distributed.BlockMatrix`` (float64 blocks).
 
-        SparkSession.builder.getOrCreate()  # MLlib converts the blocks through a DataFrame
-        return MLlibBlockMatrix(self._blocks.map(_to_mllib_item), self._rows_per_block,
-                                self._cols_per_block, self._shape[0], self._shape[1])
+        MLlib's own constructor sends each block to the JVM as a Python list of floats (one
+        boxed ``Double`` per element); here the block values travel as ``array('d')`` buffers,
+        which the JVM unpickles into primitive arrays, into the same DataFrame MLlib builds
+        its matrix from (``PythonMLLibAPI.createBlockMatrix``). No job runs until the MLlib
+        matrix is used.
+        """
+        from pyspark.mllib.common import callMLlibFunc
+        from pyspark.mllib.linalg import MatrixUDT
+        from pyspark.mllib.linalg.distributed import BlockMatrix as MLlibBlockMatrix
+        from pyspark.sql import DataFrame, SparkSession
+        from pyspark.sql.types import LongType, StructField, StructType
+
+        spark = SparkSession.builder.getOrCreate()
+        index = StructType([StructField("_1", LongType(), False),
+                            StructField("_2", LongType(), False)])
+        schema = StructType([StructField("_1", index, False),
+                             StructField("_2", MatrixUDT(), False)])
+        rows = self._blocks.map(_to_mllib_row)._to_java_object_rdd()
+        jdf = spark._jsparkSession.applySchemaToPythonRDD(
+            spark._jvm.SerDeUtil.toJavaArray(rows).rdd(), schema.json())
+        java_matrix = callMLlibFunc("createBlockMatrix", DataFrame(jdf, spark),
+                                    self._rows_per_block, self._cols_per_block,
+                                    self._shape[0], self._shape[1])
+        return MLlibBlockMatrix(java_matrix, self._rows_per_block, self._cols_per_block,
+                                self._shape[0], self._shape[1])
 
     # ------------------------------------------------------------------ planning info
     def layout(self) -> BlockLayout:
@@ -512,7 +533,8 @@ class BlockMatrix:
             memory_budget_bytes = default_memory_budget(self._blocks.context)
         options = MultiplyOptions(num_partitions=num_partitions, num_mid_splits=num_mid_splits,
                                   task_buffer_bytes=task_buffer_bytes,
-                                  memory_budget_bytes=memory_budget_bytes)
+                                  memory_budget_bytes=memory_budget_bytes,
+                                  num_cores=self._blocks.context.defaultParallelism)
         chosen = get_strategy(strategy)
         plan = chosen.plan(self.layout(), other.layout(), options)
         result = chosen.execute(plan, self, other, options)
@@ -643,14 +665,22 @@ def _from_mllib_item(item):
     return key, np.ascontiguousarray(matrix.toArray())
 
 
-def _to_mllib_item(item):
-    from pyspark.mllib.linalg import Matrices
+def _to_mllib_row(item):
+    """``((i, j), block)`` as a DataFrame row of MLlib's ``MatrixUDT`` (its internal form).
 
-    key, block = item
+    The UDT's fields are ``(type, numRows, numCols, colPtrs, rowIndices, values,
+    isTransposed)``, type 0 sparse (CSC) and 1 dense (column-major); arrays go as
+    ``array.array`` so that the JVM unpickles them into primitive arrays.
+    """
+    (i, j), block = item
     rows, cols = block.shape
     if sp.issparse(block):
         csc = sp.csc_matrix(block, dtype=np.float64)
         csc.sort_indices()
-        return key, Matrices.sparse(rows, cols, csc.indptr, csc.indices, csc.data)
-    values = np.asarray(block, dtype=np.float64).ravel(order="F")
-    return key, Matrices.dense(rows, cols, values)
+        matrix = (0, rows, cols, array("i", csc.indptr.astype(np.int32).tobytes()),
+                  array("i", csc.indices.astype(np.int32).tobytes()),
+                  array("d", csc.data.tobytes()), False)
+    else:
+        values = np.asarray(block, dtype=np.float64).ravel(order="F")
+        matrix = (1, rows, cols, None, None, array("d", values.tobytes()), False)
+    return (int(i), int(j)), matrix

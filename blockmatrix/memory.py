@@ -77,6 +77,14 @@ def _describe(proc: psutil.Process) -> str:
     return " ".join(words)
 
 
+def _kind(description: str) -> str:
+    if description == "java (JVM)":
+        return "jvm"
+    if description == "pyspark daemon/worker":
+        return "python workers"
+    return "python"
+
+
 def tree_rss(root: psutil.Process) -> tuple[int, int]:
     """Sum of the RSS of ``root`` and all its live descendants, and how many were counted."""
     found = tree_rss_by_process(root)
@@ -105,6 +113,15 @@ class TreePeakRSS:
         Number of samples taken.
     cpu_seconds : float
         CPU time used by the processes of the tree (see the property).
+
+    Examples
+    --------
+    Where the CPU time went while the block ran, by kind of process:
+
+    >>> with TreePeakRSS(interval=0.01) as peak:
+    ...     _ = sum(i * i for i in range(2_000_000))
+    >>> peak.cpu_seconds_by_kind()["python"] > 0  # this process; "jvm", "python workers" too
+    True
     """
 
     def __init__(self, pid: int | None = None, interval: float = 0.05):
@@ -115,6 +132,8 @@ class TreePeakRSS:
         self.peak_breakdown: list[tuple[str, int]] = []
         self.samples = 0
         self._cpu: dict[int, float] = {}
+        self._cpu_start: dict[int, float] = {}
+        self._kind: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -127,6 +146,19 @@ class TreePeakRSS:
         """
         return sum(self._cpu.values())
 
+    def cpu_seconds_by_kind(self) -> dict[str, float]:
+        """CPU time used *while sampling*, summed by kind of process.
+
+        Kinds are ``"jvm"``, ``"python workers"`` (the ``pyspark.daemon`` and the workers it
+        forks) and ``"python"`` (the driver and any other process). A process already running at
+        the first sample is counted from that sample on; one that started later, from its start.
+        """
+        out: dict[str, float] = {}
+        for pid, cpu in self._cpu.items():
+            kind = self._kind[pid]
+            out[kind] = out.get(kind, 0.0) + cpu - self._cpu_start[pid]
+        return out
+
     def sample(self) -> int:
         """Take one sample now and return the tree's current summed RSS."""
         try:
@@ -134,10 +166,13 @@ class TreePeakRSS:
         except psutil.Error:
             return 0
         rss = sum(r for _, r in found.values())
-        for pid in found:
+        for pid, (description, _) in found.items():
             cpu = _cpu_seconds(pid)
             if cpu is not None:
                 self._cpu[pid] = max(cpu, self._cpu.get(pid, 0.0))
+                if pid not in self._cpu_start:  # a process born after the first sample: 0
+                    self._cpu_start[pid] = cpu if self.samples == 0 else 0.0
+                    self._kind[pid] = _kind(description)
         self.samples += 1
         if rss > self.peak_bytes:
             self.peak_bytes, self.peak_processes = rss, len(found)

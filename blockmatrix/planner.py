@@ -31,6 +31,9 @@ from .partitioner import GridPartitioner
 Key = tuple[int, int]
 Destinations = dict[Key, frozenset[int]]
 
+#: Bytes of a CSR index (scipy uses int32 indices below 2**31 non-zeros).
+_INDEX_BYTES = 4
+
 #: Bytes a pickled block costs in a PySpark shuffle beyond its buffers (key, tuple, header).
 RECORD_OVERHEAD_BYTES = 160
 
@@ -266,6 +269,85 @@ def dense_product_layout(left: BlockLayout, right: BlockLayout,
                         product_keys(left.keys, right.keys)}, shell.dtype, num_partitions)
 
 
+def block_density(layout: BlockLayout, key) -> float | None:
+    """Fill of a stored block: None for a dense block, else the CSR's estimated density.
+
+    A block whose byte size equals the dense size is taken as dense; otherwise it is CSR with
+    ``nnz * (itemsize + 4) + (rows + 1) * 4`` bytes.
+
+    >>> lay = BlockLayout((4, 4), 4, 4, {(0, 0): 128})
+    >>> block_density(lay, (0, 0)) is None
+    True
+    >>> lay = BlockLayout((4, 4), 4, 4, {(0, 0): 4 * 12 + 5 * 4})
+    >>> block_density(lay, (0, 0))
+    0.25
+    """
+    size = layout.block_nbytes[key]
+    if size == layout.dense_nbytes(*key):
+        return None
+    rows, cols = layout.block_shape(*key)
+    nnz = max(0, size - (rows + 1) * _INDEX_BYTES) / (layout.dtype.itemsize + _INDEX_BYTES)
+    return min(1.0, nnz / max(1, rows * cols))
+
+
+#: Single-core rates of the reference machine (2-core x86_64; numpy's OpenBLAS for dense
+#: blocks, scipy.sparse for CSR ones), used to rank plans by predicted time
+#: (:mod:`blockmatrix.strategies.auto`) and printed with each plan.
+DENSE_FLOPS_PER_CORE_S = 40e9
+SPARSE_FLOPS_PER_CORE_S = 1e9
+
+
+def product_seconds(left: BlockLayout, right: BlockLayout) -> dict[tuple[int, int, int], float]:
+    """Predicted single-core seconds of every block product ``A[i, k] @ B[k, j]``.
+
+    A dense product is ``2 r n c`` flops at :data:`DENSE_FLOPS_PER_CORE_S`; with a CSR factor,
+    its expected multiply-adds (``2 r n c`` times the density of each CSR factor) at
+    :data:`SPARSE_FLOPS_PER_CORE_S`.
+
+    >>> lay = BlockLayout((2000, 2000), 1000, 1000, {(0, 0): 8_000_000, (0, 1): 8_000_000})
+    >>> product_seconds(lay, lay)
+    {(0, 0, 0): 0.05, (0, 0, 1): 0.05}
+    """
+    cols_of_row = defaultdict(list)
+    for k, j in right.keys:
+        cols_of_row[k].append(j)
+    out = {}
+    for i, k in left.keys:
+        rows, inner = left.block_shape(i, k)
+        a = block_density(left, (i, k))
+        for j in cols_of_row.get(k, ()):
+            b = block_density(right, (k, j))
+            flops = 2 * rows * inner * right.block_shape(k, j)[1]
+            if a is None and b is None:
+                out[(i, k, j)] = flops / DENSE_FLOPS_PER_CORE_S
+            else:
+                out[(i, k, j)] = flops * (a or 1.0) * (b or 1.0) / SPARSE_FLOPS_PER_CORE_S
+    return out
+
+
+def busiest_task_seconds(products: Mapping[tuple[int, int, int], float], task_of) -> float:
+    """Compute seconds of the busiest task when product ``(i, k, j)`` runs in ``task_of(i, k, j)``.
+
+    >>> busiest_task_seconds({(0, 0, 0): 1.0, (0, 1, 0): 2.0, (1, 0, 0): 0.5},
+    ...                      lambda i, k, j: i)
+    3.0
+    """
+    per_task: dict = defaultdict(float)
+    for key, seconds in products.items():
+        per_task[task_of(*key)] += seconds
+    return max(per_task.values(), default=0.0)
+
+
+def compute_estimate(left: BlockLayout, right: BlockLayout, task_of) -> dict[str, float]:
+    """``compute_seconds`` and ``max_task_compute_seconds`` of a plan, as keyword arguments.
+
+    ``task_of(i, k, j)`` is the task that computes product ``A[i, k] @ B[k, j]``.
+    """
+    products = product_seconds(left, right)
+    return {"compute_seconds": sum(products.values()),
+            "max_task_compute_seconds": busiest_task_seconds(products, task_of)}
+
+
 def dense_flops(left: BlockLayout, right: BlockLayout) -> int:
     """Flops of all block products, counting every stored block as dense (2 r c n each)."""
     cols_of_row = defaultdict(list)
@@ -309,6 +391,11 @@ class MultiplyPlan:
         Largest output of a single task.
     flops : int
         Floating-point operations of the block products, blocks counted as dense.
+    compute_seconds : float
+        Predicted single-core seconds of all block products (:func:`product_seconds`).
+    max_task_compute_seconds : float
+        Predicted compute seconds of the busiest task: with fewer tasks than cores, or uneven
+        ones, the multiply cannot finish sooner than this.
     details : dict
         Strategy-specific plan (partitioner, destinations, ...), used by its ``execute``.
     reason : str
@@ -323,6 +410,8 @@ class MultiplyPlan:
     max_task_memory_bytes: int
     max_task_output_bytes: int
     flops: int
+    compute_seconds: float = 0.0
+    max_task_compute_seconds: float = 0.0
     details: dict = field(default_factory=dict, repr=False, compare=False)
     reason: str = ""
 
@@ -364,6 +453,8 @@ class MultiplyPlan:
             f"  largest task memory: {format_bytes(self.max_task_memory_bytes)}",
             f"  largest task output: {format_bytes(self.max_task_output_bytes)}",
             f"  flops (dense count): {self.flops:.3e}",
+            f"  compute: {self.compute_seconds:.3g} core-s predicted, busiest task "
+            f"{self.max_task_compute_seconds:.3g} s",
         ]
         if self.reason:
             lines.append(f"  reason: {self.reason}")

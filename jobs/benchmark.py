@@ -20,7 +20,9 @@ Every contender's product is collected once (outside the timing) and compared wi
 single-process result; a wrong product stops the job. Times are the median of ``--repeats``
 runs (fewer when a run takes longer than ``--long-run`` seconds). Shuffle bytes are what Spark
 measured (:mod:`blockmatrix.metrics`); peak memory is the summed resident memory of the whole
-process tree (driver, JVM, Python workers; :mod:`blockmatrix.memory`) while the contender ran.
+process tree (driver, JVM, Python workers; :mod:`blockmatrix.memory`) while the contender ran,
+and the CPU seconds per run of each kind of process (the JVM, the Python workers, the Python
+driver): where the seconds go.
 The job prints a table and writes JSON (``--out``).
 
 Cases (``--quick`` swaps them for small ones that run in well under a minute):
@@ -68,6 +70,9 @@ STRATEGIES = ("inner", "outer", "pasa", "broadcast", "auto")
 #: MLlib runs right after the limit, while the JVM heap holds little else: converting blocks
 #: to MLlib goes through a DataFrame of boxed doubles, which needs heap room.
 CONTENDERS = ("numpy", "mllib") + STRATEGIES
+
+#: Where the CPU time goes, by kind of process (``TreePeakRSS.cpu_seconds_by_kind``).
+CPU_KINDS = ("jvm", "python workers", "python")
 
 #: pasa runs one task per (i, k, j) block triple; beyond this many it is skipped (and says so).
 MAX_PASA_TASKS = 1024
@@ -255,8 +260,11 @@ def timed_runs(fn, repeats: int, long_run: float, sc=None, label: str = ""):
                 metrics = m
             if times[-1] > long_run:
                 break
+    cpu = peak.cpu_seconds_by_kind()
     out = {"times_s": [round(t, 4) for t in times], "median_s": statistics.median(times),
-           "runs": len(times), "peak_rss_bytes": peak.peak_bytes}
+           "runs": len(times), "peak_rss_bytes": peak.peak_bytes,
+           "cpu_s_per_run": {kind: round(cpu.get(kind, 0.0) / len(times), 3)
+                             for kind in CPU_KINDS}}
     if metrics is not None:
         out.update(shuffle_stages=metrics.shuffle_stages,
                    shuffle_write_bytes=metrics.shuffle_write_bytes,
@@ -375,7 +383,8 @@ def _storage_level():
 def table(rows: list[dict]) -> str:
     """A plain-text table of the rows."""
     head = (f"{'case':<28} {'contender':<10} {'ran':<10} {'median s':>9} {'x numpy':>8} "
-            f"{'MLlib/x':>8} {'shuffle':>11} {'peak RSS':>10} {'max err':>9}")
+            f"{'MLlib/x':>8} {'shuffle':>11} {'peak RSS':>10} {'max err':>9} "
+            f"{'CPU s/run: JVM':>14} {'workers':>7} {'driver':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if "median_s" not in r:
@@ -383,10 +392,12 @@ def table(rows: list[dict]) -> str:
                          f"{r.get('refused', '')[:60]}")
             continue
         shuffle = format_bytes(r["shuffle_write_bytes"]) if "shuffle_write_bytes" in r else "-"
+        cpu = r["cpu_s_per_run"]
         lines.append(
             f"{r['case']:<28} {r['contender']:<10} {r['ran']:<10} {r['median_s']:>9.3f} "
             f"{_fmt(r.get('x_numpy'))} {_fmt(r.get('mllib_speedup'))} {shuffle:>11} "
-            f"{format_bytes(r['peak_rss_bytes']):>10} {r['max_abs_error']:>9.1e}")
+            f"{format_bytes(r['peak_rss_bytes']):>10} {r['max_abs_error']:>9.1e} "
+            f"{cpu['jvm']:>14.2f} {cpu['python workers']:>7.2f} {cpu['python']:>6.2f}")
     return "\n".join(lines)
 
 

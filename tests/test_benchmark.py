@@ -47,6 +47,11 @@ def test_quick_benchmark_checks_every_contender(tmp_path):
             assert r["max_abs_error"] <= 1e-8 * 100, r
             assert r["runs"] == 1 and len(r["times_s"]) == 1
             assert r["median_s"] >= 0 and r["peak_rss_bytes"] > 0
+            cpu = r["cpu_s_per_run"]
+            assert set(cpu) == {"jvm", "python workers", "python"}, cpu
+            assert all(v >= 0 for v in cpu.values()), cpu
+            if r["contender"] not in ("numpy", "scipy"):   # milliseconds: may be below a tick
+                assert cpu["jvm"] > 0, r
             assert r["x_numpy"] is not None and r["mllib_speedup"] is not None
             if r["contender"] not in ("numpy", "scipy"):
                 assert r["shuffle_write_bytes"] >= 0 and r["shuffle_stages"] >= 0
@@ -54,7 +59,8 @@ def test_quick_benchmark_checks_every_contender(tmp_path):
                 assert r["shuffle_stages"] == 1             # the one-shuffle multiply
             if r["contender"] == "auto":
                 assert r["ran"] in {"inner", "outer", "pasa", "broadcast"}
-    assert "MLlib/x" in done.stdout and f"wrote {out}" in done.stdout
+    assert "MLlib/x" in done.stdout and "CPU s/run: JVM" in done.stdout
+    assert f"wrote {out}" in done.stdout
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -103,3 +103,25 @@ def test_check_block_rejects(bad, match):
 
 def test_check_block_converts_sparse_to_csr():
     assert bk.check_block(sp.coo_matrix(np.eye(2))).format == "csr"
+
+
+def test_sum_by_key_sums_every_format_without_touching_its_inputs():
+    rng = np.random.default_rng(5)
+    d64 = [rng.standard_normal((3, 4)) for _ in range(3)]
+    d32 = rng.standard_normal((3, 4)).astype(np.float32)
+    csr = [sp.random(3, 4, density=0.5, format="csr", random_state=s) for s in range(3)]
+    items = [("dense", d64[0]), ("mixed", d32), ("csr", csr[0]), ("dense", d64[1]),
+             ("mixed", csr[1]), ("csr", csr[1]), ("dense", d64[2]), ("csr", csr[2]),
+             ("single", d32)]
+    before = [(k, v.copy()) for k, v in items]
+    sums = dict(bk.sum_by_key(iter(items)))
+    assert set(sums) == {"dense", "mixed", "csr", "single"}
+    assert_eq(sums["dense"], d64[0] + d64[1] + d64[2])
+    assert sums["mixed"].dtype == np.float64 and not sp.issparse(sums["mixed"])
+    assert_eq(sums["mixed"], d32 + csr[1].toarray())
+    assert sp.issparse(sums["csr"]) and sums["csr"].format == "csr"
+    assert_eq(sums["csr"].toarray(), sum(c.toarray() for c in csr))
+    assert sums["single"] is d32
+    for (_, old), (_, new) in zip(before, items, strict=True):
+        assert_eq(old.toarray() if sp.issparse(old) else old,
+                  new.toarray() if sp.issparse(new) else new)

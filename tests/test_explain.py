@@ -141,8 +141,73 @@ def test_auto_plan_carries_choice_and_reason():
     assert plan.strategy == "broadcast"
     assert plan.details["chosen_by"] == "auto"
     assert set(plan.details["candidates"]) == {"inner", "outer", "pasa", "broadcast"}
-    assert plan.reason.startswith("broadcast: least predicted data movement")
+    assert plan.reason.startswith("broadcast: least predicted time")
     assert "reason: broadcast" in str(plan)
+
+
+def test_compute_estimate_follows_each_strategys_tasks():
+    # 2 x 2 blocks of 1000 x 1000 times the same: 8 products of 2e9 flops (0.05 s each)
+    a = dense_layout(2000, 2000, 1000, 1000, num_partitions=2, rows_aligned=True)
+    report = explain_multiply(a, a, num_partitions=4, num_cores=2)
+    one = 2 * 1000 ** 3 / 40e9
+    for p in report.plans.values():
+        assert p.compute_seconds == pytest.approx(8 * one)
+    assert report["inner"].max_task_compute_seconds == pytest.approx(2 * one)  # (i, j): 2 k
+    assert report["outer"].max_task_compute_seconds == pytest.approx(4 * one)  # per k
+    assert report["pasa"].max_task_compute_seconds == pytest.approx(one)       # per triple
+    assert report["broadcast"].max_task_compute_seconds == pytest.approx(4 * one)  # per row
+    assert "compute: 0.4 core-s predicted, busiest task 0.1 s" in str(report["inner"])
+
+
+def test_csr_blocks_are_costed_by_their_fill():
+    dense = dense_layout(1000, 1000, 1000, 1000)
+    # a CSR block with 10% of its entries: nnz * 12 + 1001 * 4 bytes
+    sparse = BlockLayout((1000, 1000), 1000, 1000, {(0, 0): 100_000 * 12 + 1001 * 4})
+    dd = explain_multiply(dense, dense, strategy="inner")["inner"].compute_seconds
+    sd = explain_multiply(sparse, dense, strategy="inner")["inner"].compute_seconds
+    assert dd == pytest.approx(2e9 / 40e9)
+    assert sd == pytest.approx(0.1 * 2e9 / 1e9, rel=1e-3)
+
+
+def test_auto_stripes_a_long_inner_dimension_over_idle_cores():
+    # the benchmark's long-inner case: 1 x 64 blocks times 64 x 1, blocks 1024 x 1024
+    a = dense_layout(1024, 64 * 1024, 1024, 1024, num_partitions=2, rows_aligned=True)
+    b = dense_layout(64 * 1024, 1024, 1024, 1024, num_partitions=2)
+    options = MultiplyOptions(memory_budget_bytes=1 << 30, num_cores=2)
+    plans = auto_strategy.candidate_plans(a, b, options)
+    assert "inner, 2 mid splits" in plans
+    one, two = plans["inner"], plans["inner, 2 mid splits"]
+    assert one.max_task_compute_seconds == pytest.approx(one.compute_seconds)  # one task
+    assert two.max_task_compute_seconds == pytest.approx(one.compute_seconds / 2)
+    chosen = auto_strategy.plan(a, b, options)
+    assert chosen.strategy == "inner" and chosen.details["num_mid_splits"] == 2
+    assert chosen.reason.startswith("inner, 2 mid splits: least predicted time")
+    assert "on 2 core(s)" in chosen.reason
+    # one core: nothing to stripe over; a mid split asked for by the caller is kept
+    assert "inner, 2 mid splits" not in auto_strategy.candidate_plans(
+        a, b, MultiplyOptions(memory_budget_bytes=1 << 30, num_cores=1))
+    assert set(auto_strategy.candidate_plans(
+        a, b, MultiplyOptions(num_mid_splits=4, num_cores=2))) == set(auto_strategy.CANDIDATES)
+
+
+def test_predicted_time_counts_stages_bytes_and_the_busiest_task():
+    a = dense_layout(2000, 2000, 1000, 1000, num_partitions=2, rows_aligned=True)
+    plans = auto_strategy.candidate_plans(a, a, MultiplyOptions(num_cores=2))
+    inner, broadcast = plans["inner"], plans["broadcast"]
+    assert auto_strategy.predicted_seconds(inner, 2) == pytest.approx(
+        2 * 0.1 + inner.shuffle_bytes / 200e6
+        + max(inner.max_task_compute_seconds, inner.compute_seconds / 2))
+    assert broadcast.num_shuffles == 0
+    assert auto_strategy.predicted_seconds(broadcast, 2) == pytest.approx(
+        2 * 0.1 + a.nbytes / 60e6 + broadcast.max_task_compute_seconds)
+    assert auto_strategy.predicted_seconds(inner, 1) > auto_strategy.predicted_seconds(inner, 2)
+
+
+@pytest.mark.parametrize("cores", [0, -1, 1.5, True, "2"])
+def test_num_cores_must_be_a_positive_integer(cores):
+    with pytest.raises(InvalidParameterError, match=f"num_cores must be a positive integer.*"
+                                                    f"got {cores!r}"):
+        MultiplyOptions(num_cores=cores)
 
 
 def test_auto_when_nothing_fits_takes_least_memory():
@@ -160,7 +225,7 @@ def test_report_prints_a_table():
     report = explain_multiply(a, b)
     text = str(report)
     for word in ("strategy", "shuffles", "records", "shuffle bytes", "task input",
-                 "task memory", "task output", "flops", "auto pick", "why"):
+                 "task memory", "task output", "flops", "predicted s", "auto pick", "why"):
         assert word in text
     for name in STRATEGIES:
         if name != "auto":

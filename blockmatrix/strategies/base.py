@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import blocks as bk
 from ..errors import InvalidParameterError
 from ..planner import check_num_mid_splits
 
@@ -33,12 +34,21 @@ class MultiplyOptions:
         Memory a single task may use for its data: the most ``broadcast`` may broadcast, and
         what ``auto`` requires of a plan's largest task. None: the planners' default,
         :data:`DEFAULT_MEMORY_BUDGET_BYTES` (``multiply`` derives it from the executor memory).
+    num_cores : int, optional
+        Tasks the cluster runs at once, for ``auto``'s predicted times. None: 1 (``multiply``
+        and ``explain_multiply`` pass Spark's ``defaultParallelism``).
     """
 
     num_partitions: int | None = None
     num_mid_splits: int = 1
     task_buffer_bytes: int = DEFAULT_TASK_BUFFER_BYTES
     memory_budget_bytes: int | None = None
+    num_cores: int | None = None
+
+    @property
+    def cores(self) -> int:
+        """The task slots in effect (1 when none were given)."""
+        return self.num_cores or 1
 
     @property
     def budget_bytes(self) -> int:
@@ -62,3 +72,21 @@ class MultiplyOptions:
             raise InvalidParameterError(
                 f"memory_budget_bytes must be a positive integer or None (the default, a quarter "
                 f"of the executor memory), got {budget!r}")
+        cores = self.num_cores
+        if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int)
+                                  or cores < 1):
+            raise InvalidParameterError(
+                f"num_cores must be a positive integer or None (Spark's defaultParallelism), "
+                f"got {cores!r}")
+
+
+def sum_partials(partials, grid):
+    """Sum partial blocks by key into ``grid``'s partitions: one shuffle, no map-side combine.
+
+    Every strategy that calls this emits at most one partial per key from each task, so
+    ``reduceByKey``'s map-side combine would find nothing to combine and only cost time (and,
+    with blocks of megabytes, spills by PySpark's ``ExternalMerger`` above
+    ``spark.python.worker.memory``). The result keeps ``grid`` as its partitioner.
+    """
+    return partials.partitionBy(grid.num_partitions, grid).mapPartitions(
+        bk.sum_by_key, preservesPartitioning=True)

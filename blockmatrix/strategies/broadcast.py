@@ -16,9 +16,10 @@ the condition holds when the slices happen to cut between block rows (e.g. 4 x 4
 or 4 partitions) and for one-partition matrices. Then the multiply runs with **no shuffle**:
 one small collect job for the broadcast operand and one map over the larger one. When a block
 row is split over partitions, or the partitions are unknown (a matrix whose layout was
-computed by a job, or a product), the partial blocks are summed by ``reduceByKey`` on the
-result's ``GridPartitioner``: **one shuffle** of at most ``partitions x |C|`` blocks (the
-larger operand is still never shuffled), which the plan predicts and counts. Re-partitioning
+computed by a job, or a product), the partial blocks are summed in place after one
+``partitionBy`` on the result's ``GridPartitioner`` (:func:`.base.sum_partials`): **one
+shuffle** of at most ``partitions x |C|`` blocks (the larger operand is still never shuffled),
+which the plan predicts and counts. Re-partitioning
 the larger operand by block row instead would shuffle the larger operand itself, the very
 thing this strategy exists to avoid.
 
@@ -44,11 +45,12 @@ from ..planner import (
     MultiplyPlan,
     ShuffleEstimate,
     check_multiplicable,
+    compute_estimate,
     dense_flops,
     format_bytes,
     result_grid,
 )
-from .base import MultiplyOptions
+from .base import MultiplyOptions, sum_partials
 from .inner import LEFT, RIGHT
 from .outer import (
     accumulated_nbytes,
@@ -97,10 +99,12 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
     known = large.key_partitions is not None
     parts = max(1, large.num_partitions)
     part_input: dict[int, int] = defaultdict(int)
+    part_of: dict[tuple[int, int], int] = {}
     partial_densities: dict[tuple[int, tuple[int, int]], list] = defaultdict(list)
     for n_key, (key, size) in enumerate(sorted(large.block_nbytes.items())):
         # Unknown partitions: assume the blocks dealt round-robin (the worst case for splits).
         p = large.key_partitions.get(key, 0) if known else n_key % parts
+        part_of[key] = p
         part_input[p] += size
         k = key[1] if side == RIGHT else key[0]
         d_large = block_density(large, key)
@@ -155,6 +159,8 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
         max_task_memory_bytes=max(task_memory + reduce_output + [broadcast_bytes]),
         max_task_output_bytes=max(list(part_output.values()) + reduce_output),
         flops=dense_flops(left, right),
+        **compute_estimate(left, right, lambda i, k, j: part_of[(i, k) if side == RIGHT
+                                                                else (k, j)]),
         details={"side": side, "broadcast_bytes": broadcast_bytes, "budget_bytes": budget,
                  "fits_budget": fits, "reduce": bool(split), "grid": grid,
                  "partitions_known": known, "note": note})
@@ -189,7 +195,7 @@ def execute(plan: MultiplyPlan, left, right, options: MultiplyOptions):
         partial(multiply_with_broadcast, table=shared, side=side))
     if plan.details["reduce"]:
         grid = plan.details["grid"]
-        products = products.reduceByKey(bk.add, grid.num_partitions, grid)
+        products = sum_partials(products, grid)
     return BlockMatrix.from_blocks(products, plan.result_shape, left.rows_per_block,
                                    right.cols_per_block)
 

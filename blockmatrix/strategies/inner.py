@@ -27,11 +27,12 @@ from ..planner import (
     MultiplyPlan,
     ShuffleEstimate,
     check_multiplicable,
+    compute_estimate,
     dense_flops,
     result_grid,
     simulate_multiply,
 )
-from .base import MultiplyOptions
+from .base import MultiplyOptions, sum_partials
 
 LEFT, RIGHT = 0, 1
 
@@ -80,6 +81,7 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
         max_task_memory_bytes=max(memory, default=0),
         max_task_output_bytes=max(task_output, default=0),
         flops=dense_flops(left, right),
+        **compute_estimate(left, right, lambda i, k, j: grid.partition_of(i, j) * s + k % s),
         details={"grid": grid, "num_mid_splits": s, "left_destinations": left_dest,
                  "right_destinations": right_dest})
 
@@ -122,7 +124,7 @@ def execute(plan: MultiplyPlan, left, right, options: MultiplyOptions):
         partial(multiply_delivered, num_tasks=num_tasks, budget_bytes=options.task_buffer_bytes),
         preservesPartitioning=(s == 1))
     if s > 1:
-        products = products.reduceByKey(bk.add, grid.num_partitions, grid)
+        products = sum_partials(products, grid)
     rows, cols = plan.result_shape
     return BlockMatrix.from_blocks(products, (rows, cols), left.rows_per_block,
                                    right.cols_per_block)

@@ -12,9 +12,10 @@
 2. **reduce by (i, j)**: each task multiplies its slices one ``k`` at a time and accumulates the
    partial products per output key in place (BLAS ``gemm`` with ``beta = 1``,
    :func:`blockmatrix.blocks.matmul_accumulate`), so it writes one partial block per ``(i, j)``
-   it touched, whatever the number of its ``k``. ``reduceByKey`` with the result's
-   :class:`~blockmatrix.partitioner.GridPartitioner` sums them: the second shuffle, of at most
-   ``tasks x |C|`` blocks.
+   it touched, whatever the number of its ``k``. A ``partitionBy`` on the result's
+   :class:`~blockmatrix.partitioner.GridPartitioner` sums them in place
+   (:func:`~blockmatrix.strategies.base.sum_partials`; ``reduceByKey``'s map-side combine
+   would find nothing to combine): the second shuffle, of at most ``tasks x |C|`` blocks.
 
 The join task's memory is its accumulators (up to all of C for a dense product) plus one
 ``k``-slice of inputs; that is this formulation's weakness on dense inputs, and its strength on
@@ -33,46 +34,23 @@ from functools import partial
 
 import numpy as np
 
-from .. import blocks as bk
 from .._spill import grouped_by_key
 from ..planner import (
+    _INDEX_BYTES,
     RECORD_OVERHEAD_BYTES,
     BlockLayout,
     MultiplyPlan,
     ShuffleEstimate,
+    block_density,
     check_multiplicable,
+    compute_estimate,
     dense_flops,
     result_grid,
 )
-from .base import MultiplyOptions
+from .base import MultiplyOptions, sum_partials
 from .inner import LEFT, RIGHT, accumulate_slice, record_nbytes
 
-#: Bytes of a CSR index (scipy uses int32 indices below 2**31 non-zeros).
-_INDEX_BYTES = 4
-
-
 # ---------------------------------------------------------------------- size model
-
-
-def block_density(layout: BlockLayout, key) -> float | None:
-    """Fill of a stored block: None for a dense block, else the CSR's estimated density.
-
-    A block whose byte size equals the dense size is taken as dense; otherwise it is CSR with
-    ``nnz * (itemsize + 4) + (rows + 1) * 4`` bytes.
-
-    >>> lay = BlockLayout((4, 4), 4, 4, {(0, 0): 128})
-    >>> block_density(lay, (0, 0)) is None
-    True
-    >>> lay = BlockLayout((4, 4), 4, 4, {(0, 0): 4 * 12 + 5 * 4})
-    >>> block_density(lay, (0, 0))
-    0.25
-    """
-    size = layout.block_nbytes[key]
-    if size == layout.dense_nbytes(*key):
-        return None
-    rows, cols = layout.block_shape(*key)
-    nnz = max(0, size - (rows + 1) * _INDEX_BYTES) / (layout.dtype.itemsize + _INDEX_BYTES)
-    return min(1.0, nnz / max(1, rows * cols))
 
 
 def product_density(a: float | None, b: float | None, inner: int) -> float | None:
@@ -198,6 +176,7 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
         max_task_memory_bytes=max(memory + reduce_output),
         max_task_output_bytes=max(task_output + reduce_output),
         flops=dense_flops(left, right),
+        **compute_estimate(left, right, lambda i, k, j: ranks[k] % num_tasks),
         details={"ranks": ranks, "num_tasks": num_tasks, "grid": grid})
 
 
@@ -214,7 +193,7 @@ def execute(plan: MultiplyPlan, left, right, options: MultiplyOptions):
     delivered = routed.partitionBy(num_tasks, task_of_rank)
     partials = delivered.mapPartitions(
         partial(accumulate_task, budget_bytes=options.task_buffer_bytes))
-    summed = partials.reduceByKey(bk.add, grid.num_partitions, grid)
+    summed = sum_partials(partials, grid)
     return BlockMatrix.from_blocks(summed, plan.result_shape, left.rows_per_block,
                                    right.cols_per_block)
 

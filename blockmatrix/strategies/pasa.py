@@ -34,6 +34,7 @@ from ..planner import (
     MultiplyPlan,
     ShuffleEstimate,
     check_multiplicable,
+    compute_estimate,
     dense_flops,
 )
 from .base import MultiplyOptions
@@ -120,6 +121,7 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
         max_task_memory_bytes=max(memory + reduce_output),
         max_task_output_bytes=max(task_output + reduce_output),
         flops=dense_flops(left, right),
+        **compute_estimate(left, right, lambda i, k, j: (i, k, j)),  # a task per triple
         details={"partitioner": part, "reduce_partitions": tasks})
 
 
