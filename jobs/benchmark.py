@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from py4j.protocol import Py4JJavaError
 
 from blockmatrix import BlockMatrix
 from blockmatrix.cli import OneLineArgumentParser, positive_int, run
@@ -313,8 +314,17 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
                 product = mA.multiply(mB)
                 product._java_matrix_wrapper._java_model.blocks().count()
 
-            row.update(timed_runs(multiply_mllib, args.repeats, args.long_run, sc,
-                                  f"{case.name} mllib"))
+            try:
+                row.update(timed_runs(multiply_mllib, args.repeats, args.long_run, sc,
+                                      f"{case.name} mllib"))
+            except Py4JJavaError as exc:  # e.g. MLlib's one reducer out of JVM heap
+                cause = str(exc.java_exception).splitlines()[0]
+                row.update(refused=f"failed: {cause}"[:200], checked=False)
+                rows.append(row)
+                print(f"{case.name:<28} {name:<10} {row['refused']}", flush=True)
+                if sc._jsc.sc().isStopped():
+                    raise
+                continue
             got = BlockMatrix.from_mllib(product)
             row["max_abs_error"] = check(got.to_scipy() if case.is_sparse else got.to_numpy(),
                                          expected)

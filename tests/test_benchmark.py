@@ -73,3 +73,38 @@ def test_bad_arguments_one_line_exit_2(args, needle):
     done = run_job(*args, timeout=60)
     assert done.returncode == 2
     assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+TRANSPORT = JOB.parent / "transport.py"
+
+
+def test_transport_measures_each_path_and_who_spends_the_cpu(tmp_path):
+    out = tmp_path / "transport.json"
+    done = subprocess.run([sys.executable, str(TRANSPORT), "--blocks", "6", "--side", "128",
+                           "--fanout", "3", "--repeats", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert "jobs/transport.py --blocks 6" in data["command"]
+    rows = {r["path"]: r for r in data["rows"]}
+    assert set(rows) == {"read", "shuffle", "collect"}
+    block = 128 * 128 * 8
+    assert rows["read"]["bytes"] == rows["collect"]["bytes"] == 6 * block
+    assert rows["shuffle"]["bytes"] == 6 * 3 * block
+    for r in rows.values():
+        assert len(r["times_s"]) == 2 and r["median_s"] > 0 and r["mb_per_s"] > 0
+        assert set(r["cpu_s_per_run"]) == {"jvm", "python workers", "python"}
+        assert r["cpu_s_per_run"]["jvm"] > 0
+    assert "CPU s/run: JVM" in done.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--blocks", "0"], "positive"),
+    (["--fanout", "x"], "--fanout"),
+    (["--conf", "novalue"], "is not KEY=VALUE"),
+])
+def test_transport_bad_arguments_one_line_exit_2(args, needle):
+    done = subprocess.run([sys.executable, str(TRANSPORT), *args], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -195,7 +195,7 @@ def test_predicted_time_counts_stages_bytes_and_the_busiest_task():
     plans = auto_strategy.candidate_plans(a, a, MultiplyOptions(num_cores=2))
     inner, broadcast = plans["inner"], plans["broadcast"]
     assert auto_strategy.predicted_seconds(inner, 2) == pytest.approx(
-        2 * 0.1 + inner.shuffle_bytes / 200e6
+        2 * 0.1 + 0.15 + inner.shuffle_bytes / 200e6
         + max(inner.max_task_compute_seconds, inner.compute_seconds / 2))
     assert broadcast.num_shuffles == 0
     assert auto_strategy.predicted_seconds(broadcast, 2) == pytest.approx(

@@ -5,6 +5,8 @@ measured as the README's "Performance" section shows):
 
 - every stage costs :data:`STAGE_SECONDS` (scheduling, starting the tasks' Python pipelines);
   a plan has one stage more than it has shuffles, and ``broadcast`` one more for its collect;
+  every shuffle costs :data:`SHUFFLE_SECONDS` more (its files, fetches and Python workers on
+  both sides), however few bytes it moves;
 - a shuffle's predicted bytes move at :data:`SHUFFLE_BYTES_PER_CORE_S` per core: pickled by
   a Python worker, written and read back by the JVM, unpickled by another worker;
 - a broadcast operand moves at :data:`BROADCAST_BYTES_PER_S`, once, through the driver
@@ -42,6 +44,8 @@ CANDIDATES = ("inner", "broadcast", "outer", "pasa")
 
 #: Fixed cost of one stage, seconds.
 STAGE_SECONDS = 0.1
+#: Fixed cost of one shuffle on top of its stages, seconds.
+SHUFFLE_SECONDS = 0.15
 #: Shuffle throughput per core (Python pickling, JVM shuffle write and read, unpickling).
 SHUFFLE_BYTES_PER_CORE_S = 100e6
 #: Broadcast throughput (through the driver, serial).
@@ -66,12 +70,12 @@ def predicted_seconds(plan: MultiplyPlan, cores: int) -> float:
     >>> lay = BlockLayout((2048, 2048), 1024, 1024, {(i, j): 8 << 20 for i in range(2)
     ...                                              for j in range(2)})
     >>> inner = get_strategy("inner").plan(lay, lay, MultiplyOptions(num_partitions=4))
-    >>> round(predicted_seconds(inner, 2), 2)  # 0.2 s stages, 128 MiB moved, 17 GFLOP
-    1.09
+    >>> round(predicted_seconds(inner, 2), 2)  # 2 stages, 1 shuffle, 128 MiB, 17 GFLOP
+    1.24
     """
     cores = max(1, cores)
     stages = plan.num_shuffles + 1 + (1 if broadcast_bytes(plan) else 0)
-    return (stages * STAGE_SECONDS
+    return (stages * STAGE_SECONDS + plan.num_shuffles * SHUFFLE_SECONDS
             + plan.shuffle_bytes / (SHUFFLE_BYTES_PER_CORE_S * cores)
             + broadcast_bytes(plan) / BROADCAST_BYTES_PER_S
             + max(plan.max_task_compute_seconds, plan.compute_seconds / cores))
