@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from blockmatrix.errors import InvalidParameterError, ShapeMismatchError, UnknownStrategyError
@@ -173,7 +175,9 @@ def test_auto_stripes_a_long_inner_dimension_over_idle_cores():
     # the benchmark's long-inner case: 1 x 64 blocks times 64 x 1, blocks 1024 x 1024
     a = dense_layout(1024, 64 * 1024, 1024, 1024, num_partitions=2, rows_aligned=True)
     b = dense_layout(64 * 1024, 1024, 1024, 1024, num_partitions=2)
-    options = MultiplyOptions(memory_budget_bytes=1 << 30, num_cores=2)
+    # B (512 MiB) over the budget: broadcast, which measures fastest here, is refused
+    options = MultiplyOptions(memory_budget_bytes=256 << 20, task_buffer_bytes=64 << 20,
+                              num_cores=2)
     plans = auto_strategy.candidate_plans(a, b, options)
     assert "inner, 2 mid splits" in plans
     one, two = plans["inner"], plans["inner, 2 mid splits"]
@@ -182,7 +186,9 @@ def test_auto_stripes_a_long_inner_dimension_over_idle_cores():
     chosen = auto_strategy.plan(a, b, options)
     assert chosen.strategy == "inner" and chosen.details["num_mid_splits"] == 2
     assert chosen.reason.startswith("inner, 2 mid splits: least predicted time")
-    assert "on 2 core(s)" in chosen.reason
+    assert "on 2 core(s)" in chosen.reason and "over budget: broadcast" in chosen.reason
+    roomy = auto_strategy.plan(a, b, dataclasses.replace(options, memory_budget_bytes=1 << 30))
+    assert roomy.strategy == "broadcast"
     # one core: nothing to stripe over; a mid split asked for by the caller is kept
     assert "inner, 2 mid splits" not in auto_strategy.candidate_plans(
         a, b, MultiplyOptions(memory_budget_bytes=1 << 30, num_cores=1))
@@ -195,11 +201,11 @@ def test_predicted_time_counts_stages_bytes_and_the_busiest_task():
     plans = auto_strategy.candidate_plans(a, a, MultiplyOptions(num_cores=2))
     inner, broadcast = plans["inner"], plans["broadcast"]
     assert auto_strategy.predicted_seconds(inner, 2) == pytest.approx(
-        2 * 0.1 + 0.15 + inner.shuffle_bytes / 200e6
+        2 * 0.1 + 0.15 + inner.shuffle_bytes / 120e6
         + max(inner.max_task_compute_seconds, inner.compute_seconds / 2))
     assert broadcast.num_shuffles == 0
     assert auto_strategy.predicted_seconds(broadcast, 2) == pytest.approx(
-        2 * 0.1 + a.nbytes / 60e6 + broadcast.max_task_compute_seconds)
+        2 * 0.1 + a.nbytes / 90e6 + broadcast.max_task_compute_seconds)
     assert auto_strategy.predicted_seconds(inner, 1) > auto_strategy.predicted_seconds(inner, 2)
 
 

@@ -1,7 +1,8 @@
 """``auto``: plan every strategy, run the one predicted to finish first within the budget.
 
 Cost model (predicted seconds, from the plans alone; the rates are the reference machine's,
-measured as the README's "Performance" section shows):
+fitted to the dense and long-inner rows of ``jobs/benchmark.py`` as the README's
+"Performance" section shows, where they predict the measured times within about 15%):
 
 - every stage costs :data:`STAGE_SECONDS` (scheduling, starting the tasks' Python pipelines);
   a plan has one stage more than it has shuffles, and ``broadcast`` one more for its collect;
@@ -47,9 +48,9 @@ STAGE_SECONDS = 0.1
 #: Fixed cost of one shuffle on top of its stages, seconds.
 SHUFFLE_SECONDS = 0.15
 #: Shuffle throughput per core (Python pickling, JVM shuffle write and read, unpickling).
-SHUFFLE_BYTES_PER_CORE_S = 100e6
+SHUFFLE_BYTES_PER_CORE_S = 60e6
 #: Broadcast throughput (through the driver, serial).
-BROADCAST_BYTES_PER_S = 60e6
+BROADCAST_BYTES_PER_S = 90e6
 
 
 def broadcast_bytes(plan: MultiplyPlan) -> int:
@@ -71,7 +72,7 @@ def predicted_seconds(plan: MultiplyPlan, cores: int) -> float:
     ...                                              for j in range(2)})
     >>> inner = get_strategy("inner").plan(lay, lay, MultiplyOptions(num_partitions=4))
     >>> round(predicted_seconds(inner, 2), 2)  # 2 stages, 1 shuffle, 128 MiB, 17 GFLOP
-    1.24
+    1.68
     """
     cores = max(1, cores)
     stages = plan.num_shuffles + 1 + (1 if broadcast_bytes(plan) else 0)
