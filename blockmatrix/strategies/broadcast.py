@@ -19,9 +19,8 @@ row is split over partitions, or the partitions are unknown (a matrix whose layo
 computed by a job, or a product), the partial blocks are summed in place after one
 ``partitionBy`` on the result's ``GridPartitioner`` (:func:`.base.sum_partials`): **one
 shuffle** of at most ``partitions x |C|`` blocks (the larger operand is still never shuffled),
-which the plan predicts and counts. Re-partitioning
-the larger operand by block row instead would shuffle the larger operand itself, the very
-thing this strategy exists to avoid.
+which the plan predicts and counts. Re-partitioning the larger operand by block row instead
+would shuffle the larger operand itself, the very thing this strategy exists to avoid.
 
 **The memory budget.** The broadcast operand is held by the driver (as it is collected and
 pickled) and by every Python worker that runs a task, next to that task's accumulators. The
