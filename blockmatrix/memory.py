@@ -118,9 +118,12 @@ class TreePeakRSS:
     --------
     Where the CPU time went while the block ran, by kind of process:
 
+    >>> import time
     >>> with TreePeakRSS(interval=0.01) as peak:
-    ...     _ = sum(i * i for i in range(2_000_000))
-    >>> peak.cpu_seconds_by_kind()["python"] > 0  # this process; "jvm", "python workers" too
+    ...     start = time.process_time()
+    ...     while time.process_time() - start < 0.1:  # 0.1 s of CPU in this process
+    ...         pass
+    >>> peak.cpu_seconds_by_kind()["python"] >= 0.05  # this process; "jvm", "python workers"
     True
     """
 
@@ -185,7 +188,8 @@ class TreePeakRSS:
             self._stop.wait(self.interval)
 
     def start(self) -> TreePeakRSS:
-        """Start sampling in a daemon thread."""
+        """Take the first sample now (the CPU baseline), then sample in a daemon thread."""
+        self.sample()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="tree-peak-rss", daemon=True)
         self._thread.start()
