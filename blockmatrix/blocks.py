@@ -7,9 +7,7 @@ operand gives a dense array (that product is dense anyway). No Spark import here
 Dense products are accumulated with BLAS ``gemm`` and ``beta = 1`` straight into the
 accumulator, so summing many partial products allocates no array per product:
 
->>> from collections import defaultdict
-
-import numpy as np
+>>> import numpy as np
 >>> acc = None
 >>> for k in range(3):
 ...     acc = matmul_accumulate(acc, np.eye(2) * (k + 1), np.ones((2, 2)))
