@@ -308,20 +308,13 @@ def product_seconds(left: BlockLayout, right: BlockLayout) -> dict[tuple[int, in
     >>> product_seconds(lay, lay)
     {(0, 0, 0): 0.05, (0, 0, 1): 0.05}
     """
-    cols_of_row = defaultdict(list)
-    for k, j in right.keys:
-        cols_of_row[k].append(j)
     out = {}
-    for i, k in left.keys:
-        rows, inner = left.block_shape(i, k)
-        a = block_density(left, (i, k))
-        for j in cols_of_row.get(k, ()):
-            b = block_density(right, (k, j))
-            flops = 2 * rows * inner * right.block_shape(k, j)[1]
-            if a is None and b is None:
-                out[(i, k, j)] = flops / DENSE_FLOPS_PER_CORE_S
-            else:
-                out[(i, k, j)] = flops * (a or 1.0) * (b or 1.0) / SPARSE_FLOPS_PER_CORE_S
+    for (i, k, j), flops in block_product_flops(left, right):
+        a, b = block_density(left, (i, k)), block_density(right, (k, j))
+        if a is None and b is None:
+            out[(i, k, j)] = flops / DENSE_FLOPS_PER_CORE_S
+        else:
+            out[(i, k, j)] = flops * (a or 1.0) * (b or 1.0) / SPARSE_FLOPS_PER_CORE_S
     return out
 
 
@@ -348,17 +341,25 @@ def compute_estimate(left: BlockLayout, right: BlockLayout, task_of) -> dict[str
             "max_task_compute_seconds": busiest_task_seconds(products, task_of)}
 
 
-def dense_flops(left: BlockLayout, right: BlockLayout) -> int:
-    """Flops of all block products, counting every stored block as dense (2 r c n each)."""
+def block_product_flops(left: BlockLayout, right: BlockLayout):
+    """``((i, k, j), 2 r n c)`` for every block product ``A[i, k] @ B[k, j]`` of stored blocks.
+
+    >>> lay = BlockLayout((3, 3), 2, 2, {(0, 0): 32, (1, 1): 8})
+    >>> list(block_product_flops(lay, lay))
+    [((0, 0, 0), 16), ((1, 1, 1), 2)]
+    """
     cols_of_row = defaultdict(list)
     for k, j in right.keys:
         cols_of_row[k].append(j)
-    flops = 0
     for i, k in left.keys:
         rows, inner = left.block_shape(i, k)
-        flops += sum(2 * rows * inner * right.block_shape(k, j)[1]
-                     for j in cols_of_row.get(k, ()))
-    return flops
+        for j in cols_of_row.get(k, ()):
+            yield (i, k, j), 2 * rows * inner * right.block_shape(k, j)[1]
+
+
+def dense_flops(left: BlockLayout, right: BlockLayout) -> int:
+    """Flops of all block products, counting every stored block as dense (2 r c n each)."""
+    return sum(flops for _, flops in block_product_flops(left, right))
 
 
 @dataclass(frozen=True)

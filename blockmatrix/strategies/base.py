@@ -59,25 +59,21 @@ class MultiplyOptions:
 
     def __post_init__(self):
         check_num_mid_splits(self.num_mid_splits)
-        n = self.num_partitions
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise InvalidParameterError(
-                f"num_partitions must be a positive integer or None (Spark's default), got {n!r}")
+        _check_positive_or_none("num_partitions", self.num_partitions, "Spark's default")
         if not isinstance(self.task_buffer_bytes, int) or self.task_buffer_bytes < 0:
             raise InvalidParameterError(
                 f"task_buffer_bytes must be a non-negative integer, got {self.task_buffer_bytes!r}")
-        budget = self.memory_budget_bytes
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
-                                   or budget < 1):
-            raise InvalidParameterError(
-                f"memory_budget_bytes must be a positive integer or None (the default, a quarter "
-                f"of the executor memory), got {budget!r}")
-        cores = self.num_cores
-        if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int)
-                                  or cores < 1):
-            raise InvalidParameterError(
-                f"num_cores must be a positive integer or None (Spark's defaultParallelism), "
-                f"got {cores!r}")
+        _check_positive_or_none("memory_budget_bytes", self.memory_budget_bytes,
+                                "the default, a quarter of the executor memory")
+        _check_positive_or_none("num_cores", self.num_cores, "Spark's defaultParallelism")
+
+
+def _check_positive_or_none(name: str, value, none_means: str) -> None:
+    """Raise :class:`InvalidParameterError` unless ``value`` is None or an int >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise InvalidParameterError(
+            f"{name} must be a positive integer or None ({none_means}), got {value!r}")
 
 
 def sum_partials(partials, grid):
