@@ -205,7 +205,7 @@ def explain_multiply(A, B, strategy: str | None = None, **options) -> MultiplyRe
     opts = MultiplyOptions(**{k: v for k, v in options.items() if v is not None})
     names = [strategy] if strategy is not None else [n for n in STRATEGIES if n != "auto"]
     plans = {name: get_strategy(name).plan(left, right, opts) for name in names}
-    candidates = _auto.candidate_plans(left, right, opts)
+    candidates = _auto.candidate_plans(left, right, opts, planned=plans)
     label, reason = _auto.choose(candidates, opts.budget_bytes, opts.cores)
     return MultiplyReport(left, right, plans, candidates[label].strategy, reason, opts)
 

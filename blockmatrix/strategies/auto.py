@@ -89,16 +89,19 @@ def fits(plan: MultiplyPlan, budget: int) -> bool:
     return plan.max_task_memory_bytes <= budget
 
 
-def candidate_plans(left: BlockLayout, right: BlockLayout,
-                    options: MultiplyOptions) -> dict[str, MultiplyPlan]:
+def candidate_plans(left: BlockLayout, right: BlockLayout, options: MultiplyOptions,
+                    planned: dict[str, MultiplyPlan] | None = None) -> dict[str, MultiplyPlan]:
     """The plan of every candidate strategy, keyed by a label.
 
     Labels are the strategy names, plus ``"inner, s mid splits"`` when the result has fewer
-    partitions than ``options.cores`` and ``options.num_mid_splits`` is 1.
+    partitions than ``options.cores`` and ``options.num_mid_splits`` is 1. Plans already made
+    with the same operands and options (``planned``, by strategy name) are reused.
     """
     from . import get_strategy
 
-    plans = {name: get_strategy(name).plan(left, right, options) for name in CANDIDATES}
+    planned = planned or {}
+    plans = {name: planned[name] if name in planned
+             else get_strategy(name).plan(left, right, options) for name in CANDIDATES}
     tasks = plans["inner"].details["grid"].num_partitions
     if options.num_mid_splits == 1 and tasks < options.cores:
         s = -(-options.cores // tasks)
