@@ -19,6 +19,7 @@ setup(
         "numpy>=1.24",
         "scipy>=1.10",
         "h5py>=3.8",
+        "filelock>=3.12",
         "psutil>=5.9",
         "threadpoolctl>=3.1",
     ],

@@ -13,12 +13,12 @@ import os
 from array import array
 from collections import Counter
 from functools import partial
-from numbers import Integral
 
 import numpy as np
 import scipy.sparse as sp
 
 from . import blocks as bk
+from ._checks import check_int, is_integer
 from .errors import (
     BlockSizeMismatchError,
     BlockTypeError,
@@ -44,12 +44,8 @@ from .strategies.broadcast import default_memory_budget
 Key = tuple[int, int]
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise InvalidParameterError(
-            f"{name} must be a positive integer, got {value!r}: choose a block size >= 1, "
-            f"e.g. 1024")
-    return int(value)
+def _block_size(value, name: str) -> int:
+    return check_int(value, name, fix="choose a block size >= 1, e.g. 1024")
 
 
 def _num_slices(sc, num_partitions: int | None, num_items: int) -> int:
@@ -57,7 +53,7 @@ def _num_slices(sc, num_partitions: int | None, num_items: int) -> int:
 
     The request defaults to ``sc.defaultParallelism``.
     """
-    n = _positive_int(num_partitions or sc.defaultParallelism, "num_partitions")
+    n = check_int(num_partitions or sc.defaultParallelism, "num_partitions")
     return max(1, min(n, num_items))
 
 
@@ -68,8 +64,7 @@ def _check_shape(shape) -> tuple[int, int]:
         raise InvalidParameterError(
             f"shape must be a pair (rows, cols), got {shape!r}") from None
     for name, n in (("shape[0]", rows), ("shape[1]", cols)):
-        if isinstance(n, bool) or not isinstance(n, Integral) or n < 0:
-            raise InvalidParameterError(f"{name} must be a non-negative integer, got {n!r}")
+        check_int(n, name, minimum=0)
     return int(rows), int(cols)
 
 
@@ -99,8 +94,8 @@ class BlockMatrix:
                  input_files: frozenset[str] = frozenset(), dtype=None):
         self._blocks = blocks
         self._shape = _check_shape(shape)
-        self._rows_per_block = _positive_int(rows_per_block, "rows_per_block")
-        self._cols_per_block = _positive_int(cols_per_block, "cols_per_block")
+        self._rows_per_block = _block_size(rows_per_block, "rows_per_block")
+        self._cols_per_block = _block_size(cols_per_block, "cols_per_block")
         self._layout = layout
         self._plan = plan
         self._transpose_of: BlockMatrix | None = None
@@ -190,8 +185,8 @@ class BlockMatrix:
         num_partitions : int, optional
             Partitions of the blocks RDD; default ``sc.defaultParallelism``.
         """
-        rpb = _positive_int(rows_per_block, "rows_per_block")
-        cpb = _positive_int(cols_per_block, "cols_per_block")
+        rpb = _block_size(rows_per_block, "rows_per_block")
+        cpb = _block_size(cols_per_block, "cols_per_block")
         if sp.issparse(a):
             a = bk.check_block(a, "matrix a")
         else:
@@ -224,8 +219,8 @@ class BlockMatrix:
         InvalidInputError
             Not HDF5, not a dataset, not 2-D, or not real numbers.
         """
-        rpb = _positive_int(rows_per_block, "rows_per_block")
-        cpb = _positive_int(cols_per_block, "cols_per_block")
+        rpb = _block_size(rows_per_block, "rows_per_block")
+        cpb = _block_size(cols_per_block, "cols_per_block")
         shape, dtype, _ = hdf5.inspect_input(path, dataset, param="input")
         path = os.path.abspath(path)
         layout = BlockLayout(shape, rpb, cpb, {}, dtype)
@@ -622,7 +617,7 @@ def _describe_block(item):
     """``(key, key_ok, shape, dtype, nbytes, error)`` of one block (executor side)."""
     key, block = item
     key_ok = (isinstance(key, tuple) and len(key) == 2
-              and all(isinstance(x, Integral) and not isinstance(x, bool) for x in key))
+              and all(is_integer(x) for x in key))
     try:
         block = bk.check_block(block)
     except BlockTypeError as exc:

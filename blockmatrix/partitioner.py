@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 from numbers import Integral
 
+from ._checks import check_int
 from .errors import InvalidParameterError
 
 
 def _positive(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}")
+    return check_int(value, name)
     return int(value)
 
 

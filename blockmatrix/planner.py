@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import BlockSizeMismatchError, InvalidParameterError, ShapeMismatchError
+from ._checks import check_int
+from .errors import BlockSizeMismatchError, ShapeMismatchError
 from .partitioner import GridPartitioner
 
 Key = tuple[int, int]
@@ -183,12 +184,8 @@ def check_multiplicable(left: BlockLayout, right: BlockLayout) -> None:
 
 def check_num_mid_splits(num_mid_splits) -> int:
     """Return ``num_mid_splits`` as an int, or raise if it is not a positive integer."""
-    if isinstance(num_mid_splits, bool) or not isinstance(num_mid_splits, (int, np.integer)) \
-            or num_mid_splits < 1:
-        raise InvalidParameterError(
-            f"num_mid_splits must be a positive integer (1 = no split of the inner dimension), "
-            f"got {num_mid_splits!r}")
-    return int(num_mid_splits)
+    return check_int(num_mid_splits, "num_mid_splits",
+                     meaning="1 = no split of the inner dimension")
 
 
 def result_grid(left: BlockLayout, right: BlockLayout,

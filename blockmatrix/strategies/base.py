@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import blocks as bk
-from ..errors import InvalidParameterError
+from .._checks import check_int
 from ..planner import check_num_mid_splits
 
 #: Default bytes a task may buffer in memory before spilling (PySpark's own default,
@@ -58,22 +58,20 @@ class MultiplyOptions:
         return self.memory_budget_bytes
 
     def __post_init__(self):
-        check_num_mid_splits(self.num_mid_splits)
-        _check_positive_or_none("num_partitions", self.num_partitions, "Spark's default")
-        if not isinstance(self.task_buffer_bytes, int) or self.task_buffer_bytes < 0:
-            raise InvalidParameterError(
-                f"task_buffer_bytes must be a non-negative integer, got {self.task_buffer_bytes!r}")
-        _check_positive_or_none("memory_budget_bytes", self.memory_budget_bytes,
-                                "the default, a quarter of the executor memory")
-        _check_positive_or_none("num_cores", self.num_cores, "Spark's defaultParallelism")
-
-
-def _check_positive_or_none(name: str, value, none_means: str) -> None:
-    """Raise :class:`InvalidParameterError` unless ``value`` is None or an int >= 1."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or value < 1):
-        raise InvalidParameterError(
-            f"{name} must be a positive integer or None ({none_means}), got {value!r}")
+        checked = {
+            "num_mid_splits": check_num_mid_splits(self.num_mid_splits),
+            "num_partitions": check_int(self.num_partitions, "num_partitions",
+                                        allow_none="Spark's default"),
+            "task_buffer_bytes": check_int(self.task_buffer_bytes, "task_buffer_bytes",
+                                           minimum=0),
+            "memory_budget_bytes": check_int(
+                self.memory_budget_bytes, "memory_budget_bytes",
+                allow_none="the default, a quarter of the executor memory"),
+            "num_cores": check_int(self.num_cores, "num_cores",
+                                   allow_none="Spark's defaultParallelism"),
+        }
+        for name, value in checked.items():  # numpy integers are stored as ints
+            object.__setattr__(self, name, value)
 
 
 def sum_partials(partials, grid):
