@@ -97,7 +97,7 @@ def candidate_plans(left: BlockLayout, right: BlockLayout, options: MultiplyOpti
     partitions than ``options.cores`` and ``options.num_mid_splits`` is 1. Plans already made
     with the same operands and options (``planned``, by strategy name) are reused.
     """
-    from . import get_strategy
+    from .registry import get_strategy
 
     planned = planned or {}
     plans = {name: planned[name] if name in planned
@@ -167,6 +167,6 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
 
 def execute(plan: MultiplyPlan, left, right, options: MultiplyOptions):
     """Run the chosen plan with its own strategy."""
-    from . import get_strategy
+    from .registry import get_strategy
 
     return get_strategy(plan.strategy).execute(plan, left, right, options)
