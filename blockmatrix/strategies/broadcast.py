@@ -17,7 +17,7 @@ or 4 partitions) and for one-partition matrices. Then the multiply runs with **n
 one small collect job for the broadcast operand and one map over the larger one. When a block
 row is split over partitions, or the partitions are unknown (a matrix whose layout was
 computed by a job, or a product), the partial blocks are summed in place after one
-``partitionBy`` on the result's ``GridPartitioner`` (:func:`.base.sum_partials`): **one
+``partitionBy`` on the result's ``GridPartitioner`` (:func:`._common.sum_partials`): **one
 shuffle** of at most ``partitions x |C|`` blocks (the larger operand is still never shuffled),
 which the plan predicts and counts. Re-partitioning the larger operand by block row instead
 would shuffle the larger operand itself, the very thing this strategy exists to avoid.
@@ -26,7 +26,8 @@ would shuffle the larger operand itself, the very thing this strategy exists to 
 pickled) and by every Python worker that runs a task, next to that task's accumulators. The
 plan refuses (``execute`` raises :class:`~blockmatrix.errors.InvalidParameterError` before any
 job) when the broadcast operand is larger than ``MultiplyOptions.memory_budget_bytes``. The
-default, :func:`default_memory_budget`, is a quarter of ``spark.executor.memory``
+default, :func:`blockmatrix.sparkconf.default_memory_budget`, is a quarter of
+``spark.executor.memory``
 (``spark.driver.memory`` in local mode, where the driver is the executor), leaving room for the
 driver's copy, the pickled copy and the worker's accumulators.
 """
@@ -34,46 +35,80 @@ driver's copy, the pickled copy and the worker's accumulators.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from functools import partial
 
 from .. import blocks as bk
-from ..errors import InvalidParameterError
-from ..planner import (
+from ..cost import (
     RECORD_OVERHEAD_BYTES,
-    BlockLayout,
-    MultiplyPlan,
-    ShuffleEstimate,
-    check_multiplicable,
-    compute_estimate,
-    dense_flops,
-    format_bytes,
-    result_grid,
-)
-from .base import MultiplyOptions, sum_partials
-from .inner import LEFT, RIGHT
-from .outer import (
     accumulated_nbytes,
     block_density,
+    compute_estimate,
     product_density,
     result_itemsize,
-    result_shell,
 )
+from ..errors import InvalidParameterError
+from ..layout import BlockLayout, check_multiplicable, result_layout
+from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
+from ..planner import result_grid
+from ..units import format_bytes
+from ._common import LEFT, RIGHT, side_name, sum_partials
+from .registry import Strategy, register
 
-#: Fraction of the executor memory a task may use for its data by default.
-BUDGET_FRACTION = 0.25
 
+@dataclass(frozen=True, kw_only=True)
+class BroadcastPlan(MultiplyPlan):
+    """Which operand is broadcast, against which budget, and whether partials need a sum."""
 
-def default_memory_budget(sc) -> int:
-    """A quarter of ``spark.executor.memory`` (``spark.driver.memory`` in local mode), in bytes.
+    side: int
+    operand_bytes: int
+    budget_bytes: int
+    split_blocks: int
+    partitions_known: bool
 
-    Spark's own default for either setting is 1g, giving 256 MiB.
-    """
-    from ..matrix import parse_memory
+    @property
+    def needs_partial_sums(self) -> bool:
+        """Whether some result blocks get partials from several partitions (one shuffle)."""
+        return self.split_blocks > 0
 
-    conf = sc.getConf()
-    local = (conf.get("spark.master", "") or "").startswith("local")
-    setting = "spark.driver.memory" if local else "spark.executor.memory"
-    return int(parse_memory(conf.get(setting, "1g") or "1g") * BUDGET_FRACTION)
+    @property
+    def broadcast_bytes(self) -> int:
+        """Bytes of the broadcast operand."""
+        return self.operand_bytes
+
+    @property
+    def fits_budget(self) -> bool:
+        """Whether the broadcast operand is within the memory budget it was planned with."""
+        return self.operand_bytes <= self.budget_bytes
+
+    def fits(self, budget_bytes: int) -> bool:
+        """Within ``budget_bytes``: the operand it broadcasts and its largest task."""
+        return self.operand_bytes <= budget_bytes and super().fits(budget_bytes)
+
+    @property
+    def note(self) -> str:
+        """What is broadcast, and why the plan shuffles (or not)."""
+        what, size = side_name(self.side), format_bytes(self.operand_bytes)
+        if not self.fits_budget:
+            return (f"{what} ({size}) exceeds the memory budget "
+                    f"({format_bytes(self.budget_bytes)}): broadcast refused")
+        if not self.needs_partial_sums:
+            return (f"broadcast {what} ({size}); each block "
+                    f"{'row of A' if self.side == RIGHT else 'column of B'} lies in one "
+                    f"partition: no shuffle")
+        return (f"broadcast {what} ({size}); {self.split_blocks} result blocks get partial "
+                f"sums from several partitions "
+                f"({'split rows/columns' if self.partitions_known else 'partitions unknown'}): "
+                f"one |C|-sized shuffle")
+
+    def check_runnable(self) -> None:
+        """Raise :class:`InvalidParameterError` if the broadcast operand exceeds the budget."""
+        if not self.fits_budget:
+            raise InvalidParameterError(
+                f"strategy='broadcast' would broadcast {side_name(self.side)} "
+                f"({self.operand_bytes} bytes), more than memory_budget_bytes "
+                f"({self.budget_bytes} bytes): raise memory_budget_bytes to at least "
+                f"{self.operand_bytes}, or use strategy='inner' or 'auto'")
 
 
 def broadcast_side(left: BlockLayout, right: BlockLayout) -> int:
@@ -81,20 +116,17 @@ def broadcast_side(left: BlockLayout, right: BlockLayout) -> int:
     return LEFT if left.nbytes < right.nbytes else RIGHT
 
 
-def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> MultiplyPlan:
+def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> BroadcastPlan:
     """Plan the broadcast multiply: what is broadcast, whether a partial-sum shuffle is needed."""
     check_multiplicable(left, right)
     side = broadcast_side(left, right)
     small, large = (right, left) if side == RIGHT else (left, right)
-    budget = options.budget_bytes
     broadcast_bytes = small.nbytes
     itemsize = result_itemsize(left, right)
-    shell = result_shell(left, right)
+    shell = result_layout(left, right)
 
     # Counterparts in the broadcast operand, by inner index.
-    small_by_k = defaultdict(list)
-    for key in small.keys:
-        small_by_k[key[1] if side == LEFT else key[0]].append(key)
+    small_by_k = small.cols_of_row if side == RIGHT else small.rows_of_col
     known = large.key_partitions is not None
     parts = max(1, large.num_partitions)
     part_input: dict[int, int] = defaultdict(int)
@@ -105,14 +137,16 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
         p = large.key_partitions.get(key, 0) if known else n_key % parts
         part_of[key] = p
         part_input[p] += size
-        k = key[1] if side == RIGHT else key[0]
         d_large = block_density(large, key)
-        for other in small_by_k.get(k, ()):
-            d_small = block_density(small, other)
-            if side == RIGHT:
-                out, inner = (key[0], other[1]), large.block_shape(*key)[1]
-            else:
-                out, inner = (other[0], key[1]), large.block_shape(*key)[0]
+        if side == RIGHT:  # large is A (i, k); B's row k holds (k, j) for j in small_by_k[k]
+            i, k = key
+            inner = large.block_shape(*key)[1]
+            meets = (((i, j), block_density(small, (k, j))) for j in small_by_k.get(k, ()))
+        else:  # large is B (k, j); A's column k holds (i, k) for i in small_by_k[k]
+            k, j = key
+            inner = large.block_shape(*key)[0]
+            meets = (((i, j), block_density(small, (i, k))) for i in small_by_k.get(k, ()))
+        for out, d_small in meets:
             partial_densities[(p, out)].append(product_density(d_large, d_small, inner))
 
     part_output: dict[int, int] = defaultdict(int)
@@ -137,66 +171,35 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
                 *shell.block_shape(*out), itemsize, [d for _, ds in partials for d in ds])
     largest_block = max(large.block_nbytes.values(), default=0)
     task_memory = [broadcast_bytes + part_output[p] + largest_block for p in part_input]
-    fits = broadcast_bytes <= budget
-    what = "B" if side == RIGHT else "A"
-    if not fits:
-        note = (f"{what} ({format_bytes(broadcast_bytes)}) exceeds the memory budget "
-                f"({format_bytes(budget)}): broadcast refused")
-    elif not split:
-        note = (f"broadcast {what} ({format_bytes(broadcast_bytes)}); each block "
-                f"{'row of A' if side == RIGHT else 'column of B'} lies in one partition: "
-                f"no shuffle")
-    else:
-        note = (f"broadcast {what} ({format_bytes(broadcast_bytes)}); "
-                f"{len(split)} result blocks get partial sums from several partitions "
-                f"({'partitions unknown' if not known else 'split rows/columns'}): one "
-                f"|C|-sized shuffle")
-    return MultiplyPlan(
-        strategy="broadcast", left=left, right=right, shuffles=shuffles,
+    return BroadcastPlan(
+        strategy="broadcast", left=left, right=right, grid=grid,
+        num_tasks=max(parts, grid.num_partitions if split else 0), shuffles=shuffles,
         max_task_input_bytes=max([broadcast_bytes + v for v in part_input.values()]
                                  + reduce_output + [broadcast_bytes]),
         max_task_memory_bytes=max(task_memory + reduce_output + [broadcast_bytes]),
         max_task_output_bytes=max(list(part_output.values()) + reduce_output),
-        flops=dense_flops(left, right),
         **compute_estimate(left, right, lambda i, k, j: part_of[(i, k) if side == RIGHT
                                                                 else (k, j)]),
-        details={"side": side, "broadcast_bytes": broadcast_bytes, "budget_bytes": budget,
-                 "fits_budget": fits, "reduce": bool(split), "grid": grid,
-                 "partitions_known": known, "note": note})
+        side=side, operand_bytes=broadcast_bytes, budget_bytes=options.budget_bytes,
+        split_blocks=len(split), partitions_known=known)
 
 
-def check_fits(plan: MultiplyPlan) -> None:
-    """Raise :class:`InvalidParameterError` if the broadcast operand exceeds the budget."""
-    d = plan.details
-    if not d["fits_budget"]:
-        what = "B" if d["side"] == RIGHT else "A"
-        raise InvalidParameterError(
-            f"strategy='broadcast' would broadcast {what} ({d['broadcast_bytes']} bytes), more "
-            f"than memory_budget_bytes ({d['budget_bytes']} bytes): raise memory_budget_bytes "
-            f"to at least {d['broadcast_bytes']}, or use strategy='inner' or 'auto'")
-
-
-def execute(plan: MultiplyPlan, left, right, options: MultiplyOptions):
+def execute(plan: BroadcastPlan, left, right, options: MultiplyOptions):
     """Broadcast the smaller operand and map over the larger one (no shuffle if aligned)."""
-    from ..matrix import BlockMatrix
-
-    check_fits(plan)
-    side = plan.details["side"]
+    plan.check_runnable()
+    side = plan.side
     small, large = (right, left) if side == RIGHT else (left, right)
     table = defaultdict(list)
-    for (row, col), block in small.blocks.collect():
+    for (row, col), block in small.collect():
         if side == RIGHT:
             table[row].append((col, block))  # B (k, j) by k
         else:
             table[col].append((row, block))  # A (i, k) by k
-    shared = large.blocks.context.broadcast(dict(table))
-    products = large.blocks.mapPartitions(
-        partial(multiply_with_broadcast, table=shared, side=side))
-    if plan.details["reduce"]:
-        grid = plan.details["grid"]
-        products = sum_partials(products, grid)
-    return BlockMatrix.from_blocks(products, plan.result_shape, left.rows_per_block,
-                                   right.cols_per_block)
+    shared = large.context.broadcast(dict(table))
+    products = large.mapPartitions(partial(multiply_with_broadcast, table=shared, side=side))
+    if plan.needs_partial_sums:
+        products = sum_partials(products, plan.grid)
+    return products
 
 
 def multiply_with_broadcast(items, table, side: int):
@@ -211,3 +214,9 @@ def multiply_with_broadcast(items, table, side: int):
             for i, a in lookup.get(row, ()):
                 acc[(i, col)] = bk.matmul_accumulate(acc.get((i, col)), a, block)
     return iter(acc.items())
+
+
+STRATEGY = register(Strategy(
+    name="broadcast", plan=plan, execute=execute, plan_type=BroadcastPlan,
+    summary="broadcast the smaller operand, map over the larger: no shuffle when its block "
+            "rows lie in one partition each"))
