@@ -1,19 +1,10 @@
 """Y = X X^T for a tall-and-wide X in HDF5, out of core, in memory bounded by two flags.
 
-X is ``n x k`` with ``k`` (the long axis) possibly far larger than memory; Y is ``n x n``. The
-work is planned from the shape, dtype and two sizes alone (:func:`~blockmatrix.ooc.plan_gram`),
-then executed on Spark (:func:`gram_hdf5`):
-
-* Y is cut into square tiles; only tiles on or above the diagonal are computed, each by one
-  Spark task over the whole long axis, in slabs (:mod:`blockmatrix.ooc.tiles`,
-  :mod:`blockmatrix.ooc.kernels`).
-* A finished tile is saved by its task into a work folder beside the output, complete or not
-  at all. These files are the durable record of progress; ``resume=True`` reuses them and
-  computes only the missing tiles (:mod:`blockmatrix.ooc.workdir`,
-  :mod:`blockmatrix.ooc.request`).
-* The driver is the only writer of Y (:mod:`blockmatrix.ooc.writer`,
-  :mod:`blockmatrix.ooc.run`).
-* A lock beside the output makes a second job on the same output file refuse.
+X is ``n x k`` with ``k`` (the long axis) possibly far larger than memory; Y is ``n x n``.
+:func:`gram_hdf5` checks the request, takes the output's lock, plans the tiles from the shape,
+dtype and two sizes alone, and runs them: one Spark task per tile on or above the diagonal,
+each saving its tile beside the output (the durable record that ``resume=True`` continues
+from), while the driver, the only writer of Y, writes the finished tiles into Y.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ phase (``computing`` while tasks run, ``finalizing`` once Y is the run's to rewr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,7 +34,7 @@ SUPPORTED_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 STATE_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class GramRequest:
     """A validated request: where X is, where Y goes, the sizes, and the interrupted run's state.
 
@@ -218,8 +218,7 @@ def plan_request(request: GramRequest, concurrent_tasks: int = 2,
                      concurrent_tasks, threads_per_task, request.chunks)
     if request.resume and request.state is not None:
         done = finished_tiles(request.work_dir, plan.tiles, request.dtype)
-        plan = plan_gram(request.shape, request.dtype, request.tile, request.slab,
-                         concurrent_tasks, threads_per_task, request.chunks, done)
+        plan = dataclasses.replace(plan, done=frozenset(done))
     return plan
 
 

@@ -201,7 +201,7 @@ def chunk_cache_bytes(chunks: tuple[int, int] | None, rows: int, slab: int,
 
 @dataclass(frozen=True)
 class GramPlan:
-    """What :func:`gram_hdf5` will do, computed from shapes and flags alone.
+    """What :func:`~blockmatrix.ooc.gram_hdf5` will do, computed from shapes and flags alone.
 
     Attributes
     ----------
