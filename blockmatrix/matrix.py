@@ -286,7 +286,7 @@ class BlockMatrix:
             Number of blocks (for ``X @ X.T``, tiles) written.
         """
         if self._gram_source is not None:
-            from .gram import gram_hdf5
+            from .ooc import gram_hdf5
 
             result = gram_hdf5(self._blocks.context, *self._gram_source, path, dataset,
                                overwrite=overwrite)
