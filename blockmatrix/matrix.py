@@ -276,7 +276,7 @@ class BlockMatrix:
         ``overwrite=True``; the check runs before anything is written.
 
         ``X @ X.T`` of a floating-point X read by :meth:`from_hdf5` is recognised: it is
-        computed by :func:`blockmatrix.gram.gram_hdf5` straight from X's file (tiles on or
+        computed by :func:`blockmatrix.ooc.gram_hdf5` straight from X's file (tiles on or
         above the diagonal, symmetric rank-k updates, memory bounded by the tile and slab
         sizes, not by X), and may be written into X's own file.
 
