@@ -76,6 +76,9 @@ class BlockLayout:
         ``from_hdf5`` place every block themselves); None when unknown. The ``broadcast``
         strategy needs no shuffle when each block row (column) of the large operand lies in
         one partition.
+    source : HDF5Dataset or DriverArray, optional
+        Where the blocks can be read without Spark (:mod:`blockmatrix.sources`); None when
+        they exist only in Spark.
     """
 
     shape: tuple[int, int]
@@ -85,6 +88,7 @@ class BlockLayout:
     dtype: np.dtype = np.dtype(np.float64)
     num_partitions: int = 1
     key_partitions: Mapping[Key, int] | None = field(default=None, repr=False, compare=False)
+    source: object = field(default=None, repr=False, compare=False)
 
     @property
     def num_row_blocks(self) -> int:
@@ -95,6 +99,11 @@ class BlockLayout:
     def num_col_blocks(self) -> int:
         """Number of block columns."""
         return blocks_along(self.shape[1], self.cols_per_block)
+
+    @property
+    def source_kind(self) -> str:
+        """``"file"``, ``"driver"`` or ``"spark"``: where the blocks can be read from."""
+        return "spark" if self.source is None else self.source.kind
 
     @property
     def keys(self) -> Iterable[Key]:
@@ -144,7 +153,8 @@ class BlockLayout:
                                                  self.block_nbytes.items()},
                            self.dtype, self.num_partitions,
                            None if self.key_partitions is None else
-                           {(j, i): p for (i, j), p in self.key_partitions.items()})
+                           {(j, i): p for (i, j), p in self.key_partitions.items()},
+                           None if self.source is None else self.source.transpose())
 
 
 def shape_only(shape: tuple[int, int], rows_per_block: int, cols_per_block: int,

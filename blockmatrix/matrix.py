@@ -37,6 +37,7 @@ from .layout import (
 )
 from .partitioner import GridPartitioner
 from .plan import MultiplyOptions, MultiplyPlan
+from .sources import DriverArray, HDF5Dataset, file_stamp
 from .sparkconf import multiply_defaults
 from .strategies import get_strategy
 
@@ -173,6 +174,10 @@ class BlockMatrix:
         """Distribute a dense array or any scipy.sparse matrix held by the driver.
 
         Sparse input gives CSR blocks, dense input dense blocks; all-zero blocks are not stored.
+        The matrix keeps a reference to ``a`` (its layout's
+        :class:`~blockmatrix.sources.DriverArray`), so that a strategy can broadcast it from
+        the driver instead of collecting its blocks back: do not modify ``a`` in place while
+        the matrix is in use.
 
         Parameters
         ----------
@@ -201,7 +206,7 @@ class BlockMatrix:
         n = _num_slices(sc, num_partitions, len(items))
         rdd, key_partitions = _parallelize_placed(sc, items, n, key_of=_item_key)
         layout = BlockLayout((rows, cols), rpb, cpb, {k: bk.nbytes(b) for k, b in items},
-                             a.dtype, n, key_partitions)
+                             a.dtype, n, key_partitions, DriverArray(a))
         return cls(rdd, (rows, cols), rpb, cpb, layout=layout)
 
     @classmethod
@@ -223,12 +228,13 @@ class BlockMatrix:
         cpb = _block_size(cols_per_block, "cols_per_block")
         shape, dtype, _ = hdf5.inspect_input(path, dataset, param="input")
         path = os.path.abspath(path)
+        source = HDF5Dataset(path, dataset, shape, np.dtype(dtype), file_stamp(path))
         layout = shape_only(shape, rpb, cpb, dtype)
         keys = [(i, j) for i in range(layout.num_row_blocks) for j in range(layout.num_col_blocks)]
         n = _num_slices(sc, num_partitions, len(keys))
         keys_rdd, key_partitions = _parallelize_placed(sc, keys, n, key_of=_same)
         layout = BlockLayout(shape, rpb, cpb, {k: layout.dense_nbytes(*k) for k in keys}, dtype, n,
-                             key_partitions)
+                             key_partitions, source)
         rdd = keys_rdd.mapPartitions(
             partial(hdf5.read_blocks, path=path, dataset=dataset, rows_per_block=rpb,
                     cols_per_block=cpb))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from . import cost
 from ._checks import check_int
+from .errors import InvalidParameterError
 from .layout import BlockLayout, product_keys, result_layout
 from .partitioner import GridPartitioner
 from .sparkconf import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TASK_BUFFER_BYTES
@@ -205,16 +206,28 @@ class MultiplyPlan:
         """Whether ``auto`` chose this plan among others."""
         return bool(self.candidates)
 
+    @property
+    def unavailable(self) -> str:
+        """Why the plan cannot run on these operands ("" when it can).
+
+        A strategy that needs something of its operands (the out-of-core product needs both
+        read from files) says so here; ``auto`` then passes it over and gives the reason.
+        """
+        return ""
+
     def fits(self, budget_bytes: int) -> bool:
-        """Whether the plan's largest task stays within ``budget_bytes`` of memory."""
-        return self.max_task_memory_bytes <= budget_bytes
+        """Whether the plan can run and its largest task stays within ``budget_bytes``."""
+        return not self.unavailable and self.max_task_memory_bytes <= budget_bytes
 
     def check_runnable(self) -> None:
         """Raise :class:`~blockmatrix.errors.InvalidParameterError` if it must not run.
 
-        The base plan always may; a strategy that refuses some plans (``broadcast`` over its
-        budget) overrides this, and ``execute`` calls it before any job.
+        The base plan refuses only an :attr:`unavailable` one; a strategy that refuses more
+        (``broadcast`` over its budget) extends this, and ``execute`` calls it before any job.
         """
+        if self.unavailable:
+            raise InvalidParameterError(f"strategy={self.strategy!r} cannot run: "
+                                        f"{self.unavailable}")
 
     def predicted_seconds(self, cores: int) -> float:
         """Predicted wall time on ``cores`` task slots (:func:`.cost.predicted_seconds`)."""

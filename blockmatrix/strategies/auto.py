@@ -54,7 +54,9 @@ def _summary(plan: MultiplyPlan, cores: int) -> str:
             f"of compute")
 
 
-def _over_budget(label: str, plan: MultiplyPlan) -> str:
+def _passed_over(label: str, plan: MultiplyPlan) -> str:
+    if plan.unavailable:
+        return f"{label} ({plan.unavailable})"
     broadcast = (f", broadcast {format_bytes(plan.broadcast_bytes)}"
                  if plan.broadcast_bytes else "")
     return f"{label} ({format_bytes(plan.max_task_memory_bytes)} per task{broadcast})"
@@ -78,10 +80,15 @@ def choose(plans: dict[str, MultiplyPlan], budget: int, cores: int = 1) -> tuple
         if others:
             reason += "; next " + ", ".join(
                 f"{n} {plans[n].predicted_seconds(cores):.2f} s" for n in others)
-        if refused:
-            reason += "; over budget: " + ", ".join(_over_budget(n, plans[n]) for n in refused)
+        over = [n for n in refused if not plans[n].unavailable]
+        if over:
+            reason += "; over budget: " + ", ".join(_passed_over(n, plans[n]) for n in over)
+        if len(over) < len(refused):
+            reason += "; not possible: " + ", ".join(
+                _passed_over(n, plans[n]) for n in refused if plans[n].unavailable)
         return best, reason
-    best = min(plans, key=lambda n: (plans[n].max_task_memory_bytes, rank(n)))
+    possible = [n for n in plans if not plans[n].unavailable] or list(plans)
+    best = min(possible, key=lambda n: (plans[n].max_task_memory_bytes, rank(n)))
     return best, (f"{best}: no plan fits the {format_bytes(budget)} task memory budget; "
                   f"{best} needs the least per task "
                   f"({format_bytes(plans[best].max_task_memory_bytes)}): raise "
