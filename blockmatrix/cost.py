@@ -11,7 +11,10 @@ reference machine's rates, fitted to the dense and long-inner rows of ``jobs/ben
   both sides), however few bytes it moves;
 - a shuffle's bytes move at :data:`SHUFFLE_BYTES_PER_CORE_S` per core: pickled by a Python
   worker, written and read back by the JVM, unpickled by another worker;
-- a broadcast operand moves at :data:`BROADCAST_BYTES_PER_S`, once, through the driver;
+- a broadcast operand moves at :data:`BROADCAST_BYTES_PER_S`, once, from the driver, after a
+  collect at :data:`COLLECT_BYTES_PER_S` (its own stage) when its blocks live only in Spark;
+- bytes tasks read from the operands' files move at :data:`FILE_READ_BYTES_PER_CORE_S` per
+  core;
 - compute takes ``max(busiest task, all products / cores)`` seconds, so a plan whose work sits
   in fewer tasks than there are cores pays for the idle ones.
 """
@@ -42,8 +45,13 @@ STAGE_SECONDS = 0.1
 SHUFFLE_SECONDS = 0.15
 #: Shuffle throughput per core (Python pickling, JVM shuffle write and read, unpickling).
 SHUFFLE_BYTES_PER_CORE_S = 60e6
-#: Broadcast throughput (through the driver, serial).
-BROADCAST_BYTES_PER_S = 90e6
+#: Collect throughput (executors to the driver, serial; DESIGN.md: 143 MB/s).
+COLLECT_BYTES_PER_S = 143e6
+#: Broadcast throughput from the driver (pickled once, read by every worker). Together with a
+#: collect this is the 90 MB/s fitted to the benchmark's broadcast rows.
+BROADCAST_BYTES_PER_S = 243e6
+#: Per-core read rate of HDF5 blocks by tasks (``read_direct`` into a fresh buffer, page cache).
+FILE_READ_BYTES_PER_CORE_S = 3.8e9
 
 Triple = tuple[int, int, int]
 
@@ -237,8 +245,10 @@ def predicted_seconds(plan, cores: int) -> float:
     ``plan`` is any :class:`~blockmatrix.plan.MultiplyPlan`.
     """
     cores = max(1, cores)
-    stages = plan.num_shuffles + 1 + (1 if plan.broadcast_bytes else 0)
+    stages = plan.num_shuffles + 1 + (1 if plan.collected_bytes else 0)
     return (stages * STAGE_SECONDS + plan.num_shuffles * SHUFFLE_SECONDS
             + plan.shuffle_bytes / (SHUFFLE_BYTES_PER_CORE_S * cores)
+            + plan.collected_bytes / COLLECT_BYTES_PER_S
             + plan.broadcast_bytes / BROADCAST_BYTES_PER_S
+            + plan.read_bytes / (FILE_READ_BYTES_PER_CORE_S * cores)
             + max(plan.max_task_compute_seconds, plan.compute_seconds / cores))

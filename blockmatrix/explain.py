@@ -121,7 +121,8 @@ class MultiplyReport:
     def rows(self) -> list[dict]:
         """One dict of plain numbers per strategy (for CSV / JSON)."""
         return [{"strategy": name, "shuffles": p.num_shuffles, "shuffle_records": p.shuffle_records,
-                 "shuffle_bytes": p.shuffle_bytes, "max_task_input_bytes": p.max_task_input_bytes,
+                 "shuffle_bytes": p.shuffle_bytes, "broadcast_bytes": p.broadcast_bytes,
+                 "read_bytes": p.read_bytes, "max_task_input_bytes": p.max_task_input_bytes,
                  "max_task_memory_bytes": p.max_task_memory_bytes,
                  "max_task_output_bytes": p.max_task_output_bytes, "flops": p.flops,
                  "predicted_seconds": p.predicted_seconds(self.options.cores),
@@ -135,8 +136,8 @@ class MultiplyReport:
                     f"{format_bytes(lay.nbytes)})")
 
         header = (f"{'strategy':<10} {'shuffles':>8} {'records':>9} {'shuffle bytes':>14} "
-                  f"{'task input':>11} {'task memory':>12} {'task output':>12} {'flops':>10} "
-                  f"{'predicted s':>11}")
+                  f"{'read bytes':>11} {'task input':>11} {'task memory':>12} "
+                  f"{'task output':>12} {'flops':>10} {'predicted s':>11}")
         rule = "-" * len(header)
         lines = [
             f"         A: {describe(self.left)}",
@@ -151,7 +152,8 @@ class MultiplyReport:
             mark = "*" if name == self.auto_choice else " "
             lines.append(
                 f"{name + mark:<10} {p.num_shuffles:>8} {p.shuffle_records:>9} "
-                f"{format_bytes(p.shuffle_bytes):>14} {format_bytes(p.max_task_input_bytes):>11} "
+                f"{format_bytes(p.shuffle_bytes):>14} {format_bytes(p.read_bytes):>11} "
+                f"{format_bytes(p.max_task_input_bytes):>11} "
                 f"{format_bytes(p.max_task_memory_bytes):>12} "
                 f"{format_bytes(p.max_task_output_bytes):>12} {p.flops:>10.3e} "
                 f"{p.predicted_seconds(self.options.cores):>11.2f}")

@@ -516,6 +516,7 @@ class BlockMatrix:
              "task_buffer_bytes": task_buffer_bytes, "memory_budget_bytes": memory_budget_bytes})
         chosen = get_strategy(strategy)
         plan = chosen.plan(self.layout(), other.layout(), options)
+        plan.check_runnable()
         blocks = chosen.execute(plan, self._blocks, other._blocks, options)
         result = BlockMatrix(blocks, plan.result_shape, self._rows_per_block,
                              other._cols_per_block, plan=plan,

@@ -145,6 +145,8 @@ class MultiplyPlan:
     max_task_compute_seconds : float
         Predicted compute seconds of the busiest task: with fewer tasks than cores, or uneven
         ones, the multiply cannot finish sooner than this.
+    read_bytes : int
+        Bytes the tasks read straight from the operands' files (no shuffle, no driver).
     reason : str
         Why this plan was chosen (filled in by ``auto``).
     candidates : tuple of Candidate
@@ -163,6 +165,7 @@ class MultiplyPlan:
     flops: int
     compute_seconds: float = 0.0
     max_task_compute_seconds: float = 0.0
+    read_bytes: int = 0
     reason: str = ""
     candidates: tuple[Candidate, ...] = field(default=(), repr=False, compare=False)
 
@@ -184,6 +187,11 @@ class MultiplyPlan:
     @property
     def broadcast_bytes(self) -> int:
         """Bytes the plan broadcasts to every task (0 unless the strategy broadcasts)."""
+        return 0
+
+    @property
+    def collected_bytes(self) -> int:
+        """Bytes collected to the driver before the multiply (0 unless the strategy does)."""
         return 0
 
     @property
@@ -228,6 +236,9 @@ class MultiplyPlan:
         if self.unavailable:
             raise InvalidParameterError(f"strategy={self.strategy!r} cannot run: "
                                         f"{self.unavailable}")
+        for layout in (self.left, self.right):
+            if layout.source_kind == "file":
+                layout.source.check_unchanged()
 
     def predicted_seconds(self, cores: int) -> float:
         """Predicted wall time on ``cores`` task slots (:func:`.cost.predicted_seconds`)."""

@@ -212,8 +212,9 @@ def test_predicted_time_counts_stages_bytes_and_the_busiest_task():
         2 * 0.1 + 0.15 + inner.shuffle_bytes / 120e6
         + max(inner.max_task_compute_seconds, inner.compute_seconds / 2))
     assert broadcast.num_shuffles == 0
+    # blocks only in Spark: collected (a stage of its own), then broadcast
     assert broadcast.predicted_seconds(2) == pytest.approx(
-        2 * 0.1 + a.nbytes / 90e6 + broadcast.max_task_compute_seconds)
+        2 * 0.1 + a.nbytes / 143e6 + a.nbytes / 243e6 + broadcast.max_task_compute_seconds)
     assert inner.predicted_seconds(1) > inner.predicted_seconds(2)
 
 
@@ -241,7 +242,7 @@ def test_report_prints_a_table():
     b = dense_layout(30, 20, 10, 10)
     report = explain_multiply(a, b)
     text = str(report)
-    for word in ("strategy", "shuffles", "records", "shuffle bytes", "task input",
+    for word in ("strategy", "shuffles", "records", "shuffle bytes", "read bytes", "task input",
                  "task memory", "task output", "flops", "predicted s", "auto pick", "why"):
         assert word in text
     for name in STRATEGIES:
@@ -281,3 +282,26 @@ def test_split_evenly_keeps_order_and_balances():
             assert len(runs) == slices
             assert [x for run in runs for x in run] == list(range(n_items))
             assert max(map(len, runs)) - min(map(len, runs)) <= 1
+
+
+def test_broadcast_delivery_follows_the_operands_source(tmp_path):
+    import numpy as np
+
+    from blockmatrix.sources import DriverArray, HDF5Dataset
+
+    a = dense_layout(2000, 2000, 1000, 1000, num_partitions=2, rows_aligned=True)
+    held = dataclasses.replace(a, source=DriverArray(np.zeros(a.shape)))
+    stored = dataclasses.replace(a, source=HDF5Dataset(str(tmp_path / "a.h5"), "/A", a.shape,
+                                                       np.dtype(np.float64), (0, 0)))
+    spark_only = explain_multiply(a, a, strategy="broadcast")["broadcast"]
+    driver = explain_multiply(a, held, strategy="broadcast")["broadcast"]
+    file = explain_multiply(a, stored, strategy="broadcast")["broadcast"]
+    assert (spark_only.delivery, driver.delivery, file.delivery) == ("collect", "driver", "file")
+    assert spark_only.collected_bytes == a.nbytes and driver.collected_bytes == 0
+    assert driver.broadcast_bytes == a.nbytes and file.broadcast_bytes == 0
+    # each of the 2 partitions (a block row of A each) meets all of B's blocks
+    assert file.read_bytes == 2 * a.nbytes and spark_only.read_bytes == 0
+    assert driver.predicted_seconds(2) == pytest.approx(
+        spark_only.predicted_seconds(2) - 0.1 - a.nbytes / 143e6)
+    assert "read by every task from its file" in file.note
+    assert "from the driver's own array" in driver.note

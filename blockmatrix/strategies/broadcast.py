@@ -65,6 +65,12 @@ class BroadcastPlan(MultiplyPlan):
     budget_bytes: int
     split_blocks: int
     partitions_known: bool
+    delivery: str = "collect"
+
+    @property
+    def collected_bytes(self) -> int:
+        """Bytes collected to the driver first (only when the operand lives only in Spark)."""
+        return self.operand_bytes if self.delivery == "collect" else 0
 
     @property
     def needs_partial_sums(self) -> bool:
@@ -73,8 +79,8 @@ class BroadcastPlan(MultiplyPlan):
 
     @property
     def broadcast_bytes(self) -> int:
-        """Bytes of the broadcast operand."""
-        return self.operand_bytes
+        """Bytes of the broadcast operand (0 when every task reads it from its file)."""
+        return 0 if self.delivery == "file" else self.operand_bytes
 
     @property
     def fits_budget(self) -> bool:
@@ -92,23 +98,38 @@ class BroadcastPlan(MultiplyPlan):
         if not self.fits_budget:
             return (f"{what} ({size}) exceeds the memory budget "
                     f"({format_bytes(self.budget_bytes)}): broadcast refused")
+        how = DELIVERIES[self.delivery]
         if not self.needs_partial_sums:
-            return (f"broadcast {what} ({size}); each block "
+            return (f"broadcast {what} ({size}, {how}); each block "
                     f"{'row of A' if self.side == RIGHT else 'column of B'} lies in one "
                     f"partition: no shuffle")
-        return (f"broadcast {what} ({size}); {self.split_blocks} result blocks get partial "
+        return (f"broadcast {what} ({size}, {how}); {self.split_blocks} result blocks get partial "
                 f"sums from several partitions "
                 f"({'split rows/columns' if self.partitions_known else 'partitions unknown'}): "
                 f"one |C|-sized shuffle")
 
     def check_runnable(self) -> None:
         """Raise :class:`InvalidParameterError` if the broadcast operand exceeds the budget."""
+        super().check_runnable()
         if not self.fits_budget:
             raise InvalidParameterError(
                 f"strategy='broadcast' would broadcast {side_name(self.side)} "
                 f"({self.operand_bytes} bytes), more than memory_budget_bytes "
                 f"({self.budget_bytes} bytes): raise memory_budget_bytes to at least "
                 f"{self.operand_bytes}, or use strategy='inner' or 'auto'")
+
+
+#: How the broadcast operand reaches the tasks, by where its blocks are (``layout.source_kind``).
+DELIVERIES = {
+    "collect": "collected to the driver, then broadcast",
+    "driver": "broadcast from the driver's own array",
+    "file": "read by every task from its file",
+}
+
+
+def delivery_of(layout: BlockLayout) -> str:
+    """The fastest way the operand's blocks reach every task (see :data:`DELIVERIES`)."""
+    return {"spark": "collect", "driver": "driver", "file": "file"}[layout.source_kind]
 
 
 def broadcast_side(left: BlockLayout, right: BlockLayout) -> int:
@@ -132,6 +153,7 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Bro
     part_input: dict[int, int] = defaultdict(int)
     part_of: dict[tuple[int, int], int] = {}
     partial_densities: dict[tuple[int, tuple[int, int]], list] = defaultdict(list)
+    needed: dict[int, set] = defaultdict(set)  # partition -> keys of the operand it meets
     for n_key, (key, size) in enumerate(sorted(large.block_nbytes.items())):
         # Unknown partitions: assume the blocks dealt round-robin (the worst case for splits).
         p = large.key_partitions.get(key, 0) if known else n_key % parts
@@ -141,12 +163,15 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Bro
         if side == RIGHT:  # large is A (i, k); B's row k holds (k, j) for j in small_by_k[k]
             i, k = key
             inner = large.block_shape(*key)[1]
-            meets = (((i, j), block_density(small, (k, j))) for j in small_by_k.get(k, ()))
+            meets = (((i, j), (k, j), block_density(small, (k, j)))
+                     for j in small_by_k.get(k, ()))
         else:  # large is B (k, j); A's column k holds (i, k) for i in small_by_k[k]
             k, j = key
             inner = large.block_shape(*key)[0]
-            meets = (((i, j), block_density(small, (i, k))) for i in small_by_k.get(k, ()))
-        for out, d_small in meets:
+            meets = (((i, j), (i, k), block_density(small, (i, k)))
+                     for i in small_by_k.get(k, ()))
+        for out, small_key, d_small in meets:
+            needed[p].add(small_key)
             partial_densities[(p, out)].append(product_density(d_large, d_small, inner))
 
     part_output: dict[int, int] = defaultdict(int)
@@ -171,6 +196,10 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Bro
                 *shell.block_shape(*out), itemsize, [d for _, ds in partials for d in ds])
     largest_block = max(large.block_nbytes.values(), default=0)
     task_memory = [broadcast_bytes + part_output[p] + largest_block for p in part_input]
+    delivery = delivery_of(small)
+    # Read from the file, each task reads the operand's blocks its own blocks meet.
+    read = sum(sum(small.block_nbytes[key] for key in keys) for keys in needed.values()) \
+        if delivery == "file" else 0
     return BroadcastPlan(
         strategy="broadcast", left=left, right=right, grid=grid,
         num_tasks=max(parts, grid.num_partitions if split else 0), shuffles=shuffles,
@@ -181,25 +210,99 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Bro
         **compute_estimate(left, right, lambda i, k, j: part_of[(i, k) if side == RIGHT
                                                                 else (k, j)]),
         side=side, operand_bytes=broadcast_bytes, budget_bytes=options.budget_bytes,
-        split_blocks=len(split), partitions_known=known)
+        split_blocks=len(split), partitions_known=known, delivery=delivery, read_bytes=read)
 
 
 def execute(plan: BroadcastPlan, left, right, options: MultiplyOptions):
     """Broadcast the smaller operand and map over the larger one (no shuffle if aligned)."""
     plan.check_runnable()
     side = plan.side
-    small, large = (right, left) if side == RIGHT else (left, right)
+    small_blocks, large = (right, left) if side == RIGHT else (left, right)
+    small = plan.right if side == RIGHT else plan.left
+    if plan.delivery == "file":
+        table = FileTable(small.source, _by_inner(small.keys, side), side,
+                          small.rows_per_block, small.cols_per_block)
+    else:
+        blocks = (small_blocks.collect() if plan.delivery == "collect"
+                  else _driver_blocks(small))
+        table = large.context.broadcast(_table(blocks, side))
+    products = large.mapPartitions(partial(multiply_with_broadcast, table=table, side=side))
+    if plan.needs_partial_sums:
+        products = sum_partials(products, plan.grid)
+    return products
+
+
+def _by_inner(keys, side: int) -> dict[int, list]:
+    """The broadcast operand's keys by inner index ``k``: B's rows, or A's columns."""
+    by_k = defaultdict(list)
+    for row, col in keys:
+        by_k[row if side == RIGHT else col].append((row, col))
+    return dict(by_k)
+
+
+def _table(items, side: int) -> dict[int, list]:
+    """``{k: [(other index, block), ...]}`` of the broadcast operand's ``((row, col), block)``."""
     table = defaultdict(list)
-    for (row, col), block in small.collect():
+    for (row, col), block in items:
         if side == RIGHT:
             table[row].append((col, block))  # B (k, j) by k
         else:
             table[col].append((row, block))  # A (i, k) by k
-    shared = large.context.broadcast(dict(table))
-    products = large.mapPartitions(partial(multiply_with_broadcast, table=shared, side=side))
-    if plan.needs_partial_sums:
-        products = sum_partials(products, plan.grid)
-    return products
+    return dict(table)
+
+
+def _driver_blocks(layout: BlockLayout):
+    """The stored blocks of a driver-held operand, sliced from the driver's own array."""
+    source, r, c = layout.source, layout.rows_per_block, layout.cols_per_block
+    return ((key, source.block(*key, r, c)) for key in layout.keys)
+
+
+class FileTable:
+    """The broadcast operand read by a task from its file, block by block as its k is met.
+
+    Shipped to the tasks in place of a broadcast (it holds the file's name and the operand's
+    keys, no data); :attr:`value` behaves like the broadcast table.
+    """
+
+    def __init__(self, source, keys_by_k: dict, side: int, rows_per_block: int,
+                 cols_per_block: int):
+        self.source, self.keys_by_k, self.side = source, keys_by_k, side
+        self.rows_per_block, self.cols_per_block = rows_per_block, cols_per_block
+
+    @property
+    def value(self) -> _FileLookup:
+        """A lookup ``get(k, default)`` that reads and keeps the blocks of ``k``."""
+        return _FileLookup(self)
+
+
+class _FileLookup:
+    def __init__(self, table: FileTable):
+        self._table, self._read, self._file = table, {}, None
+
+    def get(self, k: int, default=()):
+        if k not in self._table.keys_by_k:
+            return default
+        if k not in self._read:
+            self._read[k] = self._load(k)
+        return self._read[k]
+
+    def _load(self, k: int) -> list:
+        import h5py
+
+        t = self._table
+        if self._file is None:
+            self._file = h5py.File(t.source.path, "r")
+        data = self._file[t.source.dataset]
+        keys = t.keys_by_k[k]
+        blocks = [t.source.read_block(data, *key, t.rows_per_block, t.cols_per_block)
+                  for key in keys]
+        other = 1 if t.side == RIGHT else 0  # B (k, j) is listed by j, A (i, k) by i
+        return [(key[other], block) for key, block in zip(keys, blocks, strict=True)]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def multiply_with_broadcast(items, table, side: int):
@@ -213,6 +316,8 @@ def multiply_with_broadcast(items, table, side: int):
         else:  # block is B (k, j); table holds A's column k as (i, block)
             for i, a in lookup.get(row, ()):
                 acc[(i, col)] = bk.matmul_accumulate(acc.get((i, col)), a, block)
+    if isinstance(lookup, _FileLookup):
+        lookup.close()
     return iter(acc.items())
 
 
