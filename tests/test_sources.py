@@ -80,3 +80,31 @@ def test_a_file_changed_after_opening_is_refused_before_any_job(sc, operands, tm
     with record(sc, "refused") as m, pytest.raises(InputChangedError, match="changed since"):
         A.multiply(B, strategy="broadcast")
     assert m.job_ids == []
+
+
+@pytest.mark.parametrize("in_file", ["A", "B", "both", "A.T"])
+def test_inner_reads_file_blocks_in_the_tasks(sc, operands, in_file):
+    a, b, path = operands
+    if in_file == "A.T":
+        with h5py.File(path, "a") as f:
+            if "AT" not in f:
+                f["AT"] = a.T
+        A = BlockMatrix.from_hdf5(sc, path, "/AT", 10, 10).T
+    elif in_file in ("A", "both"):
+        A = BlockMatrix.from_hdf5(sc, path, "/A", 10, 10)
+    else:
+        A = BlockMatrix.from_numpy(sc, a, 10, 10)
+    B = (BlockMatrix.from_hdf5(sc, path, "/B", 10, 10) if in_file in ("B", "both")
+         else BlockMatrix.from_numpy(sc, b, 10, 10))
+    spark_only = BlockMatrix.from_numpy(sc, a, 10, 10).multiply(
+        BlockMatrix.from_numpy(sc, b, 10, 10), strategy="inner").plan
+    with record(sc, f"inner, {in_file} in a file") as m:
+        C = A.multiply(B, strategy="inner")
+        result = C.to_numpy()
+    assert_eq(result, a @ b)
+    plan = C.plan
+    assert plan.read_bytes > 0
+    assert plan.shuffle_bytes + plan.read_bytes < spark_only.shuffle_bytes
+    assert m.shuffle_stages == plan.num_shuffles == (0 if in_file == "both" else 1)
+    if plan.num_shuffles:
+        assert m.shuffle_write_bytes < 0.7 * spark_only.shuffle_bytes

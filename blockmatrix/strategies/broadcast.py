@@ -52,7 +52,7 @@ from ..layout import BlockLayout, check_multiplicable, result_layout
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import result_grid
 from ..units import format_bytes
-from ._common import LEFT, RIGHT, side_name, sum_partials
+from ._common import LEFT, RIGHT, FileReader, file_sources, side_name, sum_partials
 from .registry import Strategy, register
 
 
@@ -220,8 +220,7 @@ def execute(plan: BroadcastPlan, left, right, options: MultiplyOptions):
     small_blocks, large = (right, left) if side == RIGHT else (left, right)
     small = plan.right if side == RIGHT else plan.left
     if plan.delivery == "file":
-        table = FileTable(small.source, _by_inner(small.keys, side), side,
-                          small.rows_per_block, small.cols_per_block)
+        table = FileTable(small, side)
     else:
         blocks = (small_blocks.collect() if plan.delivery == "collect"
                   else _driver_blocks(small))
@@ -264,10 +263,9 @@ class FileTable:
     keys, no data); :attr:`value` behaves like the broadcast table.
     """
 
-    def __init__(self, source, keys_by_k: dict, side: int, rows_per_block: int,
-                 cols_per_block: int):
-        self.source, self.keys_by_k, self.side = source, keys_by_k, side
-        self.rows_per_block, self.cols_per_block = rows_per_block, cols_per_block
+    def __init__(self, small: BlockLayout, side: int):
+        self.keys_by_k, self.side = _by_inner(small.keys, side), side
+        self.sources = file_sources({side: small})
 
     @property
     def value(self) -> _FileLookup:
@@ -275,34 +273,20 @@ class FileTable:
         return _FileLookup(self)
 
 
-class _FileLookup:
+class _FileLookup(FileReader):
     def __init__(self, table: FileTable):
-        self._table, self._read, self._file = table, {}, None
+        super().__init__(table.sources)
+        self._table, self._read = table, {}
 
     def get(self, k: int, default=()):
-        if k not in self._table.keys_by_k:
+        keys = self._table.keys_by_k.get(k)
+        if keys is None:
             return default
         if k not in self._read:
-            self._read[k] = self._load(k)
+            side = self._table.side
+            other = 1 if side == RIGHT else 0  # B (k, j) is listed by j, A (i, k) by i
+            self._read[k] = [(key[other], self.read(side, key)) for key in keys]
         return self._read[k]
-
-    def _load(self, k: int) -> list:
-        import h5py
-
-        t = self._table
-        if self._file is None:
-            self._file = h5py.File(t.source.path, "r")
-        data = self._file[t.source.dataset]
-        keys = t.keys_by_k[k]
-        blocks = [t.source.read_block(data, *key, t.rows_per_block, t.cols_per_block)
-                  for key in keys]
-        other = 1 if t.side == RIGHT else 0  # B (k, j) is listed by j, A (i, k) by i
-        return [(key[other], block) for key, block in zip(keys, blocks, strict=True)]
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 def multiply_with_broadcast(items, table, side: int):
