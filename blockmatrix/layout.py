@@ -126,6 +126,26 @@ class BlockLayout:
         """
         return group_pairs(self.keys)
 
+    @cached_property
+    def key_array(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, cols, nbytes)`` of the stored blocks as int64 arrays, in key order.
+
+        The vectorised planners work on these instead of looping over keys in Python.
+        """
+        n = len(self.block_nbytes)
+        rows = np.fromiter((i for i, _ in self.block_nbytes), np.int64, n)
+        cols = np.fromiter((j for _, j in self.block_nbytes), np.int64, n)
+        return rows, cols, np.fromiter(self.block_nbytes.values(), np.int64, n)
+
+    def extents(self, index: np.ndarray, axis: int) -> np.ndarray:
+        """Lengths of blocks ``index`` along ``axis`` (0: rows, 1: columns), vectorised.
+
+        >>> BlockLayout((10, 7), 4, 4, {}).extents(np.arange(3), 0)
+        array([4, 4, 2])
+        """
+        per = self.rows_per_block if axis == 0 else self.cols_per_block
+        return np.minimum(per, self.shape[axis] - index * per)
+
     def block_shape(self, i: int, j: int) -> tuple[int, int]:
         """Shape of block ``(i, j)``."""
         return (block_extent(i, self.shape[0], self.rows_per_block),
@@ -144,7 +164,9 @@ class BlockLayout:
     @cached_property
     def is_dense(self) -> bool:
         """Whether every stored block has the byte size of a dense block."""
-        return all(n == self.dense_nbytes(i, j) for (i, j), n in self.block_nbytes.items())
+        rows, cols, nbytes = self.key_array
+        dense = self.extents(rows, 0) * self.extents(cols, 1) * self.dtype.itemsize
+        return bool(np.array_equal(nbytes, dense))
 
     def transpose(self) -> BlockLayout:
         """Layout of the transpose."""

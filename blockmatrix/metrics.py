@@ -79,6 +79,7 @@ class SparkMetrics:
     job_ids: list[int] = field(default_factory=list)
     stages: list[StageMetrics] = field(default_factory=list)
     wall_time_s: float = 0.0
+    file_read_bytes: int = 0
 
     @property
     def ran_stages(self) -> list[StageMetrics]:
@@ -122,12 +123,14 @@ class SparkMetrics:
                 "shuffle_write_bytes": self.shuffle_write_bytes,
                 "shuffle_read_bytes": self.shuffle_read_bytes,
                 "shuffle_write_records": self.shuffle_write_records,
+                "file_read_bytes": self.file_read_bytes,
                 "wall_time_s": round(self.wall_time_s, 3)}
 
     def __str__(self) -> str:
         head = f"{self.label or 'spark'}: {len(self.job_ids)} job(s), " \
                f"{len(self.ran_stages)} stage(s), {self.shuffle_stages} shuffle(s), " \
-               f"{self.num_tasks} task(s), wall {self.wall_time_s:.2f} s"
+               f"{self.num_tasks} task(s), {format_bytes(self.file_read_bytes)} read from " \
+               f"files by tasks, wall {self.wall_time_s:.2f} s"
         rows = [head, f"  {'stage':>5} {'tasks':>5} {'shuffle write':>14} {'shuffle read':>14}"
                       f"  name"]
         for s in sorted(self.stages, key=lambda s: s.stage_id):
@@ -160,14 +163,33 @@ def record(sc, label: str = "", timeout_s: float = 30.0):
     previous = sc.getLocalProperty("spark.jobGroup.id")
     previous_description = sc.getLocalProperty("spark.job.description")
     sc.setJobGroup(group, label or "blockmatrix.metrics.record", interruptOnCancel=False)
+    read_before = file_read_counter(sc).value
     start = time.perf_counter()
     try:
         yield metrics
     finally:
         metrics.wall_time_s = time.perf_counter() - start
+        metrics.file_read_bytes = file_read_counter(sc).value - read_before
         sc.setLocalProperty("spark.jobGroup.id", previous)
         sc.setLocalProperty("spark.job.description", previous_description)
     _collect(sc, group, metrics, timeout_s)
+
+
+_FILE_READ_COUNTERS: dict = {}
+
+
+def file_read_counter(sc):
+    """The accumulator of bytes tasks read from operands' files (one per SparkContext).
+
+    Strategies hand it to the tasks that read blocks in place (``FileReader``); Spark adds
+    the tasks' counts when they finish, so :func:`record` reports them. Counts of retried
+    tasks are added again (Spark's accumulators in transformations count every attempt).
+    """
+    key = id(sc)
+    entry = _FILE_READ_COUNTERS.get(key)
+    if entry is None or entry[0] is not sc:
+        entry = _FILE_READ_COUNTERS[key] = (sc, sc.accumulator(0))
+    return entry[1]
 
 
 def _collect(sc, group: str, metrics: SparkMetrics, timeout_s: float) -> None:

@@ -141,7 +141,7 @@ class MultiplyPlan:
     flops : int
         Floating-point operations of the block products, blocks counted as dense.
     compute_seconds : float
-        Predicted single-core seconds of all block products (:func:`.cost.product_seconds`).
+        Predicted single-core seconds of all block products (:class:`.cost.ProductModel`).
     max_task_compute_seconds : float
         Predicted compute seconds of the busiest task: with fewer tasks than cores, or uneven
         ones, the multiply cannot finish sooner than this.

@@ -18,7 +18,6 @@ Spark's fixture (``BlockMatrixSuite``, "simulate multiply"):
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 
 from .layout import BlockLayout, Key, group_pairs
@@ -67,13 +66,6 @@ def simulate_multiply(left_keys: Iterable[Key], right_keys: Iterable[Key],
                          group_pairs(right_keys), grid, check_num_mid_splits(num_mid_splits))
 
 
-def layout_destinations(left: BlockLayout, right: BlockLayout, grid: GridPartitioner,
-                        num_mid_splits: int = 1) -> tuple[Destinations, Destinations]:
-    """:func:`simulate_multiply` of two layouts, with the inner-index maps they hold."""
-    return _destinations(left.keys, right.keys, left.rows_of_col, right.cols_of_row, grid,
-                         check_num_mid_splits(num_mid_splits))
-
-
 def _destinations(left_keys, right_keys, rows_of_col, cols_of_row, grid, s):
     left = {(i, k): frozenset(grid.partition_of(i, j) * s + k % s
                               for j in cols_of_row.get(k, ()))
@@ -82,22 +74,3 @@ def _destinations(left_keys, right_keys, rows_of_col, cols_of_row, grid, s):
                                for i in rows_of_col.get(k, ()))
              for k, j in right_keys}
     return left, right
-
-
-def mid_split_stripes(left: BlockLayout, right: BlockLayout,
-                      s: int) -> dict[Key, set[int]]:
-    """For every product block ``(i, j)``, the stripes ``k % s`` that hold a partial of it.
-
-    >>> a = BlockLayout((2, 6), 2, 2, {(0, 0): 32, (0, 1): 32, (0, 2): 32})
-    >>> b = BlockLayout((6, 2), 2, 2, {(0, 0): 32, (2, 0): 32})
-    >>> mid_split_stripes(a, b, 2)
-    {(0, 0): {0}}
-    >>> mid_split_stripes(a, b, 1)
-    {(0, 0): {0}}
-    """
-    cols_of_row = right.cols_of_row
-    stripes: dict[Key, set[int]] = defaultdict(set)
-    for i, k in left.keys:
-        for j in cols_of_row.get(k, ()):
-            stripes[(i, j)].add(k % s)
-    return dict(stripes)

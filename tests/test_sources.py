@@ -60,11 +60,14 @@ def test_file_operand_is_read_by_every_task(sc, operands, transposed):
     A = BlockMatrix.from_numpy(sc, a, 10, 10, num_partitions=3)
     B = (BlockMatrix.from_hdf5(sc, path, "/BT", 10, 10).T if transposed
          else BlockMatrix.from_hdf5(sc, path, "/B", 10, 10))
-    C = A.multiply(B, strategy="broadcast")
+    with record(sc, "file broadcast") as m:
+        C = A.multiply(B, strategy="broadcast")
+        result = C.to_numpy()
     assert C.plan.delivery == "file" and C.plan.broadcast_bytes == 0
     assert C.plan.read_bytes == 3 * b.nbytes  # 3 partitions, each meets all of B
+    assert m.file_read_bytes == C.plan.read_bytes
     assert "read by every task from its file" in C.plan.note
-    assert_eq(C.to_numpy(), a @ b)
+    assert_eq(result, a @ b)
 
 
 def test_a_file_changed_after_opening_is_refused_before_any_job(sc, operands, tmp_path):
@@ -104,6 +107,7 @@ def test_inner_reads_file_blocks_in_the_tasks(sc, operands, in_file):
     assert_eq(result, a @ b)
     plan = C.plan
     assert plan.read_bytes > 0
+    assert m.file_read_bytes == plan.read_bytes  # what the tasks read, as planned
     assert plan.shuffle_bytes + plan.read_bytes < spark_only.shuffle_bytes
     assert m.shuffle_stages == plan.num_shuffles == (0 if in_file == "both" else 1)
     if plan.num_shuffles:

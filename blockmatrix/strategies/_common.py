@@ -86,8 +86,8 @@ class FileReader:
     opened read-only on first use and closed by :meth:`close` (or on leaving a ``with``).
     """
 
-    def __init__(self, sources: dict):
-        self._sources, self._open = sources, {}
+    def __init__(self, sources: dict, counter=None):
+        self._sources, self._open, self._counter, self._bytes_read = sources, {}, counter, 0
 
     def read(self, side: int, key) -> object:
         """Block ``key`` of the operand on ``side``."""
@@ -97,13 +97,18 @@ class FileReader:
             import h5py
 
             data = self._open[side] = h5py.File(source.path, "r")[source.dataset]
-        return source.read_block(data, *key, rows_per_block, cols_per_block)
+        block = source.read_block(data, *key, rows_per_block, cols_per_block)
+        self._bytes_read += block.nbytes
+        return block
 
     def close(self) -> None:
-        """Close every file opened."""
+        """Close every file opened, and count what was read (``counter``: an accumulator)."""
         for data in self._open.values():
             data.file.close()
         self._open.clear()
+        if self._counter is not None and self._bytes_read:
+            self._counter.add(self._bytes_read)
+            self._bytes_read = 0
 
     def __enter__(self) -> FileReader:
         return self

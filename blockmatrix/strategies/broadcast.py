@@ -38,17 +38,20 @@ from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
+
 from .. import blocks as bk
 from ..cost import (
     RECORD_OVERHEAD_BYTES,
-    accumulated_nbytes,
-    block_density,
-    compute_estimate,
-    product_density,
-    result_itemsize,
+    ProductModel,
+    grid_bytes,
+    grouped_sums,
+    result_blocks,
+    task_seconds,
 )
 from ..errors import InvalidParameterError
-from ..layout import BlockLayout, check_multiplicable, result_layout
+from ..layout import BlockLayout, check_multiplicable
+from ..metrics import file_read_counter
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import result_grid
 from ..units import format_bytes
@@ -143,74 +146,53 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Bro
     side = broadcast_side(left, right)
     small, large = (right, left) if side == RIGHT else (left, right)
     broadcast_bytes = small.nbytes
-    itemsize = result_itemsize(left, right)
-    shell = result_layout(left, right)
+    model = ProductModel(left, right)
 
-    # Counterparts in the broadcast operand, by inner index.
-    small_by_k = small.cols_of_row if side == RIGHT else small.rows_of_col
+    # The large operand's blocks by partition (unknown partitions: dealt round-robin in key
+    # order, the worst case for splits), and what each partition's products sum into.
     known = large.key_partitions is not None
     parts = max(1, large.num_partitions)
-    part_input: dict[int, int] = defaultdict(int)
-    part_of: dict[tuple[int, int], int] = {}
-    partial_densities: dict[tuple[int, tuple[int, int]], list] = defaultdict(list)
-    needed: dict[int, set] = defaultdict(set)  # partition -> keys of the operand it meets
-    for n_key, (key, size) in enumerate(sorted(large.block_nbytes.items())):
-        # Unknown partitions: assume the blocks dealt round-robin (the worst case for splits).
-        p = large.key_partitions.get(key, 0) if known else n_key % parts
-        part_of[key] = p
-        part_input[p] += size
-        d_large = block_density(large, key)
-        if side == RIGHT:  # large is A (i, k); B's row k holds (k, j) for j in small_by_k[k]
-            i, k = key
-            inner = large.block_shape(*key)[1]
-            meets = (((i, j), (k, j), block_density(small, (k, j)))
-                     for j in small_by_k.get(k, ()))
-        else:  # large is B (k, j); A's column k holds (i, k) for i in small_by_k[k]
-            k, j = key
-            inner = large.block_shape(*key)[0]
-            meets = (((i, j), (i, k), block_density(small, (i, k)))
-                     for i in small_by_k.get(k, ()))
-        for out, small_key, d_small in meets:
-            needed[p].add(small_key)
-            partial_densities[(p, out)].append(product_density(d_large, d_small, inner))
-
-    part_output: dict[int, int] = defaultdict(int)
-    partials_of: dict[tuple[int, int], list] = defaultdict(list)
-    for (p, out), densities in partial_densities.items():
-        size = accumulated_nbytes(*shell.block_shape(*out), itemsize, densities)
-        part_output[p] += size
-        partials_of[out].append((size, densities))
-    split = {out for out, partials in partials_of.items() if len(partials) > 1}
+    rank = {key: n for n, key in enumerate(sorted(large.block_nbytes))}
+    part_of = np.array([large.key_partitions.get(key, 0) if known else rank[key] % parts
+                        for key in large.block_nbytes], dtype=np.int64)
+    part_input = np.bincount(part_of, weights=large.key_array[2], minlength=parts)
+    sums = grouped_sums(left, right, part_of, parts, side="left" if side == RIGHT else "right")
+    part_output, split = sums.group_bytes, sums.split_blocks
+    # Read from its file, the operand's blocks each partition meets: the rows (columns) k
+    # of the small operand for every k among the partition's blocks.
+    large_k = large.key_array[1] if side == RIGHT else large.key_array[0]
+    small_k = small.key_array[0] if side == RIGHT else small.key_array[1]
+    bytes_of_k = np.bincount(small_k, weights=small.key_array[2],
+                             minlength=max(left.num_col_blocks, 1))
+    met = np.unique(np.stack([part_of, large_k]), axis=1) if len(part_of) else np.zeros((2, 0))
+    read_per_part = int(bytes_of_k[met[1].astype(np.int64)].sum()) if met.size else 0
 
     grid = result_grid(left, right, options.num_partitions)
     shuffles: tuple[ShuffleEstimate, ...] = ()
     reduce_output = [0]
     if split:
-        records = sum(len(p) for p in partials_of.values())
+        records = int(sums.group_blocks.sum())
         shuffles = (ShuffleEstimate("sum partial blocks of split rows/columns", records,
-                                    sum(s for p in partials_of.values() for s, _ in p)
-                                    + records * RECORD_OVERHEAD_BYTES),)
-        reduce_output = [0] * grid.num_partitions
-        for out, partials in partials_of.items():
-            reduce_output[grid.partition_of(*out)] += accumulated_nbytes(
-                *shell.block_shape(*out), itemsize, [d for _, ds in partials for d in ds])
+                                    int(part_output.sum()) + records * RECORD_OVERHEAD_BYTES),)
+        reduce_output = grid_bytes(grid, *result_blocks(left, right))
     largest_block = max(large.block_nbytes.values(), default=0)
-    task_memory = [broadcast_bytes + part_output[p] + largest_block for p in part_input]
+    present = np.flatnonzero(np.bincount(part_of, minlength=parts))
+    task_memory = (broadcast_bytes + part_output[present] + largest_block).astype(np.int64)
     delivery = delivery_of(small)
-    # Read from the file, each task reads the operand's blocks its own blocks meet.
-    read = sum(sum(small.block_nbytes[key] for key in keys) for keys in needed.values()) \
-        if delivery == "file" else 0
+    read = read_per_part if delivery == "file" else 0
     return BroadcastPlan(
         strategy="broadcast", left=left, right=right, grid=grid,
         num_tasks=max(parts, grid.num_partitions if split else 0), shuffles=shuffles,
-        max_task_input_bytes=max([broadcast_bytes + v for v in part_input.values()]
-                                 + reduce_output + [broadcast_bytes]),
-        max_task_memory_bytes=max(task_memory + reduce_output + [broadcast_bytes]),
-        max_task_output_bytes=max(list(part_output.values()) + reduce_output),
-        **compute_estimate(left, right, lambda i, k, j: part_of[(i, k) if side == RIGHT
-                                                                else (k, j)]),
+        max_task_input_bytes=max([int(broadcast_bytes + part_input.max(initial=0))]
+                                 + reduce_output),
+        max_task_memory_bytes=max(task_memory.tolist() + reduce_output + [broadcast_bytes]),
+        max_task_output_bytes=max([int(part_output.max(initial=0))] + reduce_output),
+        flops=model.flops, compute_seconds=model.total_seconds(),
+        max_task_compute_seconds=task_seconds(
+            model.seconds_by_left_block() if side == RIGHT else model.seconds_by_right_block(),
+            part_of),
         side=side, operand_bytes=broadcast_bytes, budget_bytes=options.budget_bytes,
-        split_blocks=len(split), partitions_known=known, delivery=delivery, read_bytes=read)
+        split_blocks=split, partitions_known=known, delivery=delivery, read_bytes=read)
 
 
 def execute(plan: BroadcastPlan, left, right, options: MultiplyOptions):
@@ -220,7 +202,7 @@ def execute(plan: BroadcastPlan, left, right, options: MultiplyOptions):
     small_blocks, large = (right, left) if side == RIGHT else (left, right)
     small = plan.right if side == RIGHT else plan.left
     if plan.delivery == "file":
-        table = FileTable(small, side)
+        table = FileTable(small, side, file_read_counter(large.context))
     else:
         blocks = (small_blocks.collect() if plan.delivery == "collect"
                   else _driver_blocks(small))
@@ -263,9 +245,9 @@ class FileTable:
     keys, no data); :attr:`value` behaves like the broadcast table.
     """
 
-    def __init__(self, small: BlockLayout, side: int):
+    def __init__(self, small: BlockLayout, side: int, counter):
         self.keys_by_k, self.side = _by_inner(small.keys, side), side
-        self.sources = file_sources({side: small})
+        self.sources, self.counter = file_sources({side: small}), counter
 
     @property
     def value(self) -> _FileLookup:
@@ -275,7 +257,7 @@ class FileTable:
 
 class _FileLookup(FileReader):
     def __init__(self, table: FileTable):
-        super().__init__(table.sources)
+        super().__init__(table.sources, table.counter)
         self._table, self._read = table, {}
 
     def get(self, k: int, default=()):

@@ -23,15 +23,19 @@ shuffled.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain
 
-from ..cost import RECORD_OVERHEAD_BYTES, TaskLoads, compute_estimate, result_itemsize
-from ..layout import BlockLayout, check_multiplicable, result_layout
+import numpy as np
+import scipy.sparse as sp
+
+from ..cost import RECORD_OVERHEAD_BYTES, ProductModel, result_itemsize, task_seconds
+from ..layout import BlockLayout, check_multiplicable
+from ..metrics import file_read_counter
+from ..partitioner import GridPartitioner
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
-from ..planner import Destinations, layout_destinations, mid_split_stripes, result_grid
+from ..planner import Destinations, result_grid
 from ._common import (
     LEFT,
     RIGHT,
@@ -47,60 +51,198 @@ from .registry import Strategy, register
 
 @dataclass(frozen=True, kw_only=True)
 class InnerPlan(MultiplyPlan):
-    """Spark's plan: the destinations of every block, the inner dimension's stripes."""
+    """Spark's plan, kept compact: which partitions of the result grid meet each ``k``.
+
+    A block ``(i, k)`` of A goes to the result partitions of block row ``i`` in the partition
+    columns that B's block row ``k`` reaches (:attr:`col_parts_of_inner`), and B's ``(k, j)``
+    to the partition rows A's block column ``k`` reaches (:attr:`row_parts_of_inner`): the
+    destinations of Spark's ``simulateMultiply`` in O(inner blocks x partitions) instead of
+    O(blocks x destinations), which is what the tasks receive.
+    """
 
     num_mid_splits: int = 1
-    left_destinations: Destinations = field(default_factory=dict, repr=False, compare=False)
-    right_destinations: Destinations = field(default_factory=dict, repr=False, compare=False)
+    row_parts_of_inner: dict = field(default_factory=dict, repr=False, compare=False)
+    col_parts_of_inner: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def routing(self) -> Routing:
+        """What a task needs to compute any block's destinations."""
+        return Routing(self.grid, self.num_mid_splits, self.row_parts_of_inner,
+                       self.col_parts_of_inner)
+
+    @property
+    def left_destinations(self) -> Destinations:
+        """Spark's destinations of every A block (computed on demand: they can be many)."""
+        return {key: frozenset(self.routing.targets(key, LEFT)) for key in self.left.keys}
+
+    @property
+    def right_destinations(self) -> Destinations:
+        """Spark's destinations of every B block."""
+        return {key: frozenset(self.routing.targets(key, RIGHT)) for key in self.right.keys}
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The destinations of a block, from the grid and the partitions meeting each ``k``."""
+
+    grid: GridPartitioner
+    num_mid_splits: int
+    row_parts_of_inner: dict
+    col_parts_of_inner: dict
+
+    def targets(self, key, side: int) -> list[int]:
+        """Tasks block ``key`` of ``side`` goes to (as ``simulate_multiply`` gives them)."""
+        g, s = self.grid, self.num_mid_splits
+        if side == LEFT:
+            i, k = key
+            row_part = i // g.rows_per_part
+            return [(row_part + c * g.row_partitions) * s + k % s
+                    for c in self.col_parts_of_inner.get(k, ())]
+        k, j = key
+        col_part = j // g.cols_per_part
+        return [(r + col_part * g.row_partitions) * s + k % s
+                for r in self.row_parts_of_inner.get(k, ())]
+
+    def keys_by_part(self, keys, side: int) -> dict[int, list]:
+        """An operand's keys by partition row (A) or partition column (B) of the grid."""
+        out: dict[int, list] = {}
+        for i, j in keys:
+            part = i // self.grid.rows_per_part if side == LEFT else j // self.grid.cols_per_part
+            out.setdefault(part, []).append((i, j))
+        return out
+
+    def keys_for_task(self, task: int, keys_by_part: dict) -> list[tuple[int, tuple]]:
+        """``(side, key)`` of the blocks Spark's destinations send to ``task``.
+
+        Task ``((r + c R) s + sigma)`` gets A's blocks ``(i, k)`` of partition row ``r`` with
+        ``k % s == sigma`` whose ``k`` meets partition column ``c``, and B's likewise.
+        """
+        s, R = self.num_mid_splits, self.grid.row_partitions
+        sigma, cell = task % s, task // s
+        r, c = cell % R, cell // R
+        meets = {LEFT: (self.col_parts_of_inner, c, 1), RIGHT: (self.row_parts_of_inner, r, 0)}
+        out = []
+        for side, by_part in keys_by_part.items():
+            parts_of_inner, wanted, k_axis = meets[side]
+            for key in by_part.get(r if side == LEFT else c, ()):
+                k = key[k_axis]
+                if k % s == sigma and wanted in parts_of_inner.get(k, ()):
+                    out.append((side, key))
+        return out
+
+
+def _meets(inner, parts, size: tuple[int, int]) -> sp.csr_matrix:
+    """0/1 matrix: inner index ``k`` meets partition row (or column) ``p``."""
+    m = sp.csr_matrix((np.ones(len(inner)), (inner, parts)), shape=size)
+    m.data[:] = 1.0  # duplicates were summed
+    return m
+
+
+def _by_row(m: sp.csr_matrix) -> dict[int, tuple[int, ...]]:
+    return {k: tuple(m.indices[m.indptr[k]:m.indptr[k + 1]].tolist())
+            for k in range(m.shape[0]) if m.indptr[k + 1] > m.indptr[k]}
 
 
 def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> InnerPlan:
-    """Plan ``left @ right`` as Spark does, and predict its shuffle and memory."""
+    """Plan ``left @ right`` as Spark does, and predict its shuffle and memory.
+
+    Every count is a sum over stored blocks or a sparse product of block patterns (the
+    destinations are never listed one by one), so planning takes time linear in the stored
+    blocks plus the result grid.
+    """
     check_multiplicable(left, right)
     s = options.num_mid_splits
     grid = result_grid(left, right, options.num_partitions)
-    left_dest, right_dest = layout_destinations(left, right, grid, s)
+    R, C = grid.row_partitions, grid.col_partitions
     num_tasks = grid.num_partitions * s
-    loads = TaskLoads(num_tasks)
-    records = shuffled = read = 0
-    for layout, destinations, side in ((left, left_dest, LEFT), (right, right_dest, RIGHT)):
-        in_file = layout.source_kind == "file"
-        for key, targets in destinations.items():
-            size = layout.block_nbytes[key] + (0 if in_file else RECORD_OVERHEAD_BYTES)
-            k, _ = inner_and_outer(key, side)
-            for task in targets:
-                loads.add(task, k, size)
-            if in_file:
-                read += size * len(targets)
-            else:
-                records += len(targets)
-                shuffled += size * len(targets)
+    inner = max(left.num_col_blocks, 1)
+    ai, ak, a_size = left.key_array
+    bk, bj, b_size = right.key_array
+    a_row_part, b_col_part = ai // grid.rows_per_part, bj // grid.cols_per_part
+    meets_a = _meets(ak, a_row_part, (inner, R))  # A's column k reaches partition row r
+    meets_b = _meets(bk, b_col_part, (inner, C))  # B's row k reaches partition column c
+    a_in_file, b_in_file = left.source_kind == "file", right.source_kind == "file"
+    a_w = a_size + (0 if a_in_file else RECORD_OVERHEAD_BYTES)
+    b_w = b_size + (0 if b_in_file else RECORD_OVERHEAD_BYTES)
+    a_copies = np.diff(meets_b.indptr)[ak]  # destinations of each A block
+    b_copies = np.diff(meets_a.indptr)[bk]
+    moved = {"A": (int(a_copies.sum()), int((a_w * a_copies).sum()), a_in_file),
+             "B": (int(b_copies.sum()), int((b_w * b_copies).sum()), b_in_file)}
+    records = sum(n for n, _, in_file in moved.values() if not in_file)
+    shuffled = sum(b for _, b, in_file in moved.values() if not in_file)
+    read = sum(b for _, b, in_file in moved.values() if in_file)
 
     itemsize = result_itemsize(left, right)
-    shell = result_layout(left, right)
-    task_output = [0] * num_tasks
-    stripes = mid_split_stripes(left, right, s)
-    for (i, j), residues in stripes.items():
-        rows, cols = shell.block_shape(i, j)
-        base = grid.partition_of(i, j) * s
-        for r in residues:
-            task_output[base + r] += rows * cols * itemsize
-    partials = sum(len(residues) for residues in stripes.values())
-    memory = loads.memory(task_output, options.task_buffer_bytes)
-    shuffles = [ShuffleEstimate("route blocks to result partitions", records, shuffled)] \
-        if records else []
+    rows_i = left.extents(np.arange(max(left.num_row_blocks, 1)), 0)
+    cols_j = right.extents(np.arange(max(right.num_col_blocks, 1)), 1)
+    task_input = np.zeros(num_tasks)
+    largest_slice = np.zeros(num_tasks)
+    task_output = np.zeros(num_tasks)
+    busiest = []
+    partials = 0
+    model = ProductModel(left, right)
+    pattern_a = _meets(ai, ak, (max(left.num_row_blocks, 1), inner))
+    pattern_b = _meets(bk, bj, (inner, max(right.num_col_blocks, 1)))
+    task_grid = (np.arange(R)[:, None] + np.arange(C)[None, :] * R) * s  # task of (r, c), sigma 0
+    for sigma in range(s):
+        stripe = (np.arange(inner) % s) == sigma
+        keep = sp.diags(stripe.astype(float))
+        a_sel, b_sel = ak % s == sigma, bk % s == sigma
+        a_weights = sp.csr_matrix((a_w[a_sel], (a_row_part[a_sel], ak[a_sel])), shape=(R, inner))
+        b_weights = sp.csr_matrix((b_w[b_sel], (bk[b_sel], b_col_part[b_sel])), shape=(inner, C))
+        meets_b_s, meets_a_s = keep @ meets_b, keep @ meets_a
+        tasks = (task_grid + sigma).ravel(order="C")
+        received = (a_weights @ meets_b_s).toarray() + (meets_a_s.T @ b_weights).toarray()
+        task_input[tasks] = received.ravel(order="C")
+        task_slice = _largest_slices(a_weights, meets_b_s, meets_a_s, b_weights)
+        largest_slice[tasks] = task_slice.ravel(order="C")
+        # The result blocks this stripe holds a partial of, and their (dense) bytes.
+        out = sp.coo_matrix((pattern_a @ keep) @ pattern_b)
+        out_tasks = (out.row // grid.rows_per_part + (out.col // grid.cols_per_part) * R) * s \
+            + sigma
+        task_output += np.bincount(out_tasks, weights=rows_i[out.row] * cols_j[out.col]
+                                   * itemsize, minlength=num_tasks)
+        partials += out.nnz
+        seconds = model.seconds_by_result(stripe)
+        busiest.append(((seconds.row // grid.rows_per_part
+                         + (seconds.col // grid.cols_per_part) * R) * s + sigma, seconds.data))
+    memory = task_output + np.minimum(task_input, options.task_buffer_bytes) + largest_slice
+    shuffles = [] if a_in_file and b_in_file else [
+        ShuffleEstimate("route blocks to result partitions", records, shuffled)]
     if s > 1:
         shuffles.append(ShuffleEstimate("sum partial blocks over mid splits", partials,
-                                        sum(task_output) + partials * RECORD_OVERHEAD_BYTES))
+                                        int(task_output.sum()) + partials * RECORD_OVERHEAD_BYTES))
+    tasks_of, seconds_of = (np.concatenate(parts) for parts in zip(*busiest, strict=True))
     return InnerPlan(
         strategy="inner", left=left, right=right, grid=grid, num_tasks=num_tasks,
         shuffles=tuple(shuffles),
-        max_task_input_bytes=max(loads.input, default=0),
-        max_task_memory_bytes=max(memory, default=0),
-        max_task_output_bytes=max(task_output, default=0),
-        **compute_estimate(left, right, lambda i, k, j: grid.partition_of(i, j) * s + k % s),
-        read_bytes=read, num_mid_splits=s, left_destinations=left_dest,
-        right_destinations=right_dest)
+        max_task_input_bytes=int(task_input.max(initial=0)),
+        max_task_memory_bytes=int(memory.max(initial=0)),
+        max_task_output_bytes=int(task_output.max(initial=0)),
+        flops=model.flops, compute_seconds=model.total_seconds(),
+        max_task_compute_seconds=task_seconds(seconds_of, tasks_of.astype(np.int64)),
+        read_bytes=read, num_mid_splits=s,
+        row_parts_of_inner=_by_row(meets_a), col_parts_of_inner=_by_row(meets_b))
+
+
+def _largest_slices(a_weights, meets_b, meets_a, b_weights, budget: int = 1 << 24) -> np.ndarray:
+    """Bytes of the largest k-slice every task ``(r, c)`` receives: max over k, in chunks.
+
+    Task ``(r, c)`` receives for ``k`` the A blocks of partition row ``r`` in column ``k`` (if
+    B's row ``k`` reaches column ``c``) and the B blocks of partition column ``c`` in row
+    ``k`` (if A's column ``k`` reaches row ``r``).
+    """
+    R, inner = a_weights.shape
+    C = b_weights.shape[1]
+    out = np.zeros((R, C))
+    step = max(1, budget // max(1, R * C))
+    for start in range(0, inner, step):
+        ks = slice(start, min(inner, start + step))
+        a = a_weights[:, ks].toarray()  # R x k
+        slice_bytes = (a[:, :, None] * meets_b[ks].toarray()[None, :, :]
+                       + meets_a[ks].toarray().T[:, :, None] * b_weights[ks].toarray()[None])
+        np.maximum(out, slice_bytes.max(axis=1, initial=0), out=out)
+    return out
 
 
 def idle_core_variants(left: BlockLayout, right: BlockLayout,
@@ -121,10 +263,10 @@ def execute(plan: InnerPlan, left, right, options: MultiplyOptions):
     grid, s, num_tasks = plan.grid, plan.num_mid_splits, plan.num_tasks
     sc = left.context
     layouts = {LEFT: plan.left, RIGHT: plan.right}
-    destinations = {LEFT: plan.left_destinations, RIGHT: plan.right_destinations}
     in_files = file_sources(layouts)
+    routing = sc.broadcast(plan.routing)
     routed = [blocks.flatMap(partial(route_block, side=side, num_tasks=num_tasks,
-                                     destinations=sc.broadcast(destinations[side])))
+                                     routing=routing))
               for side, blocks in ((LEFT, left), (RIGHT, right)) if side not in in_files]
     if routed:
         # One shuffle: the routing key is an int, which GridPartitioner maps to
@@ -134,11 +276,12 @@ def execute(plan: InnerPlan, left, right, options: MultiplyOptions):
     else:
         delivered = sc.parallelize([[] for _ in range(num_tasks)], num_tasks).flatMap(_same)
     if in_files:
-        refs = sc.broadcast(references_by_task(
-            {side: destinations[side] for side in in_files}, num_tasks))
+        keys = sc.broadcast({side: plan.routing.keys_by_part(layouts[side].keys, side)
+                             for side in in_files})
         products = delivered.mapPartitionsWithIndex(
-            partial(multiply_with_file_blocks, references=refs, sources=in_files,
-                    num_tasks=num_tasks, budget_bytes=options.task_buffer_bytes),
+            partial(multiply_with_file_blocks, keys=keys, routing=routing, sources=in_files,
+                    num_tasks=num_tasks, budget_bytes=options.task_buffer_bytes,
+                    counter=file_read_counter(sc)),
             preservesPartitioning=(s == 1))
     else:
         products = delivered.mapPartitions(
@@ -150,31 +293,18 @@ def execute(plan: InnerPlan, left, right, options: MultiplyOptions):
     return products
 
 
-def references_by_task(destinations: dict, num_tasks: int) -> dict[int, list]:
-    """``{task: [(routing key, (side, index, block key)), ...]}`` of the file-backed sides.
-
-    The records a shuffle would have delivered, with the block's key in place of the block.
-    """
-    out: dict[int, list] = {}
-    for side, by_key in destinations.items():
-        for key, targets in by_key.items():
-            k, index = inner_and_outer(key, side)
-            for task in targets:
-                out.setdefault(task, []).append((k * num_tasks + task, (side, index, key)))
-    return out
-
-
-def multiply_with_file_blocks(task: int, records, references, sources: dict, num_tasks: int,
-                              budget_bytes: int):
+def multiply_with_file_blocks(task: int, records, keys, routing, sources: dict, num_tasks: int,
+                              budget_bytes: int, counter=None):
     """Multiply a task's delivered records and its file blocks, one ``k``-slice at a time.
 
-    The file blocks travel as :class:`~._common.FileRef` records (no bytes against the spill
-    budget) and are read only when their slice is multiplied, so the task holds at most one
-    slice of them.
+    The task finds the file blocks Spark's destinations give it among the operands' keys, and
+    takes them as :class:`~._common.FileRef` records (no bytes against the spill budget), read
+    only when their slice is multiplied: it holds at most one slice of them.
     """
-    refs = ((key, (side, index, FileRef(block_key)))
-            for key, (side, index, block_key) in references.value.get(task, ()))
-    with FileReader(sources) as reader:
+    mine = routing.value.keys_for_task(task, keys.value)
+    refs = ((k * num_tasks + task, (side, index, FileRef(key)))
+            for side, key in mine for k, index in [inner_and_outer(key, side)])
+    with FileReader(sources, counter) as reader:
         return accumulate_by_inner_index(chain(refs, records),
                                          partial(_record_k, num_tasks=num_tasks),
                                          budget_bytes, reader=reader)
@@ -184,12 +314,13 @@ def _same(x):
     return x
 
 
-def route_block(item, side: int, destinations, num_tasks: int):
+def route_block(item, side: int, routing, num_tasks: int):
     """Copies of one block for each destination task, keyed ``k * num_tasks + task``."""
     key, block = item
     k, index = inner_and_outer(key, side)
-    targets: Mapping = destinations.value
-    return [(k * num_tasks + task, (side, index, block)) for task in targets.get(key, ())]
+    plan_routing = getattr(routing, "value", routing)  # a broadcast, or the routing itself
+    return [(k * num_tasks + task, (side, index, block))
+            for task in plan_routing.targets(key, side)]
 
 
 def _record_k(record, num_tasks: int) -> int:

@@ -26,20 +26,22 @@ The size of product blocks is predicted by :mod:`blockmatrix.cost` from block si
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
+
 from ..cost import (
     RECORD_OVERHEAD_BYTES,
+    ProductModel,
     TaskLoads,
-    accumulated_nbytes,
-    block_density,
-    compute_estimate,
-    product_density,
-    result_itemsize,
+    grid_bytes,
+    grouped_sums,
+    inner_slices,
+    result_blocks,
+    task_seconds,
 )
-from ..layout import BlockLayout, check_multiplicable, result_layout
+from ..layout import BlockLayout, check_multiplicable
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import result_grid
 from ._common import LEFT, RIGHT, accumulate_by_inner_index, inner_and_outer, sum_partials
@@ -55,64 +57,54 @@ class OuterPlan(MultiplyPlan):
 
 
 def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> OuterPlan:
-    """Plan the outer-product multiply and predict both shuffles, per-task input and memory."""
+    """Plan the outer-product multiply and predict both shuffles, per-task input and memory.
+
+    The partial products of a task are sized with :class:`~blockmatrix.cost.PartialSums`, one
+    numpy outer product per inner index: no Python loop over block triples.
+    """
     check_multiplicable(left, right)
-    rows_of_k, cols_of_k = left.rows_of_col, right.cols_of_row
-    active = sorted(set(rows_of_k) & set(cols_of_k))
+    a_slices, b_slices = inner_slices(left, axis=1), inner_slices(right, axis=0)
+    active = sorted(set(a_slices) & set(b_slices))
     num_tasks = max(1, len(active) if options.num_partitions is None
                     else min(len(active), options.num_partitions))
     ranks = {k: r for r, k in enumerate(active)}
-    itemsize = result_itemsize(left, right)
-    shell = result_layout(left, right)
 
     loads = TaskLoads(num_tasks)
     records = 0
     for k in active:
         task = ranks[k] % num_tasks
-        for i in rows_of_k[k]:
-            loads.add(task, k, left.block_nbytes[(i, k)] + RECORD_OVERHEAD_BYTES)
-        for j in cols_of_k[k]:
-            loads.add(task, k, right.block_nbytes[(k, j)] + RECORD_OVERHEAD_BYTES)
-        records += len(rows_of_k[k]) + len(cols_of_k[k])
+        for sl in (a_slices[k], b_slices[k]):
+            loads.add(task, k, int(sl.nbytes.sum()) + RECORD_OVERHEAD_BYTES * len(sl.index))
+            records += len(sl.index)
 
     # Partial products, accumulated per (task, i, j); the final blocks per (i, j).
-    partial_densities: dict[tuple[int, int, int], list] = defaultdict(list)
-    for k in active:
-        task = ranks[k] % num_tasks
-        for i in rows_of_k[k]:
-            a = block_density(left, (i, k))
-            inner = left.block_shape(i, k)[1]
-            for j in cols_of_k[k]:
-                partial_densities[(task, i, j)].append(
-                    product_density(a, block_density(right, (k, j)), inner))
-    task_output = [0] * num_tasks
-    final_densities: dict[tuple[int, int], list] = defaultdict(list)
-    partial_bytes = 0
-    for (task, i, j), densities in partial_densities.items():
-        size = accumulated_nbytes(*shell.block_shape(i, j), itemsize, densities)
-        task_output[task] += size
-        partial_bytes += size + RECORD_OVERHEAD_BYTES
-        final_densities[(i, j)].extend(densities)
+    ak = left.key_array[1]
+    task_of_block = np.array([ranks.get(int(k), 0) % num_tasks for k in ak], dtype=np.int64)
+    sums = grouped_sums(left, right, task_of_block, num_tasks)
+    task_output = sums.group_bytes.astype(np.int64).tolist()
+    partial_records = int(sums.group_blocks.sum())
+    partial_bytes = int(sums.group_bytes.sum()) + RECORD_OVERHEAD_BYTES * partial_records
 
     grid = result_grid(left, right, options.num_partitions)
-    reduce_output = [0] * grid.num_partitions
-    for (i, j), densities in final_densities.items():
-        reduce_output[grid.partition_of(i, j)] += accumulated_nbytes(
-            *shell.block_shape(i, j), itemsize, densities)
+    reduce_output = grid_bytes(grid, *result_blocks(left, right))
 
     memory = loads.memory(task_output, options.task_buffer_bytes)
     shuffles = (
         ShuffleEstimate("join A columns and B rows on k", records, sum(loads.input)),
-        ShuffleEstimate("reduce partial products by (i, j)", len(partial_densities),
-                        partial_bytes),
+        ShuffleEstimate("reduce partial products by (i, j)", partial_records, partial_bytes),
     )
+    model = ProductModel(left, right)
+    by_inner = model.seconds_by_inner()
+    k_tasks = np.array([ranks[k] % num_tasks if k in ranks else 0
+                        for k in range(len(by_inner))], dtype=np.int64)
     return OuterPlan(
         strategy="outer", left=left, right=right, grid=grid,
         num_tasks=max(num_tasks, grid.num_partitions), shuffles=shuffles,
         max_task_input_bytes=max(loads.input + [max(reduce_output, default=0)]),
         max_task_memory_bytes=max(memory + reduce_output),
         max_task_output_bytes=max(task_output + reduce_output),
-        **compute_estimate(left, right, lambda i, k, j: ranks[k] % num_tasks),
+        flops=model.flops, compute_seconds=model.total_seconds(),
+        max_task_compute_seconds=task_seconds(by_inner, k_tasks),
         ranks=ranks, join_tasks=num_tasks)
 
 

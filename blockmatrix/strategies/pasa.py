@@ -27,16 +27,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
+
 from .. import blocks as bk
 from ..cost import (
+    INDEX_BYTES,
     RECORD_OVERHEAD_BYTES,
-    accumulated_nbytes,
-    block_density,
-    compute_estimate,
-    product_density,
+    ProductModel,
+    inner_slices,
+    result_blocks,
     result_itemsize,
 )
-from ..layout import BlockLayout, check_multiplicable, result_layout
+from ..layout import BlockLayout, check_multiplicable
 from ..partitioner import MatrixMultPartitioner
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import result_grid
@@ -74,58 +76,107 @@ def portable_hash(key: tuple) -> int:
 
 
 def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> PasaPlan:
-    """Plan Marlin's multiply: replication counts, the join's and the reduce's volumes."""
+    """Plan Marlin's multiply: replication counts, the join's and the reduce's volumes.
+
+    Marlin runs a task per block triple; the plan visits each inner index ``l`` once and
+    sizes its triples with numpy outer products (no Python loop over triples).
+    """
     check_multiplicable(left, right)
     m, k, n = grid_sizes(left, right)
     part = MatrixMultPartitioner(m, k, n)
     tasks = part.num_partitions
-    task_input = [0] * tasks
-    for (i, ll), size in left.block_nbytes.items():
-        for j in range(n):
-            task_input[part.seq(i, j, ll)] += size + RECORD_OVERHEAD_BYTES
-    for (ll, j), size in right.block_nbytes.items():
-        for i in range(m):
-            task_input[part.seq(i, j, ll)] += size + RECORD_OVERHEAD_BYTES
+    a_sizes, b_sizes = left.key_array[2], right.key_array[2]
     replicated = ShuffleEstimate(
         "replicate A x n, B x m; join on MatrixMultPartitioner",
-        len(left.block_nbytes) * n + len(right.block_nbytes) * m, sum(task_input))
+        len(a_sizes) * n + len(b_sizes) * m,
+        int((a_sizes + RECORD_OVERHEAD_BYTES).sum()) * n
+        + int((b_sizes + RECORD_OVERHEAD_BYTES).sum()) * m)
 
+    a_slices, b_slices = inner_slices(left, axis=1), inner_slices(right, axis=0)
     itemsize = result_itemsize(left, right)
-    shell = result_layout(left, right)
-    cols_of_row = right.cols_of_row
-    task_output = [0] * tasks
-    final: dict[tuple[int, int], list] = defaultdict(list)
-    products = 0
-    product_bytes = 0
-    for i, ll in left.keys:
-        a = block_density(left, (i, ll))
-        inner = left.block_shape(i, ll)[1]
-        for j in cols_of_row.get(ll, ()):
-            density = product_density(a, block_density(right, (ll, j)), inner)
-            size = accumulated_nbytes(*shell.block_shape(i, j), itemsize, [density])
-            task_output[part.seq(i, j, ll)] += size
-            product_bytes += size + RECORD_OVERHEAD_BYTES
-            products += 1
-            final[(i, j)].append(density)
+    rows_i = left.extents(np.arange(m), 0)
+    cols_j = right.extents(np.arange(n), 1)
+    products = product_bytes = 0
+    max_input = max_output = max_memory = 0
+    for ll in range(k):
+        a, b = a_slices.get(ll), b_slices.get(ll)
+        # Task (i, j, l) receives A (i, l) and B (l, j) whether or not the other exists.
+        a_in = _sizes_on(a, m) + RECORD_OVERHEAD_BYTES * _present_on(a, m)
+        b_in = _sizes_on(b, n) + RECORD_OVERHEAD_BYTES * _present_on(b, n)
+        max_input = max(max_input, int(a_in.max(initial=0) + b_in.max(initial=0)))
+        if a is None or b is None:
+            continue
+        products += len(a.index) * len(b.index)
+        if np.isnan(a.fill).all() and np.isnan(b.fill).all():
+            # Dense products: a product's bytes depend on its block's extents only, so
+            # every sum and maximum runs over the (few) distinct extents.
+            r, c = rows_i[a.index], cols_j[b.index]
+            product_bytes += int(r.sum() * c.sum() * itemsize) \
+                + RECORD_OVERHEAD_BYTES * len(r) * len(c)
+            max_output = max(max_output, int(r.max() * c.max() * itemsize))
+            held = (_max_by(a_in[a.index], r)[:, None] + _max_by(b_in[b.index], c)[None, :]
+                    + np.unique(r)[:, None] * np.unique(c)[None, :] * itemsize)
+        else:
+            sizes = _product_nbytes(a, b, rows_i, cols_j, itemsize)
+            product_bytes += int(sizes.sum()) + RECORD_OVERHEAD_BYTES * sizes.size
+            max_output = max(max_output, int(sizes.max()))
+            held = a_in[a.index][:, None] + b_in[b.index][None, :] + sizes
+        max_memory = max(max_memory, int(held.max()))
     shuffles = [replicated]
     reduce_output = [0]
     if k > 1:
         shuffles.append(ShuffleEstimate("reduceByKey (i, j), hash partitioner", products,
                                         product_bytes))
-        reduce_output = [0] * tasks
-        for (i, j), densities in final.items():
-            reduce_output[portable_hash((i, j)) % tasks] += accumulated_nbytes(
-                *shell.block_shape(i, j), itemsize, densities)
-    memory = [task_input[t] + task_output[t] for t in range(tasks)]
+        # m k n reduce partitions, few of them used: sum per partition that gets a block.
+        received: dict[int, int] = defaultdict(int)
+        for i, j, size in zip(*result_blocks(left, right), strict=True):
+            received[portable_hash((int(i), int(j))) % tasks] += int(size)
+        reduce_output = [max(received.values(), default=0)]
+    model = ProductModel(left, right)
     return PasaPlan(
         strategy="pasa", left=left, right=right,
         grid=result_grid(left, right, options.num_partitions), num_tasks=tasks,
         shuffles=tuple(shuffles),
-        max_task_input_bytes=max(task_input + reduce_output),
-        max_task_memory_bytes=max(memory + reduce_output),
-        max_task_output_bytes=max(task_output + reduce_output),
-        **compute_estimate(left, right, lambda i, k, j: (i, k, j)),  # a task per triple
+        max_task_input_bytes=max([max_input] + reduce_output),
+        max_task_memory_bytes=max([max_memory, max_input] + reduce_output),
+        max_task_output_bytes=max([max_output] + reduce_output),
+        flops=model.flops, compute_seconds=model.total_seconds(),
+        max_task_compute_seconds=model.max_product_seconds(),  # a task per triple
         partitioner=part, reduce_partitions=tasks)
+
+
+def _max_by(values: np.ndarray, extents: np.ndarray) -> np.ndarray:
+    """The largest of ``values`` for each distinct extent, in ``np.unique(extents)`` order."""
+    distinct, where = np.unique(extents, return_inverse=True)
+    out = np.full(len(distinct), np.iinfo(np.int64).min)
+    np.maximum.at(out, where, values)
+    return out
+
+
+def _sizes_on(sl, length: int) -> np.ndarray:
+    """Bytes of a slice's blocks spread over all ``length`` indices (0 where none)."""
+    out = np.zeros(length, dtype=np.int64)
+    if sl is not None:
+        out[sl.index] = sl.nbytes
+    return out
+
+
+def _present_on(sl, length: int) -> np.ndarray:
+    out = np.zeros(length, dtype=np.int64)
+    if sl is not None:
+        out[sl.index] = 1
+    return out
+
+
+def _product_nbytes(a, b, rows_i, cols_j, itemsize: int) -> np.ndarray:
+    """Bytes of every product ``A[i, l] @ B[l, j]`` of two inner slices (rows x cols)."""
+    r, c = rows_i[a.index][:, None], cols_j[b.index][None, :]
+    dense = np.isnan(a.fill)[:, None] | np.isnan(b.fill)[None, :]
+    fill = 1.0 - (1.0 - np.nan_to_num(a.fill)[:, None] * np.nan_to_num(b.fill)[None, :]) \
+        ** a.extent
+    nnz = np.round(r * c * fill)
+    return np.where(dense, r * c * itemsize,
+                    nnz * (itemsize + INDEX_BYTES) + (r + 1) * INDEX_BYTES).astype(np.int64)
 
 
 def execute(plan: PasaPlan, left, right, options: MultiplyOptions):
