@@ -20,7 +20,7 @@ Every contender's product is collected once (outside the timing) and compared wi
 single-process result; a wrong product stops the job. Times are the median of ``--repeats``
 runs (fewer when a run takes longer than ``--long-run`` seconds). Shuffle bytes are what Spark
 measured (:mod:`blockmatrix.metrics`); peak memory is the summed resident memory of the whole
-process tree (driver, JVM, Python workers; :mod:`blockmatrix.memory`) while the contender ran,
+process tree (driver, JVM, Python workers; ``jobs/_support/memory.py``) while the contender ran,
 and the CPU seconds per run of each kind of process (the JVM, the Python workers, the Python
 driver): where the seconds go.
 The job prints a table and writes JSON (``--out``).
@@ -51,12 +51,12 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from _support.cli import OneLineArgumentParser, positive_int, run
+from _support.memory import TreePeakRSS
 from py4j.protocol import Py4JJavaError
 
 from blockmatrix import BlockMatrix
-from blockmatrix.cli import OneLineArgumentParser, positive_int, run
 from blockmatrix.errors import InvalidParameterError
-from blockmatrix.memory import TreePeakRSS
 from blockmatrix.metrics import record
 from blockmatrix.planner import format_bytes
 from blockmatrix.session import spark_context, under_spark_submit

@@ -21,8 +21,8 @@ import time
 
 import h5py
 import numpy as np
+from _support.cli import OneLineArgumentParser, positive_int, run
 
-from blockmatrix.cli import OneLineArgumentParser, positive_int, run
 from blockmatrix.errors import InvalidParameterError
 from blockmatrix.io import hdf5
 

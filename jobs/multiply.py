@@ -19,9 +19,9 @@ import sys
 import time
 
 import numpy as np
+from _support.cli import OneLineArgumentParser, positive_int, run
 
 from blockmatrix import STRATEGIES, BlockMatrix
-from blockmatrix.cli import OneLineArgumentParser, positive_int, run
 from blockmatrix.errors import InvalidParameterError, ShapeMismatchError
 from blockmatrix.io import hdf5
 from blockmatrix.metrics import record
