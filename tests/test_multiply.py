@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from cases import CASES, make_operands
+from cases import CASES, make_operands, strategy_case_grid
 from conftest import assert_eq
 
 from blockmatrix import STRATEGIES, BlockMatrix
@@ -28,8 +28,7 @@ def operands(sc):
         B.unpersist()
 
 
-@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("strategy, case", strategy_case_grid(), ids=str)
 def test_product_equals_numpy(operands, case, strategy):
     a, b, A, B = operands[case.name]
     C = A.multiply(B, strategy=strategy)
