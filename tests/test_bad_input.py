@@ -371,6 +371,7 @@ def test_absent_blocks_are_structural_zeros(sc):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.spark
 def test_nan_and_inf_through_the_job(tmp_path):
     a, b = with_non_finite((30, 20), 3), with_non_finite((20, 10), 4)
     with h5py.File(tmp_path / "in.h5", "w") as f:

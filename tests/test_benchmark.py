@@ -25,6 +25,8 @@ def run_job(*args, timeout=900):
                           timeout=timeout)
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_quick_benchmark_checks_every_contender(tmp_path):
     out = tmp_path / "bench.json"
     done = run_job("--quick", "--master", "local[2]", "--out", str(out))
@@ -81,6 +83,8 @@ def test_bad_arguments_one_line_exit_2(args, needle):
 TRANSPORT = JOB.parent / "transport.py"
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_transport_measures_each_path_and_who_spends_the_cpu(tmp_path):
     out = tmp_path / "transport.json"
     done = subprocess.run([sys.executable, str(TRANSPORT), "--blocks", "6", "--side", "128",
