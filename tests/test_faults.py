@@ -187,10 +187,6 @@ def test_long_inner_dimension_in_512mb_executors(cluster, tmp_path):
 
 # ---------------------------------------------------------------------- X X^T job faults
 
-needs_gram = pytest.mark.skipif(not GRAM.is_file(),
-                                reason="jobs/gram.py (helper-1's X X^T job) is not committed yet")
-
-
 def gram_popen(*args, throttle: float = 0.0) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", BLOCKMATRIX_GRAM_THROTTLE=str(throttle),
                JAVA_TOOL_OPTIONS=FAST_START_JVM)
@@ -219,7 +215,8 @@ def raw_bytes(path: Path, offset: int, count: int) -> bytes:
         return f.read(count)
 
 
-@needs_gram
+@pytest.mark.spark  # the job starts local Spark in its subprocess
+@pytest.mark.slow
 def test_gram_killed_at_a_random_moment_then_resumed(tmp_path):
     from blockmatrix.gram import finished_tiles, make_tiles, work_paths
 
@@ -255,7 +252,8 @@ def test_gram_killed_at_a_random_moment_then_resumed(tmp_path):
     assert not os.path.exists(work_dir)
 
 
-@needs_gram
+@pytest.mark.spark  # the job starts local Spark in its subprocess
+@pytest.mark.slow
 def test_second_gram_job_on_the_same_output_refuses(tmp_path):
     from blockmatrix.gram import work_paths
 
