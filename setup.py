@@ -21,10 +21,13 @@ setup(
         "h5py>=3.8",
         "filelock>=3.12",
         "psutil>=5.9",
-        "threadpoolctl>=3.1",
     ],
     extras_require={
+        # Out of core (Y = X X^T): BLAS threads pinned per task; without it a
+        # PerformanceWarning says the threads are unpinned.
+        "ooc": ["threadpoolctl>=3.1"],
         "test": [
+            "threadpoolctl>=3.1",
             "pytest>=7",
             "hypothesis>=6",
             "ruff>=0.5",

@@ -4,10 +4,13 @@
 """
 
 from .errors import BlockMatrixError, PerformanceWarning
+from .explain import explain_multiply
+from .layout import BlockLayout
 from .matrix import BlockMatrix
 from .partitioner import GridPartitioner
-from .planner import BlockLayout, MultiplyPlan, simulate_multiply
-from .strategies import STRATEGIES, MultiplyOptions
+from .plan import MultiplyOptions, MultiplyPlan
+from .planner import simulate_multiply
+from .strategies import STRATEGIES
 
 __version__ = "0.1.0"
 
@@ -20,5 +23,6 @@ __all__ = [
     "MultiplyOptions",
     "MultiplyPlan",
     "PerformanceWarning",
+    "explain_multiply",
     "simulate_multiply",
 ]

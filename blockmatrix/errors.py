@@ -45,6 +45,10 @@ class InvalidInputError(BlockMatrixError, ValueError):
     """An input file exists but cannot be used (not HDF5, dataset not 2-D, wrong dtype)."""
 
 
+class InputChangedError(BlockMatrixError, ValueError):
+    """An input file changed (size or modification time) since a matrix was read from it."""
+
+
 class OutputExistsError(BlockMatrixError, FileExistsError):
     """The requested output already exists and overwriting was not asked for."""
 

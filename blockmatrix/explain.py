@@ -5,15 +5,15 @@ No block data moves: the plans are made from :class:`~blockmatrix.planner.BlockL
 is known without a job). ``print(report)`` shows one row per strategy, in the style of
 opt_einsum's path report, and the line saying what ``auto`` picks and why.
 
->>> from blockmatrix.planner import BlockLayout
+>>> from blockmatrix.layout import BlockLayout
 >>> dense = {(i, j): 100 * 100 * 8 for i in range(3) for j in range(3)}
 >>> rows = {key: key[0] for key in dense}  # block row i in partition i
 >>> a = BlockLayout((300, 300), 100, 100, dense, num_partitions=3, key_partitions=rows)
 >>> report = explain_multiply(a, a, num_partitions=9)
 >>> report.auto_choice
 'broadcast'
->>> [report[s].num_shuffles for s in ("inner", "outer", "pasa", "broadcast")]
-[1, 2, 2, 0]
+>>> {name: plan.num_shuffles for name, plan in report.plans.items()}
+{'inner': 1, 'outer': 2, 'pasa': 2, 'broadcast': 0}
 >>> shuffle_elements(report["inner"]) == seed_inner_elements(300, 300, 300, 100)
 True
 
@@ -32,9 +32,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .planner import RECORD_OVERHEAD_BYTES, BlockLayout, MultiplyPlan, format_bytes
-from .strategies import STRATEGIES, MultiplyOptions, get_strategy
+import numpy as np
+
+from .cost import RECORD_OVERHEAD_BYTES
+from .errors import InvalidParameterError
+from .layout import BlockLayout, check_multiplicable
+from .plan import MultiplyOptions, MultiplyPlan
+from .sparkconf import multiply_defaults
 from .strategies import auto as _auto
+from .strategies import get_strategy, multiplying_strategies
+from .units import format_bytes
 
 # ---------------------------------------------------------------------- seed formulas
 
@@ -74,8 +81,6 @@ def shuffle_elements(plan: MultiplyPlan, index: int | None = None) -> float:
 
     Bytes minus the per-record overhead, divided by the element size of the shuffled blocks.
     """
-    import numpy as np
-
     shuffles = plan.shuffles if index is None else (plan.shuffles[index],)
     itemsize = np.result_type(plan.left.dtype, plan.right.dtype).itemsize
     return sum(s.bytes - s.records * RECORD_OVERHEAD_BYTES for s in shuffles) / itemsize
@@ -116,10 +121,11 @@ class MultiplyReport:
     def rows(self) -> list[dict]:
         """One dict of plain numbers per strategy (for CSV / JSON)."""
         return [{"strategy": name, "shuffles": p.num_shuffles, "shuffle_records": p.shuffle_records,
-                 "shuffle_bytes": p.shuffle_bytes, "max_task_input_bytes": p.max_task_input_bytes,
+                 "shuffle_bytes": p.shuffle_bytes, "broadcast_bytes": p.broadcast_bytes,
+                 "read_bytes": p.read_bytes, "max_task_input_bytes": p.max_task_input_bytes,
                  "max_task_memory_bytes": p.max_task_memory_bytes,
                  "max_task_output_bytes": p.max_task_output_bytes, "flops": p.flops,
-                 "predicted_seconds": _auto.predicted_seconds(p, self.options.cores),
+                 "predicted_seconds": p.predicted_seconds(self.options.cores),
                  "auto_choice": name == self.auto_choice} for name, p in self.plans.items()]
 
     def __str__(self) -> str:
@@ -130,8 +136,8 @@ class MultiplyReport:
                     f"{format_bytes(lay.nbytes)})")
 
         header = (f"{'strategy':<10} {'shuffles':>8} {'records':>9} {'shuffle bytes':>14} "
-                  f"{'task input':>11} {'task memory':>12} {'task output':>12} {'flops':>10} "
-                  f"{'predicted s':>11}")
+                  f"{'read bytes':>11} {'task input':>11} {'task memory':>12} "
+                  f"{'task output':>12} {'flops':>10} {'predicted s':>11}")
         rule = "-" * len(header)
         lines = [
             f"         A: {describe(self.left)}",
@@ -146,19 +152,23 @@ class MultiplyReport:
             mark = "*" if name == self.auto_choice else " "
             lines.append(
                 f"{name + mark:<10} {p.num_shuffles:>8} {p.shuffle_records:>9} "
-                f"{format_bytes(p.shuffle_bytes):>14} {format_bytes(p.max_task_input_bytes):>11} "
+                f"{format_bytes(p.shuffle_bytes):>14} {format_bytes(p.read_bytes):>11} "
+                f"{format_bytes(p.max_task_input_bytes):>11} "
                 f"{format_bytes(p.max_task_memory_bytes):>12} "
                 f"{format_bytes(p.max_task_output_bytes):>12} {p.flops:>10.3e} "
-                f"{_auto.predicted_seconds(p, self.options.cores):>11.2f}")
+                f"{p.predicted_seconds(self.options.cores):>11.2f}")
         lines.append(rule)
         for name, p in self.plans.items():
             for n, s in enumerate(p.shuffles, 1):
                 lines.append(f"{name:<10} shuffle {n}: {s.name}: {s.records} records, "
                              f"{format_bytes(s.bytes)}")
-            note = p.details.get("note")
-            if note:
-                lines.append(f"{name:<10} {note}")
+            if p.note:
+                lines.append(f"{name:<10} {p.note}")
         return "\n".join(lines)
+
+
+_OPTIONS = ("num_partitions", "num_mid_splits", "task_buffer_bytes", "memory_budget_bytes",
+            "num_cores")
 
 
 def explain_multiply(A, B, strategy: str | None = None, **options) -> MultiplyReport:
@@ -166,12 +176,12 @@ def explain_multiply(A, B, strategy: str | None = None, **options) -> MultiplyRe
 
     Parameters
     ----------
-    A, B : BlockMatrix or BlockLayout
+    A, B : BlockLayout, or an operand with a ``layout()`` method (a BlockMatrix)
         The operands (a BlockMatrix whose layout is unknown runs one small job to list its
         block keys and sizes).
     strategy : str, optional
         Plan only this strategy (``"auto"`` gives the plan auto would run). Default: every
-        registered strategy but ``auto``.
+        registered strategy that multiplies itself (all but ``auto``).
     **options
         ``num_partitions``, ``num_mid_splits``, ``task_buffer_bytes``, ``memory_budget_bytes``
         and ``num_cores``, as for :class:`MultiplyOptions`. With BlockMatrix operands the last
@@ -181,49 +191,42 @@ def explain_multiply(A, B, strategy: str | None = None, **options) -> MultiplyRe
     Returns
     -------
     MultiplyReport
-        ``print`` it for a table; ``report[name]`` is a :class:`MultiplyPlan`.
+        ``print`` it for a table; ``report[name]`` is the strategy's plan.
 
     Raises
     ------
     ShapeMismatchError, BlockSizeMismatchError, InvalidParameterError, UnknownStrategyError
         Before anything is planned.
     """
-    from .planner import check_multiplicable
-
-    unknown = set(options) - {"num_partitions", "num_mid_splits", "task_buffer_bytes",
-                              "memory_budget_bytes", "num_cores"}
+    unknown = set(options) - set(_OPTIONS)
     if unknown:
-        from .errors import InvalidParameterError
-
         raise InvalidParameterError(
-            f"explain_multiply got unknown option(s) {sorted(unknown)}: use num_partitions, "
-            f"num_mid_splits, task_buffer_bytes, memory_budget_bytes or num_cores")
+            f"explain_multiply got unknown option(s) {sorted(unknown)}: use "
+            f"{', '.join(_OPTIONS[:-1])} or {_OPTIONS[-1]}")
     if strategy is not None:
         get_strategy(strategy)
-    left, right = _layout(A, options), _layout(B, options)
+    left, right = _layout(A), _layout(B)
     check_multiplicable(left, right)
-    opts = MultiplyOptions(**{k: v for k, v in options.items() if v is not None})
-    names = [strategy] if strategy is not None else [n for n in STRATEGIES if n != "auto"]
-    plans = {name: get_strategy(name).plan(left, right, opts) for name in names}
-    candidates = _auto.candidate_plans(left, right, opts, planned=plans)
-    label, reason = _auto.choose(candidates, opts.budget_bytes, opts.cores)
-    return MultiplyReport(left, right, plans, candidates[label].strategy, reason, opts)
+    contexts = [op.blocks.context for op in (A, B) if not isinstance(op, BlockLayout)]
+    defaults = multiply_defaults(contexts[0]) if contexts else {}
+    return explain_layouts(left, right, strategy, MultiplyOptions.merged(defaults, options))
 
 
-def _layout(operand, options: dict) -> BlockLayout:
+def explain_layouts(left: BlockLayout, right: BlockLayout, strategy: str | None,
+                    options: MultiplyOptions) -> MultiplyReport:
+    """The report of :func:`explain_multiply` for two layouts and complete options."""
+    names = ([strategy] if strategy is not None
+             else [s.name for s in multiplying_strategies()])
+    plans = {name: get_strategy(name).plan(left, right, options) for name in names}
+    candidates = _auto.candidate_plans(left, right, options, planned=plans)
+    label, reason = _auto.choose(candidates, options.budget_bytes, options.cores)
+    return MultiplyReport(left, right, plans, candidates[label].strategy, reason, options)
+
+
+def _layout(operand) -> BlockLayout:
     if isinstance(operand, BlockLayout):
         return operand
-    from .matrix import BlockMatrix, worker_buffer_bytes
-    from .strategies.broadcast import default_memory_budget
-
-    if not isinstance(operand, BlockMatrix):
+    if not callable(getattr(operand, "layout", None)):
         raise TypeError(f"explain_multiply takes BlockMatrix or BlockLayout operands, not "
                         f"{type(operand).__name__}: wrap arrays with BlockMatrix.from_numpy")
-    sc = operand.blocks.context
-    if options.get("memory_budget_bytes") is None:
-        options["memory_budget_bytes"] = default_memory_budget(sc)
-    if options.get("task_buffer_bytes") is None:
-        options["task_buffer_bytes"] = worker_buffer_bytes(sc)
-    if options.get("num_cores") is None:
-        options["num_cores"] = sc.defaultParallelism
     return operand.layout()

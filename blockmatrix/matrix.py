@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from array import array
 from collections import Counter
 from functools import partial
 
@@ -26,20 +25,21 @@ from .errors import (
     InvalidParameterError,
     ShapeMismatchError,
 )
+from .interop import mllib
 from .io import hdf5
-from .partitioner import GridPartitioner
-from .planner import (
+from .layout import (
     BlockLayout,
-    MultiplyPlan,
     block_extent,
     blocks_along,
     check_multiplicable,
-    dense_product_layout,
-    parallelized_partitions,
+    shape_only,
+    split_evenly,
 )
-from .strategies import MultiplyOptions, get_strategy
-from .strategies.base import DEFAULT_TASK_BUFFER_BYTES
-from .strategies.broadcast import default_memory_budget
+from .partitioner import GridPartitioner
+from .plan import MultiplyOptions, MultiplyPlan
+from .sources import DriverArray, HDF5Dataset, file_stamp
+from .sparkconf import multiply_defaults
+from .strategies import get_strategy
 
 Key = tuple[int, int]
 
@@ -174,6 +174,10 @@ class BlockMatrix:
         """Distribute a dense array or any scipy.sparse matrix held by the driver.
 
         Sparse input gives CSR blocks, dense input dense blocks; all-zero blocks are not stored.
+        The matrix keeps a reference to ``a`` (its layout's
+        :class:`~blockmatrix.sources.DriverArray`), so that a strategy can broadcast it from
+        the driver instead of collecting its blocks back: do not modify ``a`` in place while
+        the matrix is in use.
 
         Parameters
         ----------
@@ -200,9 +204,10 @@ class BlockMatrix:
                 if not bk.is_all_zero(block):
                     items.append(((i, j), block))
         n = _num_slices(sc, num_partitions, len(items))
+        rdd, key_partitions = _parallelize_placed(sc, items, n, key_of=_item_key)
         layout = BlockLayout((rows, cols), rpb, cpb, {k: bk.nbytes(b) for k, b in items},
-                             a.dtype, n, _key_partitions([k for k, _ in items], n, sc))
-        return cls(sc.parallelize(items, n), (rows, cols), rpb, cpb, layout=layout)
+                             a.dtype, n, key_partitions, DriverArray(a))
+        return cls(rdd, (rows, cols), rpb, cpb, layout=layout)
 
     @classmethod
     def from_hdf5(cls, sc, path: str, dataset: str, rows_per_block: int, cols_per_block: int,
@@ -223,12 +228,14 @@ class BlockMatrix:
         cpb = _block_size(cols_per_block, "cols_per_block")
         shape, dtype, _ = hdf5.inspect_input(path, dataset, param="input")
         path = os.path.abspath(path)
-        layout = BlockLayout(shape, rpb, cpb, {}, dtype)
+        source = HDF5Dataset(path, dataset, shape, np.dtype(dtype), file_stamp(path))
+        layout = shape_only(shape, rpb, cpb, dtype)
         keys = [(i, j) for i in range(layout.num_row_blocks) for j in range(layout.num_col_blocks)]
         n = _num_slices(sc, num_partitions, len(keys))
+        keys_rdd, key_partitions = _parallelize_placed(sc, keys, n, key_of=_same)
         layout = BlockLayout(shape, rpb, cpb, {k: layout.dense_nbytes(*k) for k in keys}, dtype, n,
-                             _key_partitions(keys, n, sc))
-        rdd = sc.parallelize(keys, n).mapPartitions(
+                             key_partitions, source)
+        rdd = keys_rdd.mapPartitions(
             partial(hdf5.read_blocks, path=path, dataset=dataset, rows_per_block=rpb,
                     cols_per_block=cpb))
         return cls(rdd, shape, rpb, cpb, layout=layout, source=(path, dataset))
@@ -240,8 +247,8 @@ class BlockMatrix:
         Sparse blocks become CSR, dense ones ndarrays; no job runs when the MLlib matrix knows
         its dimensions.
         """
-        return cls(m.blocks.map(_from_mllib_item), (m.numRows(), m.numCols()),
-                   m.rowsPerBlock, m.colsPerBlock)
+        return cls(mllib.from_mllib(m), (m.numRows(), m.numCols()), m.rowsPerBlock,
+                   m.colsPerBlock)
 
     # ------------------------------------------------------------------ exits
     def to_numpy(self) -> np.ndarray:
@@ -275,7 +282,7 @@ class BlockMatrix:
         ``overwrite=True``; the check runs before anything is written.
 
         ``X @ X.T`` of a floating-point X read by :meth:`from_hdf5` is recognised: it is
-        computed by :func:`blockmatrix.gram.gram_hdf5` straight from X's file (tiles on or
+        computed by :func:`blockmatrix.ooc.gram_hdf5` straight from X's file (tiles on or
         above the diagonal, symmetric rank-k updates, memory bounded by the tile and slab
         sizes, not by X), and may be written into X's own file.
 
@@ -285,7 +292,7 @@ class BlockMatrix:
             Number of blocks (for ``X @ X.T``, tiles) written.
         """
         if self._gram_source is not None:
-            from .gram import gram_hdf5
+            from .ooc import gram_hdf5
 
             result = gram_hdf5(self._blocks.context, *self._gram_source, path, dataset,
                                overwrite=overwrite)
@@ -325,31 +332,12 @@ class BlockMatrix:
     def to_mllib(self):
         """Convert to a ``pyspark.mllib.linalg.distributed.BlockMatrix`` (float64 blocks).
 
-        MLlib's own constructor sends each block to the JVM as a Python list of floats (one
-        boxed ``Double`` per element); here the block values travel as ``array('d')`` buffers,
-        which the JVM unpickles into primitive arrays, into the same DataFrame MLlib builds
-        its matrix from (``PythonMLLibAPI.createBlockMatrix``). No job runs until the MLlib
-        matrix is used.
+        Block values travel to the JVM as buffers, not as lists of floats
+        (:func:`blockmatrix.interop.mllib.to_mllib`). No job runs until the MLlib matrix is
+        used.
         """
-        from pyspark.mllib.common import callMLlibFunc
-        from pyspark.mllib.linalg import MatrixUDT
-        from pyspark.mllib.linalg.distributed import BlockMatrix as MLlibBlockMatrix
-        from pyspark.sql import DataFrame, SparkSession
-        from pyspark.sql.types import LongType, StructField, StructType
-
-        spark = SparkSession.builder.getOrCreate()
-        index = StructType([StructField("_1", LongType(), False),
-                            StructField("_2", LongType(), False)])
-        schema = StructType([StructField("_1", index, False),
-                             StructField("_2", MatrixUDT(), False)])
-        rows = self._blocks.map(_to_mllib_row)._to_java_object_rdd()
-        jdf = spark._jsparkSession.applySchemaToPythonRDD(
-            spark._jvm.SerDeUtil.toJavaArray(rows).rdd(), schema.json())
-        java_matrix = callMLlibFunc("createBlockMatrix", DataFrame(jdf, spark),
-                                    self._rows_per_block, self._cols_per_block,
-                                    self._shape[0], self._shape[1])
-        return MLlibBlockMatrix(java_matrix, self._rows_per_block, self._cols_per_block,
-                                self._shape[0], self._shape[1])
+        return mllib.to_mllib(self._blocks, self._rows_per_block, self._cols_per_block,
+                              self._shape)
 
     # ------------------------------------------------------------------ planning info
     def layout(self) -> BlockLayout:
@@ -372,7 +360,7 @@ class BlockMatrix:
         return self._layout
 
     def _shape_only_layout(self) -> BlockLayout:
-        return BlockLayout(self._shape, self._rows_per_block, self._cols_per_block, {})
+        return shape_only(self._shape, self._rows_per_block, self._cols_per_block)
 
     def _slices(self, i: int, j: int) -> tuple[slice, slice]:
         return hdf5.block_slices(i, j, self._shape, self._rows_per_block, self._cols_per_block)
@@ -508,7 +496,7 @@ class BlockMatrix:
         memory_budget_bytes : int, optional
             Memory a task may use for its data (what ``broadcast`` may broadcast, what ``auto``
             requires of a plan); default a quarter of the executor memory
-            (:func:`blockmatrix.strategies.broadcast.default_memory_budget`).
+            (:func:`blockmatrix.sparkconf.default_memory_budget`).
 
         Returns
         -------
@@ -522,28 +510,23 @@ class BlockMatrix:
         """
         _check_operand(other, "multiply")
         check_multiplicable(self._shape_only_layout(), other._shape_only_layout())
-        if task_buffer_bytes is None:
-            task_buffer_bytes = worker_buffer_bytes(self._blocks.context)
-        if memory_budget_bytes is None:
-            memory_budget_bytes = default_memory_budget(self._blocks.context)
-        options = MultiplyOptions(num_partitions=num_partitions, num_mid_splits=num_mid_splits,
-                                  task_buffer_bytes=task_buffer_bytes,
-                                  memory_budget_bytes=memory_budget_bytes,
-                                  num_cores=self._blocks.context.defaultParallelism)
+        options = MultiplyOptions.merged(
+            multiply_defaults(self._blocks.context),
+            {"num_partitions": num_partitions, "num_mid_splits": num_mid_splits,
+             "task_buffer_bytes": task_buffer_bytes, "memory_budget_bytes": memory_budget_bytes})
         chosen = get_strategy(strategy)
         plan = chosen.plan(self.layout(), other.layout(), options)
-        result = chosen.execute(plan, self, other, options)
-        result._plan = plan
-        result._input_files = self._input_files | other._input_files
+        plan.check_runnable()
+        blocks = chosen.execute(plan, self._blocks, other._blocks, options)
+        result = BlockMatrix(blocks, plan.result_shape, self._rows_per_block,
+                             other._cols_per_block, plan=plan,
+                             layout=plan.result_layout(blocks.getNumPartitions()),
+                             input_files=self._input_files | other._input_files,
+                             dtype=np.result_type(plan.left.dtype, plan.right.dtype))
         if other._transpose_of is self and self._source is not None and \
                 np.dtype(self.dtype).kind == "f":
             # X @ X.T of an HDF5 dataset: to_hdf5 takes the out-of-core gram path.
             result._gram_source = self._source
-        result._dtype = np.result_type(plan.left.dtype, plan.right.dtype)
-        if plan.left.is_dense and plan.right.is_dense:
-            # Planning the next product needs no job: the result's blocks are known.
-            result._layout = dense_product_layout(plan.left, plan.right,
-                                                  result.blocks.getNumPartitions())
         return result
 
     def explain_multiply(self, other: BlockMatrix, strategy: str | None = None, **options):
@@ -585,29 +568,15 @@ def _check_operand(other, op: str) -> None:
                         f"not {type(other).__name__}: wrap it with BlockMatrix.from_numpy")
 
 
-def _key_partitions(keys: list, num_slices: int, sc) -> dict:
-    """The partition ``sc.parallelize`` gives each key of a list (see the planner's helper)."""
-    parts = parallelized_partitions(len(keys), num_slices, getattr(sc, "_batchSize", 0))
-    return dict(zip(keys, parts, strict=True))
+def _parallelize_placed(sc, items: list, num_slices: int, key_of):
+    """``sc.parallelize`` of ``items`` with one list per partition, and where each key went.
 
-
-def worker_buffer_bytes(sc) -> int:
-    """``spark.python.worker.memory`` of a context, in bytes (PySpark's default 512m)."""
-    value = sc.getConf().get("spark.python.worker.memory", None)
-    return parse_memory(value) if value else DEFAULT_TASK_BUFFER_BYTES
-
-
-def parse_memory(text: str) -> int:
-    """Bytes in a JVM-style memory string.
-
-    >>> parse_memory("512m"), parse_memory("2g"), parse_memory("100k"), parse_memory("64")
-    (536870912, 2147483648, 102400, 67108864)
+    Giving ``parallelize`` exactly one element per slice makes PySpark's batching irrelevant:
+    partition ``p`` holds run ``p`` of :func:`~blockmatrix.layout.split_evenly`.
     """
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    text = text.strip().lower().rstrip("b")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(float(text)) << 20  # Spark reads a bare number of this setting as MiB
+    runs = split_evenly(items, num_slices)
+    placed = {key_of(item): p for p, run in enumerate(runs) for item in run}
+    return sc.parallelize(runs, num_slices).flatMap(_same), placed
 
 
 # ---------------------------------------------------------------------- executor side
@@ -649,33 +618,9 @@ def _combine_pair(tagged, negate: bool):
     return (left or right)[0]
 
 
-def _from_mllib_item(item):
-    key, matrix = item
-    from pyspark.mllib.linalg import SparseMatrix
-
-    if isinstance(matrix, SparseMatrix):
-        arrays = (matrix.values, matrix.rowIndices, matrix.colPtrs)
-        compressed = sp.csr_matrix if matrix.isTransposed else sp.csc_matrix
-        return key, sp.csr_matrix(compressed(arrays, shape=(matrix.numRows, matrix.numCols)))
-    return key, np.ascontiguousarray(matrix.toArray())
+def _same(x):
+    return x
 
 
-def _to_mllib_row(item):
-    """``((i, j), block)`` as a DataFrame row of MLlib's ``MatrixUDT`` (its internal form).
-
-    The UDT's fields are ``(type, numRows, numCols, colPtrs, rowIndices, values,
-    isTransposed)``, type 0 sparse (CSC) and 1 dense (column-major); arrays go as
-    ``array.array`` so that the JVM unpickles them into primitive arrays.
-    """
-    (i, j), block = item
-    rows, cols = block.shape
-    if sp.issparse(block):
-        csc = sp.csc_matrix(block, dtype=np.float64)
-        csc.sort_indices()
-        matrix = (0, rows, cols, array("i", csc.indptr.astype(np.int32).tobytes()),
-                  array("i", csc.indices.astype(np.int32).tobytes()),
-                  array("d", csc.data.tobytes()), False)
-    else:
-        values = np.asarray(block, dtype=np.float64).ravel(order="F")
-        matrix = (1, rows, cols, None, None, array("d", values.tobytes()), False)
-    return (int(i), int(j)), matrix
+def _item_key(item):
+    return item[0]

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import BlockMatrixError
-from .planner import format_bytes
+from .units import format_bytes
 
 _FINAL_STAGE_STATES = {"COMPLETE", "SKIPPED", "FAILED"}
 

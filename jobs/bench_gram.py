@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 from _support.memory import TreePeakRSS
 
-from blockmatrix.planner import format_bytes
+from blockmatrix.units import format_bytes
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -57,10 +57,11 @@ from py4j.protocol import Py4JJavaError
 
 from blockmatrix import BlockMatrix, strategies
 from blockmatrix.errors import InvalidParameterError
+from blockmatrix.interop import mllib as mllib_interop
 from blockmatrix.metrics import record
-from blockmatrix.planner import format_bytes
 from blockmatrix.samples import random_matrix
 from blockmatrix.session import spark_context, under_spark_submit
+from blockmatrix.units import format_bytes
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -77,8 +78,9 @@ CONTENDERS = ("numpy", "mllib") + STRATEGIES
 #: Where the CPU time goes, by kind of process (``TreePeakRSS.cpu_seconds_by_kind``).
 CPU_KINDS = ("jvm", "python workers", "python")
 
-#: pasa runs one task per (i, k, j) block triple; beyond this many it is skipped (and says so).
-MAX_PASA_TASKS = 1024
+#: A strategy whose plan runs more tasks than this in one stage is skipped (and says so): pasa
+#: runs one task per (i, k, j) block triple.
+MAX_TASKS = 1024
 
 
 @dataclass(frozen=True)
@@ -279,11 +281,11 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
     for name in args.contenders:
         row = {"case": case.name, "contender": limit if name == "numpy" else name,
                "ran": name}
-        pasa_tasks = (-(-case.a_shape[0] // case.block)) * (-(-case.a_shape[1] // case.block)) \
-            * (-(-case.b_shape[1] // case.block))
-        if name == "pasa" and pasa_tasks > MAX_PASA_TASKS:
-            row.update(refused=f"skipped: pasa would run {pasa_tasks} tasks "
-                               f"(> {MAX_PASA_TASKS}, one per block triple)", checked=False)
+        tasks = A.explain_multiply(B, strategy=name)[name].num_tasks \
+            if name in STRATEGIES else 0
+        if tasks > MAX_TASKS:
+            row.update(refused=f"skipped: {name} would run {tasks} tasks in one stage "
+                               f"(> {MAX_TASKS})", checked=False)
             rows.append(row)
             print(f"{case.name:<28} {name:<10} {row['refused']}", flush=True)
             continue
@@ -294,13 +296,13 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
             mA, mB = A.to_mllib(), B.to_mllib()
             for m in (mA, mB):
                 m.persist(_storage_level())
-                m._java_matrix_wrapper._java_model.blocks().count()
+                mllib_interop.java_blocks(m).count()
             product = None
 
             def multiply_mllib(mA=mA, mB=mB):
                 nonlocal product
                 product = mA.multiply(mB)
-                product._java_matrix_wrapper._java_model.blocks().count()
+                mllib_interop.java_blocks(product).count()
 
             try:
                 row.update(timed_runs(multiply_mllib, args.repeats, args.long_run, sc,
@@ -310,7 +312,7 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
                 row.update(refused=f"failed: {cause}"[:200], checked=False)
                 rows.append(row)
                 print(f"{case.name:<28} {name:<10} {row['refused']}", flush=True)
-                if sc._jsc.sc().isStopped():
+                if mllib_interop.context_stopped(sc):
                     raise
                 continue
             got = BlockMatrix.from_mllib(product)
@@ -318,7 +320,7 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
                                          expected)
             row["checked"] = True
             for m in (mA, mB):
-                m._java_matrix_wrapper._java_model.blocks().unpersist(True)
+                mllib_interop.java_blocks(m).unpersist(True)
         else:
             product = None
 
@@ -368,7 +370,7 @@ def warm_up(sc, contenders) -> None:
             A.multiply(A, strategy=name).blocks.count()
         elif name == "mllib":
             m = A.to_mllib()
-            m.multiply(m)._java_matrix_wrapper._java_model.blocks().count()
+            mllib_interop.java_blocks(m.multiply(m)).count()
 
 
 def _storage_level():

@@ -24,19 +24,17 @@ import time
 from _support.cli import OneLineArgumentParser, positive_int, run
 
 from blockmatrix.errors import OutputNotWritableError
-from blockmatrix.gram import (
+from blockmatrix.io import hdf5
+from blockmatrix.ooc import (
     DEFAULT_SLAB,
     DEFAULT_TILE,
     check_gram_request,
     gram_hdf5,
     output_lock,
 )
-from blockmatrix.io import hdf5
 from blockmatrix.session import spark_context
 
 PROG = "gram.py"
-#: Tests set this to slow every slab down so that they can kill a run half-way.
-THROTTLE_ENV = "BLOCKMATRIX_GRAM_THROTTLE"
 
 
 def parse_args(argv):
@@ -85,12 +83,11 @@ def main(argv=None) -> int:
     # the lock again, for the whole run).
     with output_lock(request.lock_path, request.output_path):
         pass
-    throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
     start = time.perf_counter()
     sc = spark_context(args.master, app_name="blockmatrix gram")
     try:
         result = gram_hdf5(sc, in_path, in_name, out_path, out_name, request=request,
-                           progress=_print_progress, throttle=throttle,
+                           progress=_print_progress,
                            on_plan=lambda plan: print(f"plan:\n{plan}", flush=True))
         master = sc.master
     finally:

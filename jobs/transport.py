@@ -33,8 +33,8 @@ import numpy as np
 from _support.cli import OneLineArgumentParser, positive_int, run
 from _support.memory import TreePeakRSS
 
-from blockmatrix.planner import format_bytes
 from blockmatrix.session import spark_context
+from blockmatrix.units import format_bytes
 
 PROG = "transport.py"
 KINDS = ("jvm", "python workers", "python")

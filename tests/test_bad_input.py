@@ -39,6 +39,7 @@ from blockmatrix import STRATEGIES, BlockMatrix, errors
 from blockmatrix.errors import (
     BlockSizeMismatchError,
     BlockTypeError,
+    InputChangedError,
     InputNotFoundError,
     InvalidBlockError,
     InvalidInputError,
@@ -121,6 +122,12 @@ def blocks(sc, items, shape, r, c):
     return BlockMatrix.from_blocks(sc.parallelize(items), shape, r, c)
 
 
+def touched_after_opening(sc, d):
+    B = BlockMatrix.from_hdf5(sc, str(d / "in.h5"), "/B", 8, 8)
+    os.utime(d / "in.h5", ns=(0, 1))  # a new modification time, the same bytes (and checksum)
+    return BlockMatrix.from_numpy(sc, A, 8, 8) @ B
+
+
 LIBRARY_ROWS = [
     ("inner dimensions differ",
      lambda sc, d: BlockMatrix.from_numpy(sc, A, 8, 8) @ BlockMatrix.from_numpy(sc, A, 8, 8),
@@ -181,6 +188,8 @@ LIBRARY_ROWS = [
     ("input dataset is complex",
      lambda sc, d: BlockMatrix.from_hdf5(sc, str(d / "in.h5"), "/Z", 8, 8),
      InvalidInputError, "not a real number type", "float64"),
+    ("input file changed after opening", touched_after_opening,
+     InputChangedError, "changed since BlockMatrix.from_hdf5 opened it", "open it again"),
     ("output dataset exists",
      lambda sc, d: BlockMatrix.from_numpy(sc, A, 8, 8).to_hdf5(str(d / "out.h5"), "/C"),
      OutputExistsError, "'/C' already exists", "overwrite=True"),

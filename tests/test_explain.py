@@ -6,7 +6,13 @@ import dataclasses
 
 import pytest
 
-from blockmatrix.errors import InvalidParameterError, ShapeMismatchError, UnknownStrategyError
+from blockmatrix.cost import RECORD_OVERHEAD_BYTES
+from blockmatrix.errors import (
+    InvalidParameterError,
+    PerformanceWarning,
+    ShapeMismatchError,
+    UnknownStrategyError,
+)
 from blockmatrix.explain import (
     explain_multiply,
     seed_inner_elements,
@@ -14,11 +20,12 @@ from blockmatrix.explain import (
     seed_pasa_elements,
     shuffle_elements,
 )
+from blockmatrix.layout import BlockLayout, split_evenly
 from blockmatrix.partitioner import MatrixMultPartitioner
-from blockmatrix.planner import RECORD_OVERHEAD_BYTES, BlockLayout, parallelized_partitions
-from blockmatrix.strategies import STRATEGIES, MultiplyOptions
+from blockmatrix.plan import MultiplyOptions
+from blockmatrix.strategies import STRATEGIES, candidate_strategies
 from blockmatrix.strategies import auto as auto_strategy
-from blockmatrix.strategies import broadcast as broadcast_strategy
+from blockmatrix.strategies._common import RIGHT
 
 
 def dense_layout(rows, cols, r, c, itemsize=8, keys=None, num_partitions=1, rows_aligned=False):
@@ -104,8 +111,8 @@ def test_broadcast_zero_shuffles_when_rows_are_aligned():
     a = dense_layout(40, 40, 10, 10, num_partitions=2, rows_aligned=True)
     b = dense_layout(40, 20, 10, 10)
     plan = explain_multiply(a, b, strategy="broadcast")["broadcast"]
-    assert plan.num_shuffles == 0 and plan.details["side"] == 0 + 1  # B broadcast
-    assert plan.details["broadcast_bytes"] == b.nbytes
+    assert plan.num_shuffles == 0 and plan.side == RIGHT  # B broadcast
+    assert plan.broadcast_bytes == b.nbytes == plan.moved_bytes
 
 
 def test_broadcast_split_rows_or_unknown_partitions_cost_one_shuffle():
@@ -126,14 +133,14 @@ def test_broadcast_refused_over_budget_and_auto_avoids_it():
     b = dense_layout(400, 100, 100, 100)
     budget_ok = explain_multiply(a, b, memory_budget_bytes=64 << 20)
     assert budget_ok.auto_choice == "broadcast"
-    assert budget_ok["broadcast"].details["fits_budget"]
+    assert budget_ok["broadcast"].fits_budget
     tight = b.nbytes - 1
     refused = explain_multiply(a, b, memory_budget_bytes=tight)
-    assert not refused["broadcast"].details["fits_budget"]
+    assert not refused["broadcast"].fits_budget
     assert refused.auto_choice != "broadcast"
     assert "broadcast" in refused.auto_reason and "over budget" in refused.auto_reason
     with pytest.raises(InvalidParameterError, match="memory_budget_bytes"):
-        broadcast_strategy.check_fits(refused["broadcast"])
+        refused["broadcast"].check_runnable()
 
 
 def test_auto_plan_carries_choice_and_reason():
@@ -141,8 +148,9 @@ def test_auto_plan_carries_choice_and_reason():
     b = dense_layout(400, 100, 100, 100)
     plan = auto_strategy.plan(a, b, MultiplyOptions(memory_budget_bytes=64 << 20))
     assert plan.strategy == "broadcast"
-    assert plan.details["chosen_by"] == "auto"
-    assert set(plan.details["candidates"]) == {"inner", "outer", "pasa", "broadcast"}
+    assert plan.chosen_by_auto
+    assert {c.label for c in plan.candidates} == {"inner", "outer", "pasa", "broadcast"}
+    assert [c.strategy for c in plan.candidates if c.fits and c.label == "broadcast"]
     assert plan.reason.startswith("broadcast: least predicted time")
     assert "reason: broadcast" in str(plan)
 
@@ -184,7 +192,7 @@ def test_auto_stripes_a_long_inner_dimension_over_idle_cores():
     assert one.max_task_compute_seconds == pytest.approx(one.compute_seconds)  # one task
     assert two.max_task_compute_seconds == pytest.approx(one.compute_seconds / 2)
     chosen = auto_strategy.plan(a, b, options)
-    assert chosen.strategy == "inner" and chosen.details["num_mid_splits"] == 2
+    assert chosen.strategy == "inner" and chosen.num_mid_splits == 2
     assert chosen.reason.startswith("inner, 2 mid splits: least predicted time")
     assert "on 2 core(s)" in chosen.reason and "over budget: broadcast" in chosen.reason
     roomy = auto_strategy.plan(a, b, dataclasses.replace(options, memory_budget_bytes=1 << 30))
@@ -192,21 +200,22 @@ def test_auto_stripes_a_long_inner_dimension_over_idle_cores():
     # one core: nothing to stripe over; a mid split asked for by the caller is kept
     assert "inner, 2 mid splits" not in auto_strategy.candidate_plans(
         a, b, MultiplyOptions(memory_budget_bytes=1 << 30, num_cores=1))
-    assert set(auto_strategy.candidate_plans(
-        a, b, MultiplyOptions(num_mid_splits=4, num_cores=2))) == set(auto_strategy.CANDIDATES)
+    no_variant = auto_strategy.candidate_plans(a, b, MultiplyOptions(num_mid_splits=4, num_cores=2))
+    assert set(no_variant) == {s.name for s in candidate_strategies()}
 
 
 def test_predicted_time_counts_stages_bytes_and_the_busiest_task():
     a = dense_layout(2000, 2000, 1000, 1000, num_partitions=2, rows_aligned=True)
     plans = auto_strategy.candidate_plans(a, a, MultiplyOptions(num_cores=2))
     inner, broadcast = plans["inner"], plans["broadcast"]
-    assert auto_strategy.predicted_seconds(inner, 2) == pytest.approx(
+    assert inner.predicted_seconds(2) == pytest.approx(
         2 * 0.1 + 0.15 + inner.shuffle_bytes / 120e6
         + max(inner.max_task_compute_seconds, inner.compute_seconds / 2))
     assert broadcast.num_shuffles == 0
-    assert auto_strategy.predicted_seconds(broadcast, 2) == pytest.approx(
-        2 * 0.1 + a.nbytes / 90e6 + broadcast.max_task_compute_seconds)
-    assert auto_strategy.predicted_seconds(inner, 1) > auto_strategy.predicted_seconds(inner, 2)
+    # blocks only in Spark: collected (a stage of its own), then broadcast
+    assert broadcast.predicted_seconds(2) == pytest.approx(
+        2 * 0.1 + a.nbytes / 143e6 + a.nbytes / 243e6 + broadcast.max_task_compute_seconds)
+    assert inner.predicted_seconds(1) > inner.predicted_seconds(2)
 
 
 @pytest.mark.parametrize("cores", [0, -1, 1.5, True, "2"])
@@ -223,6 +232,9 @@ def test_auto_when_nothing_fits_takes_least_memory():
     assert "no plan fits" in report.auto_reason
     least = min(report.plans.values(), key=lambda p: p.max_task_memory_bytes)
     assert report.auto_choice == least.strategy
+    with pytest.warns(PerformanceWarning, match="no plan fits the 1000 B task memory budget"):
+        chosen = auto_strategy.plan(a, b, MultiplyOptions(memory_budget_bytes=1000))
+    assert chosen.strategy == least.strategy
 
 
 def test_report_prints_a_table():
@@ -230,7 +242,7 @@ def test_report_prints_a_table():
     b = dense_layout(30, 20, 10, 10)
     report = explain_multiply(a, b)
     text = str(report)
-    for word in ("strategy", "shuffles", "records", "shuffle bytes", "task input",
+    for word in ("strategy", "shuffles", "records", "shuffle bytes", "read bytes", "task input",
                  "task memory", "task output", "flops", "predicted s", "auto pick", "why"):
         assert word in text
     for name in STRATEGIES:
@@ -263,9 +275,33 @@ def test_matrix_mult_partitioner_is_a_bijection():
         p((3, 0, 0))
 
 
-def test_parallelized_partitions_keep_order_and_range():
-    for n_items in (1, 5, 16, 17, 100):
+def test_split_evenly_keeps_order_and_balances():
+    for n_items in (0, 1, 5, 16, 17, 100):
         for slices in (1, 2, 3, 8):
-            parts = parallelized_partitions(n_items, slices)
-            assert parts == sorted(parts)
-            assert set(parts) <= set(range(slices))
+            runs = split_evenly(list(range(n_items)), slices)
+            assert len(runs) == slices
+            assert [x for run in runs for x in run] == list(range(n_items))
+            assert max(map(len, runs)) - min(map(len, runs)) <= 1
+
+
+def test_broadcast_delivery_follows_the_operands_source(tmp_path):
+    import numpy as np
+
+    from blockmatrix.sources import DriverArray, HDF5Dataset
+
+    a = dense_layout(2000, 2000, 1000, 1000, num_partitions=2, rows_aligned=True)
+    held = dataclasses.replace(a, source=DriverArray(np.zeros(a.shape)))
+    stored = dataclasses.replace(a, source=HDF5Dataset(str(tmp_path / "a.h5"), "/A", a.shape,
+                                                       np.dtype(np.float64), (0, 0)))
+    spark_only = explain_multiply(a, a, strategy="broadcast")["broadcast"]
+    driver = explain_multiply(a, held, strategy="broadcast")["broadcast"]
+    file = explain_multiply(a, stored, strategy="broadcast")["broadcast"]
+    assert (spark_only.delivery, driver.delivery, file.delivery) == ("collect", "driver", "file")
+    assert spark_only.collected_bytes == a.nbytes and driver.collected_bytes == 0
+    assert driver.broadcast_bytes == a.nbytes and file.broadcast_bytes == 0
+    # each of the 2 partitions (a block row of A each) meets all of B's blocks
+    assert file.read_bytes == 2 * a.nbytes and spark_only.read_bytes == 0
+    assert driver.predicted_seconds(2) == pytest.approx(
+        spark_only.predicted_seconds(2) - 0.1 - a.nbytes / 143e6)
+    assert "read by every task from its file" in file.note
+    assert "from the driver's own array" in driver.note

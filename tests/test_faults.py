@@ -188,7 +188,9 @@ def test_long_inner_dimension_in_512mb_executors(cluster, tmp_path):
 # ---------------------------------------------------------------------- X X^T job faults
 
 def gram_popen(*args, throttle: float = 0.0) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", BLOCKMATRIX_GRAM_THROTTLE=str(throttle),
+    """jobs/gram.py with each slab of a task and each tile the writer writes slowed down."""
+    pause = f"gram.slab={throttle},gram.writer={throttle}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", BLOCKMATRIX_TEST_PAUSE=pause,
                JAVA_TOOL_OPTIONS=FAST_START_JVM)
     return subprocess.Popen([sys.executable, str(GRAM), *map(str, args), "--master", "local[2]"],
                             cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
@@ -218,7 +220,8 @@ def raw_bytes(path: Path, offset: int, count: int) -> bytes:
 @pytest.mark.spark  # the job starts local Spark in its subprocess
 @pytest.mark.slow
 def test_gram_killed_at_a_random_moment_then_resumed(tmp_path):
-    from blockmatrix.gram import finished_tiles, make_tiles, work_paths
+    from blockmatrix.ooc import make_tiles
+    from blockmatrix.ooc.workdir import finished_tiles, work_paths
 
     path = tmp_path / "x.h5"
     x, offset, raw = make_x(path)
@@ -255,7 +258,7 @@ def test_gram_killed_at_a_random_moment_then_resumed(tmp_path):
 @pytest.mark.spark  # the job starts local Spark in its subprocess
 @pytest.mark.slow
 def test_second_gram_job_on_the_same_output_refuses(tmp_path):
-    from blockmatrix.gram import work_paths
+    from blockmatrix.ooc.workdir import work_paths
 
     path = tmp_path / "x.h5"
     x, offset, raw = make_x(path)

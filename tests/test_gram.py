@@ -23,16 +23,15 @@ from blockmatrix.errors import (
     OutputExistsError,
     OutputNotWritableError,
 )
-from blockmatrix.gram import (
-    INCOMPLETE_ATTR,
-    YWriter,
+from blockmatrix.ooc import (
     check_gram_request,
     gram_hdf5,
     make_tiles,
     output_lock,
     plan_gram,
-    work_paths,
 )
+from blockmatrix.ooc.workdir import work_paths
+from blockmatrix.ooc.writer import INCOMPLETE_ATTR, YWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = ROOT / "jobs" / "gram.py"
@@ -259,7 +258,8 @@ def test_cli_refuses_with_one_line_and_writes_nothing(files, args, match):
 # ------------------------------------------------------------------ resume after a real kill -9
 
 def start_job(args, throttle):
-    env = dict(os.environ, BLOCKMATRIX_GRAM_THROTTLE=str(throttle))
+    """The job with each slab of a task and each tile the writer writes slowed down."""
+    env = dict(os.environ, BLOCKMATRIX_TEST_PAUSE=f"gram.slab={throttle},gram.writer={throttle}")
     return subprocess.Popen([sys.executable, str(JOB), *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)

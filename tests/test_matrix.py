@@ -46,7 +46,7 @@ def test_inner_multiply_runs_exactly_one_shuffle(sc):
     assert m.shuffle_stages == 1, str(m)
     assert_eq(result, a @ b)
     # The result keeps the grid partitioner: a reduction by (i, j) with it is free.
-    grid = C.plan.details["grid"]
+    grid = C.plan.grid
     assert C.blocks.partitioner == Partitioner(grid.num_partitions, grid)
     with record(sc, "reduce") as m2:
         summed = C.blocks.reduceByKey(lambda x, y: x + y, grid.num_partitions,
@@ -60,7 +60,7 @@ def test_blocks_go_to_spark_grid_partitions(sc):
     a, b = rng.standard_normal((50, 40)), rng.standard_normal((40, 30))
     A, B = BlockMatrix.from_numpy(sc, a, 10, 10), BlockMatrix.from_numpy(sc, b, 10, 10)
     C = A @ B
-    grid = C.plan.details["grid"]
+    grid = C.plan.grid
     for pid, part in enumerate(C.blocks.glom().collect()):
         assert all(grid(key) == pid for key, _ in part)
 

@@ -8,9 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blockmatrix import BlockLayout, GridPartitioner, simulate_multiply
+from blockmatrix.cost import RECORD_OVERHEAD_BYTES
 from blockmatrix.errors import BlockSizeMismatchError, InvalidParameterError, ShapeMismatchError
-from blockmatrix.planner import check_multiplicable, product_keys
-from blockmatrix.strategies import MultiplyOptions, inner
+from blockmatrix.layout import check_multiplicable, product_keys
+from blockmatrix.plan import MultiplyOptions
+from blockmatrix.strategies import inner
 
 SPARK_A = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 1)]
 SPARK_B = [(0, 0), (1, 1)]
@@ -82,8 +84,7 @@ def test_inner_plan_matches_seed_formula_for_dense_inputs():
     left, right = _dense_layout((n, m), r, r), _dense_layout((m, k), r, r)
     grid_blocks = (n // r) * (k // r)
     plan = inner.plan(left, right, MultiplyOptions(num_partitions=grid_blocks))
-    assert plan.details["grid"].num_partitions == grid_blocks
-    from blockmatrix.planner import RECORD_OVERHEAD_BYTES
+    assert plan.grid.num_partitions == grid_blocks
     shuffle = plan.shuffles[0]
     elements = (shuffle.bytes - shuffle.records * RECORD_OVERHEAD_BYTES) // 8
     assert elements == 2 * m * n * k // r
@@ -91,8 +92,15 @@ def test_inner_plan_matches_seed_formula_for_dense_inputs():
     assert plan.flops == 2 * n * m * k
 
 
+def _keys_layout(keys, r=2):
+    rows = (max(i for i, _ in keys) + 1) * r
+    cols = (max(j for _, j in keys) + 1) * r
+    return BlockLayout((rows, cols), r, r, {key: r * r * 8 for key in keys})
+
+
 def test_product_keys():
-    assert product_keys(SPARK_A, SPARK_B) == {(0, 0), (1, 0), (0, 1), (1, 1), (2, 1)}
+    left, right = _keys_layout(SPARK_A), _keys_layout(SPARK_B)
+    assert product_keys(left, right) == {(0, 0), (1, 0), (0, 1), (1, 1), (2, 1)}
 
 
 def test_check_multiplicable_messages():

@@ -17,7 +17,7 @@ or 4 partitions) and for one-partition matrices. Then the multiply runs with **n
 one small collect job for the broadcast operand and one map over the larger one. When a block
 row is split over partitions, or the partitions are unknown (a matrix whose layout was
 computed by a job, or a product), the partial blocks are summed in place after one
-``partitionBy`` on the result's ``GridPartitioner`` (:func:`.base.sum_partials`): **one
+``partitionBy`` on the result's ``GridPartitioner`` (:func:`._common.sum_partials`): **one
 shuffle** of at most ``partitions x |C|`` blocks (the larger operand is still never shuffled),
 which the plan predicts and counts. Re-partitioning the larger operand by block row instead
 would shuffle the larger operand itself, the very thing this strategy exists to avoid.
@@ -26,7 +26,8 @@ would shuffle the larger operand itself, the very thing this strategy exists to 
 pickled) and by every Python worker that runs a task, next to that task's accumulators. The
 plan refuses (``execute`` raises :class:`~blockmatrix.errors.InvalidParameterError` before any
 job) when the broadcast operand is larger than ``MultiplyOptions.memory_budget_bytes``. The
-default, :func:`default_memory_budget`, is a quarter of ``spark.executor.memory``
+default, :func:`blockmatrix.sparkconf.default_memory_budget`, is a quarter of
+``spark.executor.memory``
 (``spark.driver.memory`` in local mode, where the driver is the executor), leaving room for the
 driver's copy, the pickled copy and the worker's accumulators.
 """
@@ -34,46 +35,101 @@ driver's copy, the pickled copy and the worker's accumulators.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from functools import partial
 
 from .. import blocks as bk
-from ..errors import InvalidParameterError
-from ..planner import (
+from ..cost import (
     RECORD_OVERHEAD_BYTES,
-    BlockLayout,
-    MultiplyPlan,
-    ShuffleEstimate,
-    check_multiplicable,
-    compute_estimate,
-    dense_flops,
-    format_bytes,
-    result_grid,
-)
-from .base import MultiplyOptions, sum_partials
-from .inner import LEFT, RIGHT
-from .outer import (
     accumulated_nbytes,
     block_density,
+    compute_estimate,
     product_density,
     result_itemsize,
-    result_shell,
 )
+from ..errors import InvalidParameterError
+from ..layout import BlockLayout, check_multiplicable, result_layout
+from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
+from ..planner import result_grid
+from ..units import format_bytes
+from ._common import LEFT, RIGHT, FileReader, file_sources, side_name, sum_partials
+from .registry import Strategy, register
 
-#: Fraction of the executor memory a task may use for its data by default.
-BUDGET_FRACTION = 0.25
+
+@dataclass(frozen=True, kw_only=True)
+class BroadcastPlan(MultiplyPlan):
+    """Which operand is broadcast, against which budget, and whether partials need a sum."""
+
+    side: int
+    operand_bytes: int
+    budget_bytes: int
+    split_blocks: int
+    partitions_known: bool
+    delivery: str = "collect"
+
+    @property
+    def collected_bytes(self) -> int:
+        """Bytes collected to the driver first (only when the operand lives only in Spark)."""
+        return self.operand_bytes if self.delivery == "collect" else 0
+
+    @property
+    def needs_partial_sums(self) -> bool:
+        """Whether some result blocks get partials from several partitions (one shuffle)."""
+        return self.split_blocks > 0
+
+    @property
+    def broadcast_bytes(self) -> int:
+        """Bytes of the broadcast operand (0 when every task reads it from its file)."""
+        return 0 if self.delivery == "file" else self.operand_bytes
+
+    @property
+    def fits_budget(self) -> bool:
+        """Whether the broadcast operand is within the memory budget it was planned with."""
+        return self.operand_bytes <= self.budget_bytes
+
+    def fits(self, budget_bytes: int) -> bool:
+        """Within ``budget_bytes``: the operand it broadcasts and its largest task."""
+        return self.operand_bytes <= budget_bytes and super().fits(budget_bytes)
+
+    @property
+    def note(self) -> str:
+        """What is broadcast, and why the plan shuffles (or not)."""
+        what, size = side_name(self.side), format_bytes(self.operand_bytes)
+        if not self.fits_budget:
+            return (f"{what} ({size}) exceeds the memory budget "
+                    f"({format_bytes(self.budget_bytes)}): broadcast refused")
+        how = DELIVERIES[self.delivery]
+        if not self.needs_partial_sums:
+            return (f"broadcast {what} ({size}, {how}); each block "
+                    f"{'row of A' if self.side == RIGHT else 'column of B'} lies in one "
+                    f"partition: no shuffle")
+        return (f"broadcast {what} ({size}, {how}); {self.split_blocks} result blocks get partial "
+                f"sums from several partitions "
+                f"({'split rows/columns' if self.partitions_known else 'partitions unknown'}): "
+                f"one |C|-sized shuffle")
+
+    def check_runnable(self) -> None:
+        """Raise :class:`InvalidParameterError` if the broadcast operand exceeds the budget."""
+        super().check_runnable()
+        if not self.fits_budget:
+            raise InvalidParameterError(
+                f"strategy='broadcast' would broadcast {side_name(self.side)} "
+                f"({self.operand_bytes} bytes), more than memory_budget_bytes "
+                f"({self.budget_bytes} bytes): raise memory_budget_bytes to at least "
+                f"{self.operand_bytes}, or use strategy='inner' or 'auto'")
 
 
-def default_memory_budget(sc) -> int:
-    """A quarter of ``spark.executor.memory`` (``spark.driver.memory`` in local mode), in bytes.
+#: How the broadcast operand reaches the tasks, by where its blocks are (``layout.source_kind``).
+DELIVERIES = {
+    "collect": "collected to the driver, then broadcast",
+    "driver": "broadcast from the driver's own array",
+    "file": "read by every task from its file",
+}
 
-    Spark's own default for either setting is 1g, giving 256 MiB.
-    """
-    from ..matrix import parse_memory
 
-    conf = sc.getConf()
-    local = (conf.get("spark.master", "") or "").startswith("local")
-    setting = "spark.driver.memory" if local else "spark.executor.memory"
-    return int(parse_memory(conf.get(setting, "1g") or "1g") * BUDGET_FRACTION)
+def delivery_of(layout: BlockLayout) -> str:
+    """The fastest way the operand's blocks reach every task (see :data:`DELIVERIES`)."""
+    return {"spark": "collect", "driver": "driver", "file": "file"}[layout.source_kind]
 
 
 def broadcast_side(left: BlockLayout, right: BlockLayout) -> int:
@@ -81,38 +137,41 @@ def broadcast_side(left: BlockLayout, right: BlockLayout) -> int:
     return LEFT if left.nbytes < right.nbytes else RIGHT
 
 
-def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> MultiplyPlan:
+def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> BroadcastPlan:
     """Plan the broadcast multiply: what is broadcast, whether a partial-sum shuffle is needed."""
     check_multiplicable(left, right)
     side = broadcast_side(left, right)
     small, large = (right, left) if side == RIGHT else (left, right)
-    budget = options.budget_bytes
     broadcast_bytes = small.nbytes
     itemsize = result_itemsize(left, right)
-    shell = result_shell(left, right)
+    shell = result_layout(left, right)
 
     # Counterparts in the broadcast operand, by inner index.
-    small_by_k = defaultdict(list)
-    for key in small.keys:
-        small_by_k[key[1] if side == LEFT else key[0]].append(key)
+    small_by_k = small.cols_of_row if side == RIGHT else small.rows_of_col
     known = large.key_partitions is not None
     parts = max(1, large.num_partitions)
     part_input: dict[int, int] = defaultdict(int)
     part_of: dict[tuple[int, int], int] = {}
     partial_densities: dict[tuple[int, tuple[int, int]], list] = defaultdict(list)
+    needed: dict[int, set] = defaultdict(set)  # partition -> keys of the operand it meets
     for n_key, (key, size) in enumerate(sorted(large.block_nbytes.items())):
         # Unknown partitions: assume the blocks dealt round-robin (the worst case for splits).
         p = large.key_partitions.get(key, 0) if known else n_key % parts
         part_of[key] = p
         part_input[p] += size
-        k = key[1] if side == RIGHT else key[0]
         d_large = block_density(large, key)
-        for other in small_by_k.get(k, ()):
-            d_small = block_density(small, other)
-            if side == RIGHT:
-                out, inner = (key[0], other[1]), large.block_shape(*key)[1]
-            else:
-                out, inner = (other[0], key[1]), large.block_shape(*key)[0]
+        if side == RIGHT:  # large is A (i, k); B's row k holds (k, j) for j in small_by_k[k]
+            i, k = key
+            inner = large.block_shape(*key)[1]
+            meets = (((i, j), (k, j), block_density(small, (k, j)))
+                     for j in small_by_k.get(k, ()))
+        else:  # large is B (k, j); A's column k holds (i, k) for i in small_by_k[k]
+            k, j = key
+            inner = large.block_shape(*key)[0]
+            meets = (((i, j), (i, k), block_density(small, (i, k)))
+                     for i in small_by_k.get(k, ()))
+        for out, small_key, d_small in meets:
+            needed[p].add(small_key)
             partial_densities[(p, out)].append(product_density(d_large, d_small, inner))
 
     part_output: dict[int, int] = defaultdict(int)
@@ -137,66 +196,97 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
                 *shell.block_shape(*out), itemsize, [d for _, ds in partials for d in ds])
     largest_block = max(large.block_nbytes.values(), default=0)
     task_memory = [broadcast_bytes + part_output[p] + largest_block for p in part_input]
-    fits = broadcast_bytes <= budget
-    what = "B" if side == RIGHT else "A"
-    if not fits:
-        note = (f"{what} ({format_bytes(broadcast_bytes)}) exceeds the memory budget "
-                f"({format_bytes(budget)}): broadcast refused")
-    elif not split:
-        note = (f"broadcast {what} ({format_bytes(broadcast_bytes)}); each block "
-                f"{'row of A' if side == RIGHT else 'column of B'} lies in one partition: "
-                f"no shuffle")
-    else:
-        note = (f"broadcast {what} ({format_bytes(broadcast_bytes)}); "
-                f"{len(split)} result blocks get partial sums from several partitions "
-                f"({'partitions unknown' if not known else 'split rows/columns'}): one "
-                f"|C|-sized shuffle")
-    return MultiplyPlan(
-        strategy="broadcast", left=left, right=right, shuffles=shuffles,
+    delivery = delivery_of(small)
+    # Read from the file, each task reads the operand's blocks its own blocks meet.
+    read = sum(sum(small.block_nbytes[key] for key in keys) for keys in needed.values()) \
+        if delivery == "file" else 0
+    return BroadcastPlan(
+        strategy="broadcast", left=left, right=right, grid=grid,
+        num_tasks=max(parts, grid.num_partitions if split else 0), shuffles=shuffles,
         max_task_input_bytes=max([broadcast_bytes + v for v in part_input.values()]
                                  + reduce_output + [broadcast_bytes]),
         max_task_memory_bytes=max(task_memory + reduce_output + [broadcast_bytes]),
         max_task_output_bytes=max(list(part_output.values()) + reduce_output),
-        flops=dense_flops(left, right),
         **compute_estimate(left, right, lambda i, k, j: part_of[(i, k) if side == RIGHT
                                                                 else (k, j)]),
-        details={"side": side, "broadcast_bytes": broadcast_bytes, "budget_bytes": budget,
-                 "fits_budget": fits, "reduce": bool(split), "grid": grid,
-                 "partitions_known": known, "note": note})
+        side=side, operand_bytes=broadcast_bytes, budget_bytes=options.budget_bytes,
+        split_blocks=len(split), partitions_known=known, delivery=delivery, read_bytes=read)
 
 
-def check_fits(plan: MultiplyPlan) -> None:
-    """Raise :class:`InvalidParameterError` if the broadcast operand exceeds the budget."""
-    d = plan.details
-    if not d["fits_budget"]:
-        what = "B" if d["side"] == RIGHT else "A"
-        raise InvalidParameterError(
-            f"strategy='broadcast' would broadcast {what} ({d['broadcast_bytes']} bytes), more "
-            f"than memory_budget_bytes ({d['budget_bytes']} bytes): raise memory_budget_bytes "
-            f"to at least {d['broadcast_bytes']}, or use strategy='inner' or 'auto'")
-
-
-def execute(plan: MultiplyPlan, left, right, options: MultiplyOptions):
+def execute(plan: BroadcastPlan, left, right, options: MultiplyOptions):
     """Broadcast the smaller operand and map over the larger one (no shuffle if aligned)."""
-    from ..matrix import BlockMatrix
+    plan.check_runnable()
+    side = plan.side
+    small_blocks, large = (right, left) if side == RIGHT else (left, right)
+    small = plan.right if side == RIGHT else plan.left
+    if plan.delivery == "file":
+        table = FileTable(small, side)
+    else:
+        blocks = (small_blocks.collect() if plan.delivery == "collect"
+                  else _driver_blocks(small))
+        table = large.context.broadcast(_table(blocks, side))
+    products = large.mapPartitions(partial(multiply_with_broadcast, table=table, side=side))
+    if plan.needs_partial_sums:
+        products = sum_partials(products, plan.grid)
+    return products
 
-    check_fits(plan)
-    side = plan.details["side"]
-    small, large = (right, left) if side == RIGHT else (left, right)
+
+def _by_inner(keys, side: int) -> dict[int, list]:
+    """The broadcast operand's keys by inner index ``k``: B's rows, or A's columns."""
+    by_k = defaultdict(list)
+    for row, col in keys:
+        by_k[row if side == RIGHT else col].append((row, col))
+    return dict(by_k)
+
+
+def _table(items, side: int) -> dict[int, list]:
+    """``{k: [(other index, block), ...]}`` of the broadcast operand's ``((row, col), block)``."""
     table = defaultdict(list)
-    for (row, col), block in small.blocks.collect():
+    for (row, col), block in items:
         if side == RIGHT:
             table[row].append((col, block))  # B (k, j) by k
         else:
             table[col].append((row, block))  # A (i, k) by k
-    shared = large.blocks.context.broadcast(dict(table))
-    products = large.blocks.mapPartitions(
-        partial(multiply_with_broadcast, table=shared, side=side))
-    if plan.details["reduce"]:
-        grid = plan.details["grid"]
-        products = sum_partials(products, grid)
-    return BlockMatrix.from_blocks(products, plan.result_shape, left.rows_per_block,
-                                   right.cols_per_block)
+    return dict(table)
+
+
+def _driver_blocks(layout: BlockLayout):
+    """The stored blocks of a driver-held operand, sliced from the driver's own array."""
+    source, r, c = layout.source, layout.rows_per_block, layout.cols_per_block
+    return ((key, source.block(*key, r, c)) for key in layout.keys)
+
+
+class FileTable:
+    """The broadcast operand read by a task from its file, block by block as its k is met.
+
+    Shipped to the tasks in place of a broadcast (it holds the file's name and the operand's
+    keys, no data); :attr:`value` behaves like the broadcast table.
+    """
+
+    def __init__(self, small: BlockLayout, side: int):
+        self.keys_by_k, self.side = _by_inner(small.keys, side), side
+        self.sources = file_sources({side: small})
+
+    @property
+    def value(self) -> _FileLookup:
+        """A lookup ``get(k, default)`` that reads and keeps the blocks of ``k``."""
+        return _FileLookup(self)
+
+
+class _FileLookup(FileReader):
+    def __init__(self, table: FileTable):
+        super().__init__(table.sources)
+        self._table, self._read = table, {}
+
+    def get(self, k: int, default=()):
+        keys = self._table.keys_by_k.get(k)
+        if keys is None:
+            return default
+        if k not in self._read:
+            side = self._table.side
+            other = 1 if side == RIGHT else 0  # B (k, j) is listed by j, A (i, k) by i
+            self._read[k] = [(key[other], self.read(side, key)) for key in keys]
+        return self._read[k]
 
 
 def multiply_with_broadcast(items, table, side: int):
@@ -210,4 +300,12 @@ def multiply_with_broadcast(items, table, side: int):
         else:  # block is B (k, j); table holds A's column k as (i, block)
             for i, a in lookup.get(row, ()):
                 acc[(i, col)] = bk.matmul_accumulate(acc.get((i, col)), a, block)
+    if isinstance(lookup, _FileLookup):
+        lookup.close()
     return iter(acc.items())
+
+
+STRATEGY = register(Strategy(
+    name="broadcast", plan=plan, execute=execute, plan_type=BroadcastPlan,
+    summary="broadcast the smaller operand, map over the larger: no shuffle when its block "
+            "rows lie in one partition each"))

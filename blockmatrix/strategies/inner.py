@@ -10,168 +10,200 @@ grid partitioner, so nothing is shuffled again: with ``num_mid_splits = 1`` the 
 is one shuffle stage. With ``s = num_mid_splits > 1`` the inner dimension is striped over ``s``
 sub-reducers per result partition and their partial blocks are summed by a second, |C|-sized
 shuffle, as in Spark.
+
+**Blocks in a file are read, not shuffled.** An operand read by ``from_hdf5`` lies on storage
+every executor sees: its blocks are not routed through the shuffle at all. Each task is handed
+the *references* of the blocks Spark's destinations give it (a broadcast of keys) and reads
+them from the file when their ``k``-slice comes, so only what lives nowhere but in Spark moves
+through the shuffle; with both operands in files nothing does (``num_mid_splits = 1``). The
+plan counts the bytes read (:attr:`~blockmatrix.plan.MultiplyPlan.read_bytes`) beside the bytes
+shuffled.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain
 
-import numpy as np
-
-from .. import blocks as bk
-from .._spill import grouped_by_key
-from ..planner import (
-    RECORD_OVERHEAD_BYTES,
-    BlockLayout,
-    MultiplyPlan,
-    ShuffleEstimate,
-    check_multiplicable,
-    compute_estimate,
-    dense_flops,
-    result_grid,
-    simulate_multiply,
+from ..cost import RECORD_OVERHEAD_BYTES, TaskLoads, compute_estimate, result_itemsize
+from ..layout import BlockLayout, check_multiplicable, result_layout
+from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
+from ..planner import Destinations, layout_destinations, mid_split_stripes, result_grid
+from ._common import (
+    LEFT,
+    RIGHT,
+    FileReader,
+    FileRef,
+    accumulate_by_inner_index,
+    file_sources,
+    inner_and_outer,
+    sum_partials,
 )
-from .base import MultiplyOptions, sum_partials
-
-LEFT, RIGHT = 0, 1
+from .registry import Strategy, register
 
 
-def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> MultiplyPlan:
+@dataclass(frozen=True, kw_only=True)
+class InnerPlan(MultiplyPlan):
+    """Spark's plan: the destinations of every block, the inner dimension's stripes."""
+
+    num_mid_splits: int = 1
+    left_destinations: Destinations = field(default_factory=dict, repr=False, compare=False)
+    right_destinations: Destinations = field(default_factory=dict, repr=False, compare=False)
+
+
+def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> InnerPlan:
     """Plan ``left @ right`` as Spark does, and predict its shuffle and memory."""
     check_multiplicable(left, right)
     s = options.num_mid_splits
     grid = result_grid(left, right, options.num_partitions)
-    left_dest, right_dest = simulate_multiply(left.keys, right.keys, grid, s)
+    left_dest, right_dest = layout_destinations(left, right, grid, s)
     num_tasks = grid.num_partitions * s
-    task_input = [0] * num_tasks
-    slice_bytes: dict[tuple[int, int], int] = defaultdict(int)  # (task, k) -> bytes
-    records = 0
-    for layout, destinations, k_axis in ((left, left_dest, 1), (right, right_dest, 0)):
+    loads = TaskLoads(num_tasks)
+    records = shuffled = read = 0
+    for layout, destinations, side in ((left, left_dest, LEFT), (right, right_dest, RIGHT)):
+        in_file = layout.source_kind == "file"
         for key, targets in destinations.items():
-            size = layout.block_nbytes[key] + RECORD_OVERHEAD_BYTES
+            size = layout.block_nbytes[key] + (0 if in_file else RECORD_OVERHEAD_BYTES)
+            k, _ = inner_and_outer(key, side)
             for task in targets:
-                task_input[task] += size
-                slice_bytes[(task, key[k_axis])] += size
-            records += len(targets)
-    largest_slice = [0] * num_tasks
-    for (task, _), size in slice_bytes.items():
-        largest_slice[task] = max(largest_slice[task], size)
+                loads.add(task, k, size)
+            if in_file:
+                read += size * len(targets)
+            else:
+                records += len(targets)
+                shuffled += size * len(targets)
 
-    itemsize = np.result_type(left.dtype, right.dtype).itemsize
-    out_layout = BlockLayout((left.shape[0], right.shape[1]), left.rows_per_block,
-                             right.cols_per_block, {}, np.result_type(left.dtype, right.dtype))
+    itemsize = result_itemsize(left, right)
+    shell = result_layout(left, right)
     task_output = [0] * num_tasks
-    stripes = mid_split_stripes(left.keys, right.keys, s)
+    stripes = mid_split_stripes(left, right, s)
     for (i, j), residues in stripes.items():
-        rows, cols = out_layout.block_shape(i, j)
+        rows, cols = shell.block_shape(i, j)
         base = grid.partition_of(i, j) * s
         for r in residues:
             task_output[base + r] += rows * cols * itemsize
     partials = sum(len(residues) for residues in stripes.values())
-    memory = [task_output[t] + min(task_input[t], options.task_buffer_bytes) + largest_slice[t]
-              for t in range(num_tasks)]
-    shuffles = [ShuffleEstimate("route blocks to result partitions", records, sum(task_input))]
+    memory = loads.memory(task_output, options.task_buffer_bytes)
+    shuffles = [ShuffleEstimate("route blocks to result partitions", records, shuffled)] \
+        if records else []
     if s > 1:
         shuffles.append(ShuffleEstimate("sum partial blocks over mid splits", partials,
                                         sum(task_output) + partials * RECORD_OVERHEAD_BYTES))
-    return MultiplyPlan(
-        strategy="inner", left=left, right=right, shuffles=tuple(shuffles),
-        max_task_input_bytes=max(task_input, default=0),
+    return InnerPlan(
+        strategy="inner", left=left, right=right, grid=grid, num_tasks=num_tasks,
+        shuffles=tuple(shuffles),
+        max_task_input_bytes=max(loads.input, default=0),
         max_task_memory_bytes=max(memory, default=0),
         max_task_output_bytes=max(task_output, default=0),
-        flops=dense_flops(left, right),
         **compute_estimate(left, right, lambda i, k, j: grid.partition_of(i, j) * s + k % s),
-        details={"grid": grid, "num_mid_splits": s, "left_destinations": left_dest,
-                 "right_destinations": right_dest})
+        read_bytes=read, num_mid_splits=s, left_destinations=left_dest,
+        right_destinations=right_dest)
 
 
-def mid_split_stripes(left_keys, right_keys, s: int) -> dict[tuple[int, int], set[int]]:
-    """For every product block ``(i, j)``, the stripes ``k % s`` that hold a partial of it.
+def idle_core_variants(left: BlockLayout, right: BlockLayout,
+                       options: MultiplyOptions) -> dict[str, MultiplyOptions]:
+    """The inner dimension striped over idle cores, when the result has fewer tasks than cores.
 
-    >>> sorted(mid_split_stripes([(0, 0), (0, 1), (0, 2)], [(0, 0), (2, 0)], 2).items())
-    [((0, 0), {0})]
-    >>> mid_split_stripes([(0, 0), (0, 1)], [(0, 0), (1, 0)], 2)
-    {(0, 0): {0, 1}}
+    Offered to ``auto`` (Spark's ``numMidDimSplits``) only when no split was asked for.
     """
-    cols_of_row = defaultdict(list)
-    for k, j in right_keys:
-        cols_of_row[k].append(j)
-    stripes: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for i, k in set(left_keys):
-        for j in cols_of_row.get(k, ()):
-            stripes[(i, j)].add(k % s)
-    return dict(stripes)
+    tasks = result_grid(left, right, options.num_partitions).num_partitions
+    if options.num_mid_splits != 1 or tasks >= options.cores:
+        return {}
+    s = -(-options.cores // tasks)
+    return {f"inner, {s} mid splits": dataclasses.replace(options, num_mid_splits=s)}
 
 
-def execute(plan: MultiplyPlan, left, right, options: MultiplyOptions):
-    """Run a plan made by :func:`plan` and return the product as a BlockMatrix."""
-    from ..matrix import BlockMatrix
-
-    grid = plan.details["grid"]
-    s = plan.details["num_mid_splits"]
-    num_tasks = grid.num_partitions * s
-    sc = left.blocks.context
-    left_dest = sc.broadcast(plan.details["left_destinations"])
-    right_dest = sc.broadcast(plan.details["right_destinations"])
-    routed = left.blocks.flatMap(partial(route_block, side=LEFT, destinations=left_dest,
-                                         num_tasks=num_tasks)).union(
-        right.blocks.flatMap(partial(route_block, side=RIGHT, destinations=right_dest,
-                                     num_tasks=num_tasks)))
-    # One shuffle: the routing key is an int, which GridPartitioner maps to key % num_tasks.
-    delivered = routed.partitionBy(num_tasks, grid)
-    products = delivered.mapPartitions(
-        partial(multiply_delivered, num_tasks=num_tasks, budget_bytes=options.task_buffer_bytes),
-        preservesPartitioning=(s == 1))
+def execute(plan: InnerPlan, left, right, options: MultiplyOptions):
+    """Run a plan made by :func:`plan` on the operands' blocks RDDs; return the product's."""
+    grid, s, num_tasks = plan.grid, plan.num_mid_splits, plan.num_tasks
+    sc = left.context
+    layouts = {LEFT: plan.left, RIGHT: plan.right}
+    destinations = {LEFT: plan.left_destinations, RIGHT: plan.right_destinations}
+    in_files = file_sources(layouts)
+    routed = [blocks.flatMap(partial(route_block, side=side, num_tasks=num_tasks,
+                                     destinations=sc.broadcast(destinations[side])))
+              for side, blocks in ((LEFT, left), (RIGHT, right)) if side not in in_files]
+    if routed:
+        # One shuffle: the routing key is an int, which GridPartitioner maps to
+        # key % num_tasks.
+        delivered = (routed[0].union(routed[1]) if len(routed) == 2 else routed[0]) \
+            .partitionBy(num_tasks, grid)
+    else:
+        delivered = sc.parallelize([[] for _ in range(num_tasks)], num_tasks).flatMap(_same)
+    if in_files:
+        refs = sc.broadcast(references_by_task(
+            {side: destinations[side] for side in in_files}, num_tasks))
+        products = delivered.mapPartitionsWithIndex(
+            partial(multiply_with_file_blocks, references=refs, sources=in_files,
+                    num_tasks=num_tasks, budget_bytes=options.task_buffer_bytes),
+            preservesPartitioning=(s == 1))
+    else:
+        products = delivered.mapPartitions(
+            partial(multiply_delivered, num_tasks=num_tasks,
+                    budget_bytes=options.task_buffer_bytes),
+            preservesPartitioning=(s == 1))
     if s > 1:
         products = sum_partials(products, grid)
-    rows, cols = plan.result_shape
-    return BlockMatrix.from_blocks(products, (rows, cols), left.rows_per_block,
-                                   right.cols_per_block)
+    return products
+
+
+def references_by_task(destinations: dict, num_tasks: int) -> dict[int, list]:
+    """``{task: [(routing key, (side, index, block key)), ...]}`` of the file-backed sides.
+
+    The records a shuffle would have delivered, with the block's key in place of the block.
+    """
+    out: dict[int, list] = {}
+    for side, by_key in destinations.items():
+        for key, targets in by_key.items():
+            k, index = inner_and_outer(key, side)
+            for task in targets:
+                out.setdefault(task, []).append((k * num_tasks + task, (side, index, key)))
+    return out
+
+
+def multiply_with_file_blocks(task: int, records, references, sources: dict, num_tasks: int,
+                              budget_bytes: int):
+    """Multiply a task's delivered records and its file blocks, one ``k``-slice at a time.
+
+    The file blocks travel as :class:`~._common.FileRef` records (no bytes against the spill
+    budget) and are read only when their slice is multiplied, so the task holds at most one
+    slice of them.
+    """
+    refs = ((key, (side, index, FileRef(block_key)))
+            for key, (side, index, block_key) in references.value.get(task, ()))
+    with FileReader(sources) as reader:
+        return accumulate_by_inner_index(chain(refs, records),
+                                         partial(_record_k, num_tasks=num_tasks),
+                                         budget_bytes, reader=reader)
+
+
+def _same(x):
+    return x
 
 
 def route_block(item, side: int, destinations, num_tasks: int):
     """Copies of one block for each destination task, keyed ``k * num_tasks + task``."""
-    (row, col), block = item
-    k, index = (col, row) if side == LEFT else (row, col)
-    return [(k * num_tasks + task, (side, index, block))
-            for task in destinations.value.get((row, col), ())]
+    key, block = item
+    k, index = inner_and_outer(key, side)
+    targets: Mapping = destinations.value
+    return [(k * num_tasks + task, (side, index, block)) for task in targets.get(key, ())]
 
 
 def _record_k(record, num_tasks: int) -> int:
     return record[0] // num_tasks
 
 
-def record_nbytes(record) -> int:
-    """Bytes of the block a routed record ``(key, (side, index, block))`` carries."""
-    return bk.nbytes(record[1][2])
-
-
 def multiply_delivered(records, num_tasks: int, budget_bytes: int):
-    """Multiply the blocks delivered to one task, one inner index ``k`` at a time.
-
-    Output blocks are accumulated in place; the task holds its accumulators, one k-slice of
-    inputs, and at most ``budget_bytes`` of not-yet-used inputs (the rest waits on local disk).
-    """
-    acc: dict[tuple[int, int], object] = {}
-    groups = grouped_by_key(records, partial(_record_k, num_tasks=num_tasks), record_nbytes,
-                            budget_bytes)
-    for _, group in groups:
-        accumulate_slice(acc, group)
-    return iter(acc.items())
+    """Multiply the blocks delivered to one task, one inner index ``k`` at a time."""
+    return accumulate_by_inner_index(records, partial(_record_k, num_tasks=num_tasks),
+                                     budget_bytes)
 
 
-def accumulate_slice(acc: dict, group) -> None:
-    """Add the products of one k-slice (records ``(key, (side, index, block))``) to ``acc``.
-
-    Blocks with the same index (duplicates) are all used, so duplicates are summed, as Spark's
-    multiply does.
-    """
-    lefts, rights = defaultdict(list), defaultdict(list)
-    for _, (side, index, block) in group:
-        (lefts if side == LEFT else rights)[index].append(block)
-    for i, left_blocks in lefts.items():
-        for j, right_blocks in rights.items():
-            for a in left_blocks:
-                for b in right_blocks:
-                    acc[(i, j)] = bk.matmul_accumulate(acc.get((i, j)), a, b)
+STRATEGY = register(Strategy(
+    name="inner", plan=plan, execute=execute, plan_type=InnerPlan,
+    summary="Spark's inner product: blocks routed only where they have a counterpart, "
+            "one shuffle",
+    variants=idle_core_variants))

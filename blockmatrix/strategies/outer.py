@@ -14,129 +14,66 @@
    :func:`blockmatrix.blocks.matmul_accumulate`), so it writes one partial block per ``(i, j)``
    it touched, whatever the number of its ``k``. A ``partitionBy`` on the result's
    :class:`~blockmatrix.partitioner.GridPartitioner` sums them in place
-   (:func:`~blockmatrix.strategies.base.sum_partials`; ``reduceByKey``'s map-side combine
+   (:func:`~blockmatrix.strategies._common.sum_partials`; ``reduceByKey``'s map-side combine
    would find nothing to combine): the second shuffle, of at most ``tasks x |C|`` blocks.
 
 The join task's memory is its accumulators (up to all of C for a dense product) plus one
 ``k``-slice of inputs; that is this formulation's weakness on dense inputs, and its strength on
 block-sparse ones, where the partial products are few.
 
-The helpers :func:`block_density`, :func:`product_density` and :func:`accumulated_nbytes`
-predict the size of product blocks from block sizes alone (exact for dense blocks, an estimate
-for CSR x CSR products, whose fill cannot be known without the data); ``pasa`` and
-``broadcast`` use them too.
+The size of product blocks is predicted by :mod:`blockmatrix.cost` from block sizes alone.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from functools import partial
 
-import numpy as np
-
-from .._spill import grouped_by_key
-from ..planner import (
-    _INDEX_BYTES,
+from ..cost import (
     RECORD_OVERHEAD_BYTES,
-    BlockLayout,
-    MultiplyPlan,
-    ShuffleEstimate,
+    TaskLoads,
+    accumulated_nbytes,
     block_density,
-    check_multiplicable,
     compute_estimate,
-    dense_flops,
-    result_grid,
+    product_density,
+    result_itemsize,
 )
-from .base import MultiplyOptions, sum_partials
-from .inner import LEFT, RIGHT, accumulate_slice, record_nbytes
-
-# ---------------------------------------------------------------------- size model
-
-
-def product_density(a: float | None, b: float | None, inner: int) -> float | None:
-    """Density of a block product: None (dense) if either factor is dense.
-
-    For CSR x CSR, independent fill: ``1 - (1 - a b) ** inner``.
-
-    >>> product_density(None, 0.1, 10) is None
-    True
-    >>> round(product_density(0.1, 0.1, 10), 4)
-    0.0956
-    """
-    if a is None or b is None:
-        return None
-    return 1.0 - (1.0 - a * b) ** inner
+from ..layout import BlockLayout, check_multiplicable, result_layout
+from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
+from ..planner import result_grid
+from ._common import LEFT, RIGHT, accumulate_by_inner_index, inner_and_outer, sum_partials
+from .registry import Strategy, register
 
 
-def accumulated_nbytes(rows: int, cols: int, itemsize: int, densities) -> int:
-    """Bytes of a sum of product blocks of the given densities (None = dense).
+@dataclass(frozen=True, kw_only=True)
+class OuterPlan(MultiplyPlan):
+    """The join's tasks: the rank of every inner index that meets something on both sides."""
 
-    >>> accumulated_nbytes(2, 2, 8, [None, 0.5])
-    32
-    >>> accumulated_nbytes(10, 10, 8, [0.5])
-    644
-    """
-    densities = list(densities)
-    if any(d is None for d in densities):
-        return rows * cols * itemsize
-    empty = 1.0
-    for d in densities:
-        empty *= 1.0 - d
-    nnz = round(rows * cols * (1.0 - empty))
-    return nnz * (itemsize + _INDEX_BYTES) + (rows + 1) * _INDEX_BYTES
+    ranks: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
+    join_tasks: int = 1
 
 
-def result_itemsize(left: BlockLayout, right: BlockLayout) -> int:
-    """Bytes per element of the product."""
-    return np.result_type(left.dtype, right.dtype).itemsize
-
-
-def result_shell(left: BlockLayout, right: BlockLayout) -> BlockLayout:
-    """Layout of the product without blocks (for block shapes)."""
-    return BlockLayout((left.shape[0], right.shape[1]), left.rows_per_block,
-                       right.cols_per_block, {}, np.result_type(left.dtype, right.dtype))
-
-
-def _by_inner(left: BlockLayout, right: BlockLayout):
-    rows_of_k, cols_of_k = defaultdict(list), defaultdict(list)
-    for i, k in left.keys:
-        rows_of_k[k].append(i)
-    for k, j in right.keys:
-        cols_of_k[k].append(j)
-    return rows_of_k, cols_of_k
-
-
-# ---------------------------------------------------------------------- plan
-
-
-def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> MultiplyPlan:
+def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> OuterPlan:
     """Plan the outer-product multiply and predict both shuffles, per-task input and memory."""
     check_multiplicable(left, right)
-    rows_of_k, cols_of_k = _by_inner(left, right)
+    rows_of_k, cols_of_k = left.rows_of_col, right.cols_of_row
     active = sorted(set(rows_of_k) & set(cols_of_k))
     num_tasks = max(1, len(active) if options.num_partitions is None
                     else min(len(active), options.num_partitions))
     ranks = {k: r for r, k in enumerate(active)}
     itemsize = result_itemsize(left, right)
-    shell = result_shell(left, right)
+    shell = result_layout(left, right)
 
-    task_input = [0] * num_tasks
-    slices: dict[tuple[int, int], int] = defaultdict(int)
+    loads = TaskLoads(num_tasks)
     records = 0
     for k in active:
         task = ranks[k] % num_tasks
         for i in rows_of_k[k]:
-            size = left.block_nbytes[(i, k)] + RECORD_OVERHEAD_BYTES
-            task_input[task] += size
-            slices[(task, k)] += size
+            loads.add(task, k, left.block_nbytes[(i, k)] + RECORD_OVERHEAD_BYTES)
         for j in cols_of_k[k]:
-            size = right.block_nbytes[(k, j)] + RECORD_OVERHEAD_BYTES
-            task_input[task] += size
-            slices[(task, k)] += size
+            loads.add(task, k, right.block_nbytes[(k, j)] + RECORD_OVERHEAD_BYTES)
         records += len(rows_of_k[k]) + len(cols_of_k[k])
-    largest_slice = [0] * num_tasks
-    for (task, _), size in slices.items():
-        largest_slice[task] = max(largest_slice[task], size)
 
     # Partial products, accumulated per (task, i, j); the final blocks per (i, j).
     partial_densities: dict[tuple[int, int, int], list] = defaultdict(list)
@@ -163,39 +100,31 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
         reduce_output[grid.partition_of(i, j)] += accumulated_nbytes(
             *shell.block_shape(i, j), itemsize, densities)
 
-    memory = [task_output[t] + min(task_input[t], options.task_buffer_bytes) + largest_slice[t]
-              for t in range(num_tasks)]
+    memory = loads.memory(task_output, options.task_buffer_bytes)
     shuffles = (
-        ShuffleEstimate("join A columns and B rows on k", records, sum(task_input)),
+        ShuffleEstimate("join A columns and B rows on k", records, sum(loads.input)),
         ShuffleEstimate("reduce partial products by (i, j)", len(partial_densities),
                         partial_bytes),
     )
-    return MultiplyPlan(
-        strategy="outer", left=left, right=right, shuffles=shuffles,
-        max_task_input_bytes=max(task_input + [max(reduce_output, default=0)]),
+    return OuterPlan(
+        strategy="outer", left=left, right=right, grid=grid,
+        num_tasks=max(num_tasks, grid.num_partitions), shuffles=shuffles,
+        max_task_input_bytes=max(loads.input + [max(reduce_output, default=0)]),
         max_task_memory_bytes=max(memory + reduce_output),
         max_task_output_bytes=max(task_output + reduce_output),
-        flops=dense_flops(left, right),
         **compute_estimate(left, right, lambda i, k, j: ranks[k] % num_tasks),
-        details={"ranks": ranks, "num_tasks": num_tasks, "grid": grid})
+        ranks=ranks, join_tasks=num_tasks)
 
 
-# ---------------------------------------------------------------------- execute
-
-
-def execute(plan: MultiplyPlan, left, right, options: MultiplyOptions):
+def execute(plan: OuterPlan, left, right, options: MultiplyOptions):
     """Run an outer-product plan: join on k (shuffle 1), reduce by (i, j) (shuffle 2)."""
-    from ..matrix import BlockMatrix
-
-    ranks, num_tasks, grid = (plan.details[name] for name in ("ranks", "num_tasks", "grid"))
-    routed = left.blocks.flatMap(partial(route_by_inner, side=LEFT, ranks=ranks)).union(
-        right.blocks.flatMap(partial(route_by_inner, side=RIGHT, ranks=ranks)))
-    delivered = routed.partitionBy(num_tasks, task_of_rank)
+    routed = left.flatMap(partial(route_by_inner, side=LEFT, ranks=plan.ranks)).union(
+        right.flatMap(partial(route_by_inner, side=RIGHT, ranks=plan.ranks)))
+    delivered = routed.partitionBy(plan.join_tasks, task_of_rank)
     partials = delivered.mapPartitions(
-        partial(accumulate_task, budget_bytes=options.task_buffer_bytes))
-    summed = sum_partials(partials, grid)
-    return BlockMatrix.from_blocks(summed, plan.result_shape, left.rows_per_block,
-                                   right.cols_per_block)
+        partial(accumulate_by_inner_index, k_of=_record_rank,
+                budget_bytes=options.task_buffer_bytes))
+    return sum_partials(partials, plan.grid)
 
 
 def task_of_rank(rank: int) -> int:
@@ -205,8 +134,8 @@ def task_of_rank(rank: int) -> int:
 
 def route_by_inner(item, side: int, ranks: dict):
     """Key a block by the rank of its inner index ``k``; blocks whose ``k`` meets nothing drop."""
-    (row, col), block = item
-    k, index = (col, row) if side == LEFT else (row, col)
+    key, block = item
+    k, index = inner_and_outer(key, side)
     rank = ranks.get(k)
     return [] if rank is None else [(rank, (side, index, block))]
 
@@ -215,9 +144,7 @@ def _record_rank(record) -> int:
     return record[0]
 
 
-def accumulate_task(records, budget_bytes: int):
-    """Multiply a task's slices one ``k`` at a time; yield one partial block per ``(i, j)``."""
-    acc: dict = {}
-    for _, group in grouped_by_key(records, _record_rank, record_nbytes, budget_bytes):
-        accumulate_slice(acc, group)
-    return iter(acc.items())
+STRATEGY = register(Strategy(
+    name="outer", plan=plan, execute=execute, plan_type=OuterPlan,
+    summary="outer product: join A columns and B rows on k, partial products summed per "
+            "task, reduce by (i, j): two shuffles"))

@@ -24,28 +24,32 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
 from functools import partial
 
 from .. import blocks as bk
-from ..partitioner import MatrixMultPartitioner
-from ..planner import (
+from ..cost import (
     RECORD_OVERHEAD_BYTES,
-    BlockLayout,
-    MultiplyPlan,
-    ShuffleEstimate,
-    check_multiplicable,
-    compute_estimate,
-    dense_flops,
-)
-from .base import MultiplyOptions
-from .inner import LEFT, RIGHT
-from .outer import (
     accumulated_nbytes,
     block_density,
+    compute_estimate,
     product_density,
     result_itemsize,
-    result_shell,
 )
+from ..layout import BlockLayout, check_multiplicable, result_layout
+from ..partitioner import MatrixMultPartitioner
+from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
+from ..planner import result_grid
+from ._common import LEFT, RIGHT
+from .registry import Strategy, register
+
+
+@dataclass(frozen=True, kw_only=True)
+class PasaPlan(MultiplyPlan):
+    """Marlin's partitioner of the join and the partitions of its ``reduceByKey``."""
+
+    partitioner: MatrixMultPartitioner = field(repr=False)
+    reduce_partitions: int
 
 
 def grid_sizes(left: BlockLayout, right: BlockLayout) -> tuple[int, int, int]:
@@ -69,7 +73,7 @@ def portable_hash(key: tuple) -> int:
     return -2 if h == -1 else int(h)
 
 
-def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> MultiplyPlan:
+def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> PasaPlan:
     """Plan Marlin's multiply: replication counts, the join's and the reduce's volumes."""
     check_multiplicable(left, right)
     m, k, n = grid_sizes(left, right)
@@ -87,10 +91,8 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
         len(left.block_nbytes) * n + len(right.block_nbytes) * m, sum(task_input))
 
     itemsize = result_itemsize(left, right)
-    shell = result_shell(left, right)
-    cols_of_row = defaultdict(list)
-    for ll, j in right.keys:
-        cols_of_row[ll].append(j)
+    shell = result_layout(left, right)
+    cols_of_row = right.cols_of_row
     task_output = [0] * tasks
     final: dict[tuple[int, int], list] = defaultdict(list)
     products = 0
@@ -115,29 +117,27 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
             reduce_output[portable_hash((i, j)) % tasks] += accumulated_nbytes(
                 *shell.block_shape(i, j), itemsize, densities)
     memory = [task_input[t] + task_output[t] for t in range(tasks)]
-    return MultiplyPlan(
-        strategy="pasa", left=left, right=right, shuffles=tuple(shuffles),
+    return PasaPlan(
+        strategy="pasa", left=left, right=right,
+        grid=result_grid(left, right, options.num_partitions), num_tasks=tasks,
+        shuffles=tuple(shuffles),
         max_task_input_bytes=max(task_input + reduce_output),
         max_task_memory_bytes=max(memory + reduce_output),
         max_task_output_bytes=max(task_output + reduce_output),
-        flops=dense_flops(left, right),
         **compute_estimate(left, right, lambda i, k, j: (i, k, j)),  # a task per triple
-        details={"partitioner": part, "reduce_partitions": tasks})
+        partitioner=part, reduce_partitions=tasks)
 
 
-def execute(plan: MultiplyPlan, left, right, options: MultiplyOptions):
+def execute(plan: PasaPlan, left, right, options: MultiplyOptions):
     """Run Marlin's multiply: one join shuffle, then ``reduceByKey`` (when ``k > 1``)."""
-    from ..matrix import BlockMatrix
-
-    part: MatrixMultPartitioner = plan.details["partitioner"]
-    emitted = left.blocks.flatMap(partial(emit_left, n=part.n)).union(
-        right.blocks.flatMap(partial(emit_right, m=part.m)))
+    part = plan.partitioner
+    emitted = left.flatMap(partial(emit_left, n=part.n)).union(
+        right.flatMap(partial(emit_right, m=part.m)))
     joined = emitted.partitionBy(part.num_partitions, part)
     products = joined.mapPartitions(join_and_multiply)
     if part.k > 1:
-        products = products.reduceByKey(bk.add, plan.details["reduce_partitions"])
-    return BlockMatrix.from_blocks(products, plan.result_shape, left.rows_per_block,
-                                   right.cols_per_block)
+        products = products.reduceByKey(bk.add, plan.reduce_partitions)
+    return products
 
 
 def emit_left(item, n: int):
@@ -168,3 +168,9 @@ def join_and_multiply(records):
                 product = bk.matmul_accumulate(product, a, b)
         if product is not None:
             yield (i, j), product
+
+
+STRATEGY = register(Strategy(
+    name="pasa", plan=plan, execute=execute, plan_type=PasaPlan,
+    summary="Marlin/PASA baseline: replicate without counterpart checks, join on "
+            "MatrixMultPartitioner, reduceByKey: two shuffles"))

@@ -1,0 +1,1 @@
+"""Conversions between blockmatrix and other Spark matrix types."""

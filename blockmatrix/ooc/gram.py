@@ -1,0 +1,97 @@
+"""Y = X X^T for a tall-and-wide X in HDF5, out of core, in memory bounded by two flags.
+
+X is ``n x k`` with ``k`` (the long axis) possibly far larger than memory; Y is ``n x n``.
+:func:`gram_hdf5` checks the request, takes the output's lock, plans the tiles from the shape,
+dtype and two sizes alone, and runs them: one Spark task per tile on or above the diagonal,
+each saving its tile beside the output (the durable record that ``resume=True`` continues
+from), while the driver, the only writer of Y, writes the finished tiles into Y.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .kernels import warn_if_blas_unpinned
+from .request import GramRequest, check_gram_request, plan_request, start_state
+from .run import GramProgress, GramResult, GramRun
+from .tiles import GramPlan
+from .workdir import output_lock
+
+__all__ = ["gram_hdf5", "spark_slots"]
+
+
+def spark_slots(sc) -> tuple[int, int]:
+    """Task slots and BLAS threads per task of a SparkContext.
+
+    Threads per task is ``spark.task.cpus`` (default 1) and slots are the default parallelism
+    divided by it, so that tasks x threads = cores.
+    """
+    threads = max(1, int(sc.getConf().get("spark.task.cpus", "1")))
+    return max(1, sc.defaultParallelism // threads), threads
+
+
+def gram_hdf5(sc, input_path: str, input_dataset: str, output_path: str, output_dataset: str,
+              tile: int | None = None, slab: int | None = None, resume: bool = False,
+              overwrite: bool = False, progress: Callable[[GramProgress], None] | None = None,
+              *, on_plan: Callable[[GramPlan], None] | None = None,
+              request: GramRequest | None = None,
+              progress_interval: float = 5.0) -> GramResult:
+    """Compute Y = X X^T from ``input_path::input_dataset`` into ``output_path::output_dataset``.
+
+    Parameters
+    ----------
+    sc : pyspark.SparkContext
+        The context to run the tasks on; its task slots and ``spark.task.cpus`` set how many
+        tasks run at once and with how many BLAS threads.
+    input_path, input_dataset : str
+        X, ``n x k``, float64 or float32; opened read-only by the tasks.
+    output_path, output_dataset : str
+        Y, ``n x n``, same dtype as X; the file may be the input file.
+    tile : int, optional
+        Rows of an output tile (default :data:`~blockmatrix.ooc.tiles.DEFAULT_TILE`, or the
+        interrupted run's).
+    slab : int, optional
+        Columns of X read per step (default :data:`~blockmatrix.ooc.tiles.DEFAULT_SLAB`, or the
+        interrupted run's).
+    resume : bool
+        Continue an interrupted run: its finished tiles are not computed again.
+    overwrite : bool
+        Replace an existing Y.
+    progress : callable, optional
+        Called with a :class:`~blockmatrix.ooc.run.GramProgress` when a tile finishes and every
+        ``progress_interval`` seconds.
+    on_plan : callable, optional
+        Called with the :class:`~blockmatrix.ooc.tiles.GramPlan` before any task starts.
+    request : GramRequest, optional
+        An already validated request (from
+        :func:`~blockmatrix.ooc.request.check_gram_request`); the location arguments must
+        match it.
+    progress_interval : float
+        Seconds between progress reports.
+
+    Returns
+    -------
+    GramResult
+
+    Raises
+    ------
+    BlockMatrixError
+        Any refusal of :func:`~blockmatrix.ooc.request.check_gram_request`, or another job
+        holding the output's lock; nothing is written then.
+
+    Warns
+    -----
+    PerformanceWarning
+        threadpoolctl is not installed, so the tasks cannot pin their BLAS threads.
+    """
+    if request is None:
+        request = check_gram_request(input_path, input_dataset, output_path, output_dataset,
+                                     tile, slab, resume, overwrite)
+    slots, threads = spark_slots(sc)
+    with output_lock(request.lock_path, request.output_path):
+        plan = plan_request(request, slots, threads)
+        if on_plan is not None:
+            on_plan(plan)
+        warn_if_blas_unpinned(plan.threads_per_task)
+        state = start_state(request, plan)
+        return GramRun(sc, request, plan, state, progress, progress_interval).run()

@@ -1,0 +1,273 @@
+"""The driver of a run: the Spark job in the background, the driver streaming tiles into Y.
+
+:class:`GramRun` submits one task per missing tile (:func:`~blockmatrix.ooc.kernels.compute_tile`)
+as one Spark job in a background thread, and meanwhile watches the work folder: it hands each
+finished tile to the single writer when the output file is new, and reports progress. When the
+job is over it writes the remaining tiles (all of them when the output file exists, since X may
+live in it and must not be opened for writing while tasks read it) and puts Y in place.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+
+from .kernels import compute_tile
+from .request import GramRequest, write_state
+from .tiles import GramPlan
+from .workdir import STAGED_OUTPUT, finished_tiles, running_flops
+from .writer import YWriter, link_into_place
+
+__all__ = ["GramProgress", "GramResult", "GramRun"]
+
+#: Seconds the driver waits for the job between two looks at the work folder.
+WATCH_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class GramProgress:
+    """A progress report: tiles finished, work done in this run, rate and time left."""
+
+    tiles_done: int
+    tiles_total: int
+    flops_done: float
+    flops_todo: float
+    elapsed: float
+
+    @property
+    def rate(self) -> float:
+        """Floating-point operations per second in this run so far."""
+        return self.flops_done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current rate (None before any work is measured)."""
+        if self.rate <= 0:
+            return None
+        return max(0.0, (self.flops_todo - self.flops_done) / self.rate)
+
+    def __str__(self) -> str:
+        """One line: ``tiles 1/3 done (48% of the work), 81.2 GFLOP/s, ETA 26 s``."""
+        share = 100.0 * self.flops_done / self.flops_todo if self.flops_todo else 100.0
+        eta = "?" if self.eta is None else f"{self.eta:.0f} s"
+        return (f"tiles {self.tiles_done}/{self.tiles_total} done ({share:.0f}% of the work), "
+                f"{self.rate / 1e9:.1f} GFLOP/s, elapsed {self.elapsed:.0f} s, ETA {eta}")
+
+
+@dataclass
+class GramResult:
+    """What a run did and measured.
+
+    Attributes
+    ----------
+    plan : GramPlan
+    output : str
+        ``FILE::/dataset`` of Y.
+    computed : list of (int, int)
+        Tiles computed by this run.
+    reused : list of (int, int)
+        Tiles taken from an interrupted run.
+    seconds : float
+        Wall time of the run (from the start of the tasks to Y complete).
+    compute_seconds : float
+        Wall time of the Spark job.
+    write_seconds : float
+        Wall time of the final write of Y after the Spark job.
+    task_stats : list of dict
+        Per task: seconds reading and computing, bytes read, flops, worker pid.
+    """
+
+    plan: GramPlan
+    output: str
+    computed: list = field(default_factory=list)
+    reused: list = field(default_factory=list)
+    seconds: float = 0.0
+    compute_seconds: float = 0.0
+    write_seconds: float = 0.0
+    task_stats: list = field(default_factory=list)
+
+    @property
+    def gflops(self) -> float:
+        """GFLOP/s of this run's tiles over its whole wall time."""
+        flops = sum(s["flops"] for s in self.task_stats)
+        return flops / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        """A short summary of the run."""
+        read = sum(s["read_s"] for s in self.task_stats)
+        comp = sum(s["compute_s"] for s in self.task_stats)
+        return (f"wrote {self.output} in {self.seconds:.2f} s ({self.gflops:.1f} GFLOP/s): "
+                f"tiles computed {len(self.computed)}, reused {len(self.reused)}, total "
+                f"{len(self.plan.tiles)}; Spark job {self.compute_seconds:.2f} s, final write "
+                f"{self.write_seconds:.2f} s; task time reading {read:.1f} s, BLAS {comp:.1f} s")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary."""
+        return {"output": self.output, "computed": self.computed, "reused": self.reused,
+                "seconds": self.seconds, "compute_seconds": self.compute_seconds,
+                "write_seconds": self.write_seconds, "gflops": self.gflops,
+                "predicted_total_bytes": self.plan.total_bytes,
+                "tiles": len(self.plan.tiles), "tile": self.plan.tile, "slab": self.plan.slab,
+                "task_stats": self.task_stats}
+
+
+def _collect(rdd, description: str) -> list:
+    """Run ``rdd``'s job from this thread under ``description``; return its results."""
+    rdd.context.setJobDescription(description)  # local properties are per thread: set it here
+    return rdd.collect()
+
+
+class GramRun:
+    """One run of Y = X X^T: compute the missing tiles on Spark, write Y, clean up.
+
+    Parameters
+    ----------
+    sc : pyspark.SparkContext
+        The context the tasks run on.
+    request : GramRequest
+        The validated request; its output's lock must be held.
+    plan : GramPlan
+        The plan, with the tiles an interrupted run finished.
+    state : dict
+        The run's resume state, its work folder ready
+        (:func:`~blockmatrix.ooc.request.start_state`).
+    progress : callable, optional
+        Called with a :class:`GramProgress` when a tile finishes and every
+        ``progress_interval`` seconds.
+    progress_interval : float
+        Seconds between progress reports.
+    """
+
+    def __init__(self, sc, request: GramRequest, plan: GramPlan, state: dict,
+                 progress: Callable[[GramProgress], None] | None = None,
+                 progress_interval: float = 5.0):
+        self.sc = sc
+        self.request = request
+        self.plan = plan
+        self.state = state
+        self.progress = progress
+        self.progress_interval = progress_interval
+        self.tiles = {(t.i, t.j): t for t in plan.tiles}
+        self.staged_path = os.path.join(request.work_dir, STAGED_OUTPUT)
+        self.writer: YWriter | None = None
+        self.written: set[tuple[int, int]] = set()
+        self._start = 0.0
+        self._last_report = -math.inf
+        self._reported_done = -1
+
+    def run(self) -> GramResult:
+        """Compute, write and put Y in place; remove the work folder. Call once."""
+        self._start = time.perf_counter()
+        result = GramResult(plan=self.plan, output=self.request.output_location,
+                            reused=sorted(self.plan.done))
+        if not os.path.exists(self.request.output_path):
+            # A new output file is written while the tasks run, then linked into place.
+            self.writer = YWriter(self.staged_path, self.request.output_dataset,
+                                  self.plan.shape[0], self.plan.dtype, "w-")
+        try:
+            stats = self._compute()
+            result.task_stats = sorted(stats, key=lambda s: (s["i"], s["j"]))
+            result.computed = [(s["i"], s["j"]) for s in result.task_stats]
+            result.compute_seconds = self._elapsed()
+            self._finish()
+        except BaseException:
+            self._abandon_writer()
+            raise
+        result.seconds = self._elapsed()
+        result.write_seconds = result.seconds - result.compute_seconds
+        shutil.rmtree(self.request.work_dir, ignore_errors=True)
+        return result
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+    def _tasks(self):
+        """The RDD of the missing tiles' tasks, one tile per partition."""
+        todo = list(self.plan.todo)
+        compute = functools.partial(
+            compute_tile, path=os.path.abspath(self.request.input_path),
+            dataset=self.request.input_dataset, dtype=self.plan.dtype, slab=self.plan.slab,
+            threads=self.plan.threads_per_task, work_dir=self.request.work_dir,
+            cache_bytes=self.plan.cache_bytes)
+        return self.sc.parallelize(todo, len(todo)).map(compute)
+
+    def _compute(self) -> list[dict]:
+        """Run the Spark job of the missing tiles while watching it; return its task stats."""
+        if not self.plan.todo:
+            return []
+        description = f"gram: {len(self.plan.todo)} tiles of {self.request.input_location}"
+        with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gram-job") as pool:
+            job = pool.submit(_collect, self._tasks(), description)
+            try:
+                self._watch(job)
+            except BaseException:
+                if not job.done():
+                    self.sc.cancelAllJobs()  # the pool's shutdown then waits for the job's end
+                raise
+            return job.result()
+
+    def _watch(self, job: futures.Future) -> None:
+        """Until ``job`` ends: stream finished tiles to a streaming writer, report progress."""
+        while True:
+            futures.wait([job], timeout=WATCH_INTERVAL)
+            ended = job.done()  # before looking at the folder, so the last look sees every tile
+            done = finished_tiles(self.request.work_dir, self.plan.tiles, self.plan.dtype)
+            if self.writer is not None:
+                self._write(done - self.written)
+            self._report(done)
+            if ended:
+                return
+
+    def _write(self, keys) -> None:
+        """Write the finished tiles ``keys`` into Y, in tile order."""
+        for key in sorted(keys):
+            tile = self.tiles[key]
+            self.writer.write_tile(tile, os.path.join(self.request.work_dir, tile.name))
+            self.written.add(key)
+
+    def _report(self, done: set) -> None:
+        """Report progress when a tile finished since the last report, or it is time."""
+        now = time.perf_counter()
+        if self.progress is None or (len(done) == self._reported_done
+                                     and now - self._last_report < self.progress_interval):
+            return
+        k = self.plan.shape[1]
+        flops = sum(self.tiles[key].flops(k) for key in done - self.plan.done)
+        flops += running_flops(self.request.work_dir, self.plan.todo, k, done)
+        self.progress(GramProgress(len(done), len(self.plan.tiles), flops,
+                                   self.plan.todo_flops, now - self._start))
+        self._last_report, self._reported_done = now, len(done)
+
+    def _finish(self) -> None:
+        """Write the tiles not yet written and put Y in place.
+
+        The state is marked ``finalizing`` (Y is ours to rewrite on resume) before the output
+        file is touched.
+        """
+        finished = finished_tiles(self.request.work_dir, self.plan.tiles, self.plan.dtype)
+        missing = set(self.tiles) - finished
+        if missing:
+            raise RuntimeError(f"tiles {sorted(missing)} were not computed: run again with resume")
+        self.state.update(phase="finalizing", y_ours=True)
+        write_state(self.request.work_dir, self.state)
+        staged = self.writer is not None
+        if not staged:
+            self.writer = YWriter(self.request.output_path, self.request.output_dataset,
+                                  self.plan.shape[0], self.plan.dtype, "a")
+        self._write(set(self.tiles) - self.written)
+        writer, self.writer = self.writer, None
+        writer.close()
+        if staged:
+            link_into_place(self.staged_path, self.request.output_path)
+
+    def _abandon_writer(self) -> None:
+        """Close the writer, if open, leaving Y marked incomplete."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.close(complete=False)

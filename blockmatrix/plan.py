@@ -1,0 +1,282 @@
+"""Typed plans: what a strategy predicts before anything moves, and the options it plans with.
+
+Every strategy's ``plan`` returns a subclass of :class:`MultiplyPlan` with its own fields (the
+inner product's destinations, the broadcast side, ...). What ``auto`` and the reports need of
+any plan is an attribute of the base type: bytes shuffled and broadcast, whether it fits a
+memory budget, the note it prints, the result grid, the predicted seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import cost
+from ._checks import check_int
+from .errors import InvalidParameterError
+from .layout import BlockLayout, product_keys, result_layout
+from .partitioner import GridPartitioner
+from .sparkconf import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TASK_BUFFER_BYTES
+from .units import format_bytes
+
+
+def check_num_mid_splits(num_mid_splits) -> int:
+    """Return ``num_mid_splits`` as an int, or raise if it is not a positive integer."""
+    return check_int(num_mid_splits, "num_mid_splits",
+                     meaning="1 = no split of the inner dimension")
+
+
+@dataclass(frozen=True)
+class MultiplyOptions:
+    """Parameters of a multiplication, common to all strategies.
+
+    Parameters
+    ----------
+    num_partitions : int, optional
+        Suggested number of result partitions; default, as Spark: the larger operand's.
+    num_mid_splits : int
+        Sub-reducers the inner dimension is striped over (Spark's numMidDimSplits).
+    task_buffer_bytes : int
+        Bytes of shuffled blocks a task keeps in memory before spilling them to local disk.
+    memory_budget_bytes : int, optional
+        Memory a single task may use for its data: the most ``broadcast`` may broadcast, and
+        what ``auto`` requires of a plan's largest task. None: the planners' default,
+        :data:`~blockmatrix.sparkconf.DEFAULT_MEMORY_BUDGET_BYTES` (``multiply`` derives it
+        from the executor memory).
+    num_cores : int, optional
+        Tasks the cluster runs at once, for predicted times. None: 1 (``multiply`` and
+        ``explain_multiply`` pass Spark's ``defaultParallelism``).
+    """
+
+    num_partitions: int | None = None
+    num_mid_splits: int = 1
+    task_buffer_bytes: int = DEFAULT_TASK_BUFFER_BYTES
+    memory_budget_bytes: int | None = None
+    num_cores: int | None = None
+
+    @classmethod
+    def merged(cls, defaults: dict, given: dict) -> MultiplyOptions:
+        """Options from ``given``, where a value is missing or None from ``defaults``.
+
+        >>> MultiplyOptions.merged({"num_cores": 4}, {"num_cores": None, "num_partitions": 2})
+        MultiplyOptions(num_partitions=2, num_mid_splits=1, task_buffer_bytes=536870912, \
+memory_budget_bytes=None, num_cores=4)
+        """
+        return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+
+    @property
+    def cores(self) -> int:
+        """The task slots in effect (1 when none were given)."""
+        return self.num_cores or 1
+
+    @property
+    def budget_bytes(self) -> int:
+        """The memory budget in effect (the default when none was given)."""
+        if self.memory_budget_bytes is None:
+            return DEFAULT_MEMORY_BUDGET_BYTES
+        return self.memory_budget_bytes
+
+    def __post_init__(self):
+        checked = {
+            "num_mid_splits": check_num_mid_splits(self.num_mid_splits),
+            "num_partitions": check_int(self.num_partitions, "num_partitions",
+                                        allow_none="Spark's default"),
+            "task_buffer_bytes": check_int(self.task_buffer_bytes, "task_buffer_bytes",
+                                           minimum=0),
+            "memory_budget_bytes": check_int(
+                self.memory_budget_bytes, "memory_budget_bytes",
+                allow_none="the default, a quarter of the executor memory"),
+            "num_cores": check_int(self.num_cores, "num_cores",
+                                   allow_none="Spark's defaultParallelism"),
+        }
+        for name, value in checked.items():  # numpy integers are stored as ints
+            object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True)
+class ShuffleEstimate:
+    """Predicted volume of one shuffle stage."""
+
+    name: str
+    records: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One plan ``auto`` weighed: its label, strategy and what it was judged on."""
+
+    label: str
+    strategy: str
+    predicted_seconds: float
+    moved_bytes: int
+    shuffles: int
+    max_task_memory_bytes: int
+    fits: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiplyPlan:
+    """A strategy's plan for ``A @ B`` and its predicted cost.
+
+    Parameters
+    ----------
+    strategy : str
+        Registry name of the strategy.
+    left, right : BlockLayout
+        The operands.
+    grid : GridPartitioner
+        Spark's partitioner of the result's block grid (the result RDD's partitioner when the
+        strategy's last step partitions by it).
+    num_tasks : int
+        Tasks of the plan's widest stage.
+    shuffles : tuple of ShuffleEstimate
+        One entry per shuffle stage, in order.
+    max_task_input_bytes : int
+        Largest input a single task receives (shuffled or broadcast blocks).
+    max_task_memory_bytes : int
+        Largest memory a task holds at once for its data (accumulators plus the inputs it
+        must hold together), not counting interpreter overhead.
+    max_task_output_bytes : int
+        Largest output of a single task.
+    flops : int
+        Floating-point operations of the block products, blocks counted as dense.
+    compute_seconds : float
+        Predicted single-core seconds of all block products (:func:`.cost.product_seconds`).
+    max_task_compute_seconds : float
+        Predicted compute seconds of the busiest task: with fewer tasks than cores, or uneven
+        ones, the multiply cannot finish sooner than this.
+    read_bytes : int
+        Bytes the tasks read straight from the operands' files (no shuffle, no driver).
+    reason : str
+        Why this plan was chosen (filled in by ``auto``).
+    candidates : tuple of Candidate
+        Every plan ``auto`` weighed (filled in by ``auto``).
+    """
+
+    strategy: str
+    left: BlockLayout = field(repr=False)
+    right: BlockLayout = field(repr=False)
+    grid: GridPartitioner = field(repr=False)
+    num_tasks: int
+    shuffles: tuple[ShuffleEstimate, ...]
+    max_task_input_bytes: int
+    max_task_memory_bytes: int
+    max_task_output_bytes: int
+    flops: int
+    compute_seconds: float = 0.0
+    max_task_compute_seconds: float = 0.0
+    read_bytes: int = 0
+    reason: str = ""
+    candidates: tuple[Candidate, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def num_shuffles(self) -> int:
+        """Number of shuffle stages."""
+        return len(self.shuffles)
+
+    @property
+    def shuffle_bytes(self) -> int:
+        """Predicted bytes written by all shuffles."""
+        return sum(s.bytes for s in self.shuffles)
+
+    @property
+    def shuffle_records(self) -> int:
+        """Predicted records written by all shuffles."""
+        return sum(s.records for s in self.shuffles)
+
+    @property
+    def broadcast_bytes(self) -> int:
+        """Bytes the plan broadcasts to every task (0 unless the strategy broadcasts)."""
+        return 0
+
+    @property
+    def collected_bytes(self) -> int:
+        """Bytes collected to the driver before the multiply (0 unless the strategy does)."""
+        return 0
+
+    @property
+    def moved_bytes(self) -> int:
+        """Predicted bytes moved: the shuffles plus the broadcast operand."""
+        return self.shuffle_bytes + self.broadcast_bytes
+
+    @property
+    def note(self) -> str:
+        """One line the reports print under the plan's row ("" when there is nothing to say)."""
+        return ""
+
+    @property
+    def result_shape(self) -> tuple[int, int]:
+        """Shape of ``A @ B``."""
+        return self.left.shape[0], self.right.shape[1]
+
+    @property
+    def chosen_by_auto(self) -> bool:
+        """Whether ``auto`` chose this plan among others."""
+        return bool(self.candidates)
+
+    @property
+    def unavailable(self) -> str:
+        """Why the plan cannot run on these operands ("" when it can).
+
+        A strategy that needs something of its operands (the out-of-core product needs both
+        read from files) says so here; ``auto`` then passes it over and gives the reason.
+        """
+        return ""
+
+    def fits(self, budget_bytes: int) -> bool:
+        """Whether the plan can run and its largest task stays within ``budget_bytes``."""
+        return not self.unavailable and self.max_task_memory_bytes <= budget_bytes
+
+    def check_runnable(self) -> None:
+        """Raise :class:`~blockmatrix.errors.InvalidParameterError` if it must not run.
+
+        The base plan refuses only an :attr:`unavailable` one; a strategy that refuses more
+        (``broadcast`` over its budget) extends this, and ``execute`` calls it before any job.
+        """
+        if self.unavailable:
+            raise InvalidParameterError(f"strategy={self.strategy!r} cannot run: "
+                                        f"{self.unavailable}")
+        for layout in (self.left, self.right):
+            if layout.source_kind == "file":
+                layout.source.check_unchanged()
+
+    def predicted_seconds(self, cores: int) -> float:
+        """Predicted wall time on ``cores`` task slots (:func:`.cost.predicted_seconds`)."""
+        return cost.predicted_seconds(self, cores)
+
+    def result_layout(self, num_partitions: int) -> BlockLayout | None:
+        """Layout of the product when it is known without a job (dense operands), else None.
+
+        A product of dense operands has a dense block at every key that receives a product.
+        """
+        if not (self.left.is_dense and self.right.is_dense):
+            return None
+        shell = result_layout(self.left, self.right)
+        return result_layout(self.left, self.right,
+                             {key: shell.dense_nbytes(*key)
+                              for key in product_keys(self.left, self.right)}, num_partitions)
+
+    def __str__(self) -> str:
+        lines = [
+            f"  strategy: {self.strategy}",
+            f"  A: {self.left.shape[0]}x{self.left.shape[1]} in "
+            f"{self.left.rows_per_block}x{self.left.cols_per_block} blocks "
+            f"({len(self.left.block_nbytes)} stored, {format_bytes(self.left.nbytes)})",
+            f"  B: {self.right.shape[0]}x{self.right.shape[1]} in "
+            f"{self.right.rows_per_block}x{self.right.cols_per_block} blocks "
+            f"({len(self.right.block_nbytes)} stored, {format_bytes(self.right.nbytes)})",
+            f"  shuffles: {self.num_shuffles}",
+        ]
+        for s in self.shuffles:
+            lines.append(f"    {s.name}: {s.records} records, {format_bytes(s.bytes)}")
+        lines += [
+            f"  largest task input: {format_bytes(self.max_task_input_bytes)}",
+            f"  largest task memory: {format_bytes(self.max_task_memory_bytes)}",
+            f"  largest task output: {format_bytes(self.max_task_output_bytes)}",
+            f"  flops (dense count): {self.flops:.3e}",
+            f"  compute: {self.compute_seconds:.3g} core-s predicted, busiest task "
+            f"{self.max_task_compute_seconds:.3g} s",
+        ]
+        if self.reason:
+            lines.append(f"  reason: {self.reason}")
+        return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""Where a matrix's blocks can be read without Spark: the driver's own array, or a shared file.
+
+A :class:`~blockmatrix.layout.BlockLayout` carries its matrix's source when there is one:
+
+- :class:`DriverArray`: the array ``from_numpy`` distributed, still held by the driver, so a
+  strategy can broadcast it from there instead of collecting its RDD back;
+- :class:`HDF5Dataset`: the dataset ``from_hdf5`` reads, on storage every executor sees, so a
+  task can read the blocks it needs straight from the file instead of receiving them through a
+  shuffle;
+- None: the blocks exist nowhere but in Spark (a product, a ``from_blocks`` RDD).
+
+A transpose keeps its operand's source (:meth:`transpose`): the blocks are read transposed.
+Sources are small, picklable values (a path and a dataset name; the driver's array stays on
+the driver and is never pickled into a plan that is shipped to executors).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputChangedError
+from .layout import block_extent
+
+
+def file_stamp(path: str) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of a file: what changes when someone rewrites it."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class HDF5Dataset:
+    """A 2-D HDF5 dataset every task can read (the file is only ever opened read-only).
+
+    Parameters
+    ----------
+    path : str
+        Absolute path of the file.
+    dataset : str
+        Absolute name of the dataset.
+    shape : (int, int)
+        Shape of the dataset as stored (before any transpose).
+    dtype : numpy.dtype
+        Element type as stored.
+    stamp : (int, int)
+        ``(size, mtime_ns)`` of the file when it was opened (:func:`file_stamp`).
+    transposed : bool
+        Whether the matrix is the dataset's transpose.
+    """
+
+    path: str
+    dataset: str
+    shape: tuple[int, int]
+    dtype: np.dtype
+    stamp: tuple[int, int]
+    transposed: bool = False
+
+    kind = "file"
+
+    def transpose(self) -> HDF5Dataset:
+        """The same dataset, read transposed."""
+        return HDF5Dataset(self.path, self.dataset, self.shape, self.dtype, self.stamp,
+                           not self.transposed)
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`InputChangedError` if the file changed since it was opened."""
+        try:
+            now = file_stamp(self.path)
+        except OSError as exc:
+            raise InputChangedError(
+                f"input {self.path} can no longer be read ({exc.strerror}) since "
+                f"BlockMatrix.from_hdf5 opened it: restore it, or open it again") from None
+        if now != tuple(self.stamp):
+            raise InputChangedError(
+                f"input {self.path} changed since BlockMatrix.from_hdf5 opened it (size, mtime "
+                f"{tuple(self.stamp)} -> {now}): its blocks would not match the plan; open it "
+                f"again with BlockMatrix.from_hdf5")
+
+    def read_block(self, data, i: int, j: int, rows_per_block: int,
+                   cols_per_block: int) -> np.ndarray:
+        """Block ``(i, j)`` of the matrix from the open dataset ``data`` (executor side)."""
+        if self.transposed:
+            return np.ascontiguousarray(
+                self._read(data, j, i, cols_per_block, rows_per_block).T)
+        return self._read(data, i, j, rows_per_block, cols_per_block)
+
+    def _read(self, data, i: int, j: int, rows_per_block: int,
+              cols_per_block: int) -> np.ndarray:
+        rows = block_extent(i, self.shape[0], rows_per_block)
+        cols = block_extent(j, self.shape[1], cols_per_block)
+        out = np.empty((rows, cols), dtype=data.dtype)
+        r0, c0 = i * rows_per_block, j * cols_per_block
+        data.read_direct(out, np.s_[r0:r0 + rows, c0:c0 + cols])
+        return out
+
+
+@dataclass(frozen=True)
+class DriverArray:
+    """The dense or CSR array the driver distributed (its blocks are slices of it).
+
+    Only the driver uses it: pickling one (say, inside something shipped to executors) is an
+    error, so that a 64 GiB array is never sent by accident.
+    """
+
+    array: object = field(repr=False, compare=False)
+    transposed: bool = False
+
+    kind = "driver"
+
+    def transpose(self) -> DriverArray:
+        """The same array, read transposed."""
+        return DriverArray(self.array, not self.transposed)
+
+    def block(self, i: int, j: int, rows_per_block: int, cols_per_block: int):
+        """Block ``(i, j)`` of the matrix (a view where the format allows), or None if zero."""
+        a = self.array.T if self.transposed else self.array
+        block = a[i * rows_per_block:(i + 1) * rows_per_block,
+                  j * cols_per_block:(j + 1) * cols_per_block]
+        return block.tocsr() if sp.issparse(block) else np.ascontiguousarray(block)
+
+    def __reduce__(self):
+        raise TypeError("a DriverArray stays on the driver: ship the blocks, not the source")
+
+
+Source = HDF5Dataset | DriverArray

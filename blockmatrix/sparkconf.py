@@ -1,0 +1,47 @@
+"""What the planners read from a Spark configuration: the worker buffer and the memory budget.
+
+Every default that stands in for a Spark setting lives here, so that a plan made without Spark
+(from layouts alone) and one made inside ``BlockMatrix.multiply`` agree.
+"""
+
+from __future__ import annotations
+
+from .units import parse_memory
+
+#: Default bytes a task may buffer in memory before spilling (PySpark's own default,
+#: ``spark.python.worker.memory`` = 512m); jobs read the configured value.
+DEFAULT_TASK_BUFFER_BYTES = 512 << 20
+
+#: Memory budget of a task when none is given and no Spark configuration is at hand: a quarter
+#: of Spark's default 1g executor memory.
+DEFAULT_MEMORY_BUDGET_BYTES = 256 << 20
+
+#: Fraction of the executor memory a task may use for its data by default.
+BUDGET_FRACTION = 0.25
+
+
+def worker_buffer_bytes(sc) -> int:
+    """``spark.python.worker.memory`` of a context, in bytes (PySpark's default 512m)."""
+    value = sc.getConf().get("spark.python.worker.memory", None)
+    return parse_memory(value) if value else DEFAULT_TASK_BUFFER_BYTES
+
+
+def default_memory_budget(sc) -> int:
+    """A quarter of ``spark.executor.memory`` (``spark.driver.memory`` in local mode), in bytes.
+
+    Spark's own default for either setting is 1g, giving 256 MiB.
+    """
+    conf = sc.getConf()
+    local = (conf.get("spark.master", "") or "").startswith("local")
+    setting = "spark.driver.memory" if local else "spark.executor.memory"
+    return int(parse_memory(conf.get(setting, "1g") or "1g") * BUDGET_FRACTION)
+
+
+def multiply_defaults(sc) -> dict:
+    """The options ``multiply`` and ``explain_multiply`` take from Spark when none are given.
+
+    ``task_buffer_bytes``, ``memory_budget_bytes`` and ``num_cores`` (``defaultParallelism``).
+    """
+    return {"task_buffer_bytes": worker_buffer_bytes(sc),
+            "memory_budget_bytes": default_memory_budget(sc),
+            "num_cores": sc.defaultParallelism}

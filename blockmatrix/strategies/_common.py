@@ -1,0 +1,130 @@
+"""What several strategies share: operand sides, k-slice accumulation, partial sums.
+
+Executor-side functions are module-level and take their parameters through
+``functools.partial``, so that Spark pickles nothing but them and their arguments.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from .. import blocks as bk
+from .._spill import grouped_by_key
+
+#: The operand a routed block comes from.
+LEFT, RIGHT = 0, 1
+
+
+def side_name(side: int) -> str:
+    """``"A"`` for the left operand, ``"B"`` for the right one."""
+    return "A" if side == LEFT else "B"
+
+
+def inner_and_outer(key, side: int) -> tuple[int, int]:
+    """``(k, index)`` of a block key: its inner index and its row (A) or column (B) index.
+
+    >>> inner_and_outer((3, 5), LEFT), inner_and_outer((3, 5), RIGHT)
+    ((5, 3), (3, 5))
+    """
+    row, col = key
+    return (col, row) if side == LEFT else (row, col)
+
+
+class FileRef(NamedTuple):
+    """A block that stays in its file until its slice is multiplied: just its key."""
+
+    key: tuple[int, int]
+
+
+def record_nbytes(record) -> int:
+    """Bytes of the block a routed record ``(key, (side, index, block))`` carries."""
+    block = record[1][2]
+    return 0 if isinstance(block, FileRef) else bk.nbytes(block)
+
+
+def accumulate_slice(acc: dict, group: Iterable) -> None:
+    """Add the products of one k-slice (records ``(key, (side, index, block))``) to ``acc``.
+
+    Blocks with the same index (duplicates) are all used, so duplicates are summed, as Spark's
+    multiply does.
+    """
+    lefts, rights = defaultdict(list), defaultdict(list)
+    for _, (side, index, block) in group:
+        (lefts if side == LEFT else rights)[index].append(block)
+    for i, left_blocks in lefts.items():
+        for j, right_blocks in rights.items():
+            for a in left_blocks:
+                for b in right_blocks:
+                    acc[(i, j)] = bk.matmul_accumulate(acc.get((i, j)), a, b)
+
+
+def accumulate_by_inner_index(records: Iterable, k_of: Callable[[object], int],
+                              budget_bytes: int, reader: FileReader | None = None):
+    """Multiply a task's routed records one inner index at a time; one block per ``(i, j)``.
+
+    Output blocks are accumulated in place; the task holds its accumulators, one k-slice of
+    inputs, and at most ``budget_bytes`` of not-yet-used inputs (the rest waits on local disk).
+    :class:`FileRef` blocks are read with ``reader`` when their slice comes.
+    """
+    acc: dict = {}
+    for _, group in grouped_by_key(records, k_of, record_nbytes, budget_bytes):
+        if reader is not None:
+            group = [(key, (side, index, reader.read(side, block.key)
+                            if isinstance(block, FileRef) else block))
+                     for key, (side, index, block) in group]
+        accumulate_slice(acc, group)
+    return iter(acc.items())
+
+
+class FileReader:
+    """Reads blocks of file-backed operands inside a task, one open file per operand.
+
+    ``sources`` maps a side (:data:`LEFT`, :data:`RIGHT`) to ``(source, rows_per_block,
+    cols_per_block)`` with ``source`` a :class:`~blockmatrix.sources.HDF5Dataset`. Files are
+    opened read-only on first use and closed by :meth:`close` (or on leaving a ``with``).
+    """
+
+    def __init__(self, sources: dict):
+        self._sources, self._open = sources, {}
+
+    def read(self, side: int, key) -> object:
+        """Block ``key`` of the operand on ``side``."""
+        source, rows_per_block, cols_per_block = self._sources[side]
+        data = self._open.get(side)
+        if data is None:
+            import h5py
+
+            data = self._open[side] = h5py.File(source.path, "r")[source.dataset]
+        return source.read_block(data, *key, rows_per_block, cols_per_block)
+
+    def close(self) -> None:
+        """Close every file opened."""
+        for data in self._open.values():
+            data.file.close()
+        self._open.clear()
+
+    def __enter__(self) -> FileReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def file_sources(layouts: dict) -> dict:
+    """The :class:`FileReader` argument for the file-backed ones among ``{side: layout}``."""
+    return {side: (lay.source, lay.rows_per_block, lay.cols_per_block)
+            for side, lay in layouts.items() if lay.source_kind == "file"}
+
+
+def sum_partials(partials, grid):
+    """Sum partial blocks by key into ``grid``'s partitions: one shuffle, no map-side combine.
+
+    Every strategy that calls this emits at most one partial per key from each task, so
+    ``reduceByKey``'s map-side combine would find nothing to combine and only cost time (and,
+    with blocks of megabytes, spills by PySpark's ``ExternalMerger`` above
+    ``spark.python.worker.memory``). The result keeps ``grid`` as its partitioner.
+    """
+    return partials.partitionBy(grid.num_partitions, grid).mapPartitions(
+        bk.sum_by_key, preservesPartitioning=True)
