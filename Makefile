@@ -26,7 +26,7 @@ demo: java $(STAMP)
 		--block-size 512 --master 'local[*]' --overwrite --verify
 
 test: java $(STAMP)
-	$(BIN)/python -m pytest -q --doctest-modules blockmatrix tests
+	$(BIN)/python -m pytest -q --doctest-modules blockmatrix jobs/_support tests
 	$(BIN)/ruff check blockmatrix jobs tests
 
 bench-gram: java $(STAMP)

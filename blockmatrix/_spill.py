@@ -3,6 +3,11 @@
 Records are held in memory up to a byte budget; past it every buffered record is appended to a
 per-key file in a private temporary folder. Groups are then produced in key order, one at a
 time, so a consumer holds at most the budget plus one group.
+
+:data:`last_spilled_records` says how many records the latest grouping of this process wrote to
+disk. Spark runs one task at a time in a Python worker, so a function chained to the task that
+grouped (``blocks.mapPartitions(f)``, which runs in the same worker right after) reads that
+task's own figure: how a test proves that a real task spilled.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+
+#: Records the latest :func:`grouped_by_key` of this process wrote to disk (0: all fitted).
+last_spilled_records = 0
 
 
 def local_spill_dir() -> str:
@@ -45,7 +53,12 @@ def grouped_by_key(records: Iterable, key_of: Callable[[object], int],
     >>> [(k, [v for _, v in g]) for k, g in grouped_by_key(recs, lambda r: r[0],
     ...                                                   lambda r: 1, budget_bytes=2)]
     [(1, ['a']), (2, ['b']), (3, ['c', 'd'])]
+    >>> from blockmatrix import _spill
+    >>> _spill.last_spilled_records  # the budget holds two records: the third spilled all three
+    3
     """
+    global last_spilled_records
+    last_spilled_records = 0
     buffered: dict[int, list] = defaultdict(list)
     held = 0
     folder = None
@@ -59,7 +72,7 @@ def grouped_by_key(records: Iterable, key_of: Callable[[object], int],
                 if folder is None:
                     folder = tempfile.mkdtemp(prefix="blockmatrix-spill-",
                                               dir=spill_dir or local_spill_dir())
-                _spill(buffered, folder, spilled)
+                last_spilled_records += _spill(buffered, folder, spilled)
                 held = 0
         for key in sorted(spilled | buffered.keys()):
             group = _load(folder, key) if key in spilled else []
@@ -70,13 +83,16 @@ def grouped_by_key(records: Iterable, key_of: Callable[[object], int],
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _spill(buffered: dict[int, list], folder: str, spilled: set[int]) -> None:
+def _spill(buffered: dict[int, list], folder: str, spilled: set[int]) -> int:
+    count = 0
     for key, group in buffered.items():
         with open(os.path.join(folder, f"{key}.pkl"), "ab") as f:
             for record in group:
                 pickle.dump(record, f, protocol=pickle.HIGHEST_PROTOCOL)
         spilled.add(key)
+        count += len(group)
     buffered.clear()
+    return count
 
 
 def _load(folder: str, key: int) -> list:

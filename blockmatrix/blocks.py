@@ -29,11 +29,6 @@ from .errors import BlockTypeError
 _GEMM = {np.dtype(np.float64): blas.dgemm, np.dtype(np.float32): blas.sgemm}
 
 
-def is_sparse(block) -> bool:
-    """Whether ``block`` is a scipy.sparse matrix or array."""
-    return sp.issparse(block)
-
-
 def check_block(block, where: str = "block"):
     """Return ``block`` as a supported block (ndarray or CSR), or raise :class:`BlockTypeError`.
 

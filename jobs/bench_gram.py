@@ -33,8 +33,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from _support.memory import TreePeakRSS
 
-from blockmatrix.memory import TreePeakRSS
 from blockmatrix.units import format_bytes
 
 HERE = Path(__file__).resolve().parent

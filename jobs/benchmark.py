@@ -20,7 +20,7 @@ Every contender's product is collected once (outside the timing) and compared wi
 single-process result; a wrong product stops the job. Times are the median of ``--repeats``
 runs (fewer when a run takes longer than ``--long-run`` seconds). Shuffle bytes are what Spark
 measured (:mod:`blockmatrix.metrics`); peak memory is the summed resident memory of the whole
-process tree (driver, JVM, Python workers; :mod:`blockmatrix.memory`) while the contender ran,
+process tree (driver, JVM, Python workers; ``jobs/_support/memory.py``) while the contender ran,
 and the CPU seconds per run of each kind of process (the JVM, the Python workers, the Python
 driver): where the seconds go.
 The job prints a table and writes JSON (``--out``).
@@ -51,14 +51,15 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from _support.cli import OneLineArgumentParser, positive_int, run
+from _support.memory import TreePeakRSS
 from py4j.protocol import Py4JJavaError
 
-from blockmatrix import BlockMatrix
-from blockmatrix.cli import OneLineArgumentParser, positive_int, run
+from blockmatrix import BlockMatrix, strategies
 from blockmatrix.errors import InvalidParameterError
 from blockmatrix.interop import mllib as mllib_interop
-from blockmatrix.memory import TreePeakRSS
 from blockmatrix.metrics import record
+from blockmatrix.samples import random_matrix
 from blockmatrix.session import spark_context, under_spark_submit
 from blockmatrix.units import format_bytes
 
@@ -68,7 +69,8 @@ sys.path.insert(0, str(HERE))
 import shuffle_report  # noqa: E402
 
 PROG = "benchmark.py"
-STRATEGIES = ("inner", "outer", "pasa", "broadcast", "auto")
+#: Every registered strategy, selectors such as ``auto`` included, in registration order.
+STRATEGIES = tuple(strategies.STRATEGIES)
 #: MLlib runs right after the limit, while the JVM heap holds little else: converting blocks
 #: to MLlib goes through a DataFrame of boxed doubles, which needs heap room.
 CONTENDERS = ("numpy", "mllib") + STRATEGIES
@@ -204,26 +206,13 @@ def parse_args(argv):
 
 
 # ---------------------------------------------------------------------------------- operands
-def make_operand(rng, shape, block: int, density: float, sparse: bool, fill: float):
-    """Seeded random operand: ndarray, or CSR whose stored blocks are ``fill`` non-zero."""
-    rows, cols = shape
-    gr, gc = -(-rows // block), -(-cols // block)
-    keep = rng.random((gr, gc)) < density
-    if not keep.any():
-        keep[0, 0] = True
-    if not sparse:
-        a = rng.standard_normal(shape)
-        for i, j in zip(*np.nonzero(~keep), strict=True):
-            a[i * block:(i + 1) * block, j * block:(j + 1) * block] = 0
-        return a
-    parts = []
-    for i, j in zip(*np.nonzero(keep), strict=True):
-        r, c = min(block, rows - i * block), min(block, cols - j * block)
-        m = sp.random(r, c, density=fill, format="coo", random_state=rng,
-                      data_rvs=rng.standard_normal)
-        parts.append((m.row + i * block, m.col + j * block, m.data))
-    r, c, v = (np.concatenate(x) for x in zip(*parts, strict=True))
-    return sp.csr_matrix((v, (r, c)), shape=shape)
+def make_operands(case: Case, rng) -> tuple:
+    """A then B of a case, from ``rng``: dense, or CSR with stored blocks ``fill`` full."""
+    return tuple(random_matrix(shape, case.block, rng, stored=density,
+                               fill=case.fill if sparse else 1.0,
+                               format="csr" if sparse else "dense")
+                 for shape, density, sparse in ((case.a_shape, case.a_density, case.sparse_a),
+                                                (case.b_shape, case.b_density, case.sparse_b)))
 
 
 def _root_pid() -> int:
@@ -277,8 +266,7 @@ def timed_runs(fn, repeats: int, long_run: float, sc=None, label: str = ""):
 
 def run_case(sc, case: Case, args, rng) -> list[dict]:
     """Every contender on one case; one row each."""
-    a = make_operand(rng, case.a_shape, case.block, case.a_density, case.sparse_a, case.fill)
-    b = make_operand(rng, case.b_shape, case.block, case.b_density, case.sparse_b, case.fill)
+    a, b = make_operands(case, rng)
     expected = a @ b
     if sp.issparse(expected):
         expected = sp.csr_matrix(expected)

@@ -21,7 +21,8 @@ import os
 import sys
 import time
 
-from blockmatrix.cli import OneLineArgumentParser, positive_int, run
+from _support.cli import OneLineArgumentParser, positive_int, run
+
 from blockmatrix.errors import OutputNotWritableError
 from blockmatrix.io import hdf5
 from blockmatrix.ooc import (

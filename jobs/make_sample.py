@@ -21,10 +21,11 @@ import time
 
 import h5py
 import numpy as np
+from _support.cli import OneLineArgumentParser, positive_int, run
 
-from blockmatrix.cli import OneLineArgumentParser, positive_int, run
 from blockmatrix.errors import InvalidParameterError
 from blockmatrix.io import hdf5
+from blockmatrix.samples import random_matrix
 
 PROG = "make_sample.py"
 #: Rows and columns of a generated block (64 MB of float64).
@@ -68,18 +69,17 @@ def parse_args(argv):
 
 def sample_block(seed: int, bi: int, bj: int, shape: tuple[int, int], dtype,
                  density: float) -> np.ndarray:
-    """Block ``(bi, bj)`` of the sample matrix (its own seeded generator).
+    """Slab ``(bi, bj)`` of the sample matrix: the shared generator, seeded ``[seed, bi, bj]``.
+
+    Seeding each slab apart is what lets the job write any size in bounded memory: no slab
+    depends on the random draws of another (:func:`blockmatrix.samples.random_matrix`).
 
     >>> a = sample_block(1, 0, 0, (2, 3), "float64", 1.0)
     >>> b = sample_block(1, 0, 0, (2, 3), "float64", 1.0)
     >>> bool((a == b).all()), a.shape
     (True, (2, 3))
     """
-    rng = np.random.default_rng([seed, bi, bj])
-    block = rng.standard_normal(shape, dtype=np.dtype(dtype))
-    if density < 1.0:
-        block[rng.random(shape) >= density] = 0
-    return block
+    return random_matrix(shape, shape, [seed, bi, bj], fill=density, dtype=dtype)
 
 
 def write_sample(path: str, dataset: str, rows: int, cols: int, seed: int = 0,

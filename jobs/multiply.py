@@ -19,9 +19,9 @@ import sys
 import time
 
 import numpy as np
+from _support.cli import OneLineArgumentParser, positive_int, run
 
 from blockmatrix import STRATEGIES, BlockMatrix
-from blockmatrix.cli import OneLineArgumentParser, positive_int, run
 from blockmatrix.errors import InvalidParameterError, ShapeMismatchError
 from blockmatrix.io import hdf5
 from blockmatrix.metrics import record
@@ -30,8 +30,8 @@ from blockmatrix.session import spark_context
 PROG = "multiply.py"
 
 
-def parse_args(argv):
-    """Parse the command line."""
+def make_parser() -> OneLineArgumentParser:
+    """The command line's parser (the bad-input tests check every flag has a refusal row)."""
     parser = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("a", metavar="A.h5::/A", help="left operand")
     parser.add_argument("b", metavar="B.h5::/B", help="right operand")
@@ -49,7 +49,12 @@ def parse_args(argv):
     parser.add_argument("--overwrite", action="store_true", help="replace an existing C")
     parser.add_argument("--verify", action="store_true",
                         help="compare C with numpy's A @ B on the driver afterwards")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv):
+    """Parse the command line."""
+    return make_parser().parse_args(argv)
 
 
 def check_request(args):

@@ -26,15 +26,18 @@ import os
 import sys
 
 import numpy as np
+from _support.cli import OneLineArgumentParser, positive_int, run
 
 from blockmatrix import BlockMatrix
-from blockmatrix.cli import OneLineArgumentParser, positive_int, run
 from blockmatrix.metrics import measure_multiply
+from blockmatrix.samples import random_matrix
 from blockmatrix.session import spark_context
+from blockmatrix.strategies import multiplying_strategies
 
 PROG = "shuffle_report.py"
 SHAPES = ("square", "tall-skinny", "1xN")
-STRATEGIES = ("inner", "outer", "pasa", "broadcast")
+#: Every registered strategy that multiplies itself (``auto`` only picks one of them).
+STRATEGIES = tuple(s.name for s in multiplying_strategies())
 COLUMNS = ["case", "shape", "block", "density", "strategy", "predicted_shuffles",
            "measured_shuffles", "predicted_shuffle_bytes", "measured_shuffle_bytes",
            "measured_over_predicted", "predicted_records", "max_task_input_bytes",
@@ -97,17 +100,6 @@ def grid_of(shape: str, g: int) -> tuple[tuple[int, int], tuple[int, int]]:
             "1xN": ((1, 2 * g), (2 * g, 1))}[shape]
 
 
-def random_operand(rng, blocks: tuple[int, int], block: int, density: float) -> np.ndarray:
-    """Random float64 matrix with about ``density`` of its blocks stored (at least one)."""
-    a = rng.standard_normal((blocks[0] * block, blocks[1] * block))
-    keep = rng.random(blocks) < density
-    if not keep.any():
-        keep[0, 0] = True
-    for i, j in zip(*np.nonzero(~keep), strict=True):
-        a[i * block:(i + 1) * block, j * block:(j + 1) * block] = 0
-    return a
-
-
 def run_sweep(sc, args) -> list[dict]:
     """Every case x strategy: plan and run, compare with numpy, return one row each."""
     rng = np.random.default_rng(args.seed)
@@ -116,8 +108,8 @@ def run_sweep(sc, args) -> list[dict]:
         for block in args.block_sizes:
             for density in args.densities:
                 ga, gb = grid_of(shape, args.grid)
-                a = random_operand(rng, ga, block, density)
-                b = random_operand(rng, gb, block, density)
+                a, b = (random_matrix((g[0] * block, g[1] * block), block, rng,
+                                      stored=density, mask_first=False) for g in (ga, gb))
                 A = BlockMatrix.from_numpy(sc, a, block, block, num_partitions=2).persist()
                 B = BlockMatrix.from_numpy(sc, b, block, block, num_partitions=2).persist()
                 A.blocks.count()

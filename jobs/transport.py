@@ -16,7 +16,7 @@ of:
 * ``collect``: the blocks are collected to the driver (the first half of a broadcast).
 
 For each it prints the median wall time, the throughput, and the CPU seconds per run of the
-JVM, of the Python workers and of the Python driver (:mod:`blockmatrix.memory`), which is
+JVM, of the Python workers and of the Python driver (``jobs/_support/memory.py``), which is
 where the README's "where the seconds go" figures come from. Bad arguments print one line on
 stderr and exit with code 2, before Spark starts.
 """
@@ -30,9 +30,9 @@ import time
 from functools import partial
 
 import numpy as np
+from _support.cli import OneLineArgumentParser, positive_int, run
+from _support.memory import TreePeakRSS
 
-from blockmatrix.cli import OneLineArgumentParser, positive_int, run
-from blockmatrix.memory import TreePeakRSS
 from blockmatrix.session import spark_context
 from blockmatrix.units import format_bytes
 

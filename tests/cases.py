@@ -1,7 +1,9 @@
 """The shape grid every multiplication strategy is tested on (numpy is the reference).
 
 Each case names the operand shapes, block sizes, dtypes and formats; :func:`make_operands`
-builds seeded numpy / scipy.sparse operands with some all-zero blocks.
+builds seeded numpy / scipy.sparse operands with some all-zero blocks (the package's one
+generator, :func:`blockmatrix.samples.random_matrix`); :func:`strategy_case_grid` pairs every
+registered strategy with every case.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
+
+from blockmatrix import strategies
+from blockmatrix.samples import block_grid, random_matrix
 
 
 @dataclass(frozen=True)
@@ -49,27 +53,32 @@ CASES = [
 ]
 
 
-def _operand(rng, rows, cols, row_block, col_block, fmt, dtype, zero_blocks, density):
-    if fmt == "sparse":
-        a = sp.random(rows, cols, density=density, format="lil", random_state=rng,
-                      dtype=np.float64)
-    else:
-        a = rng.standard_normal((rows, cols))
-    a = a.astype(dtype)
-    if zero_blocks:
-        # Zero out every third block (in a checkerboard-ish pattern) so it is not stored.
-        for bi in range(-(-rows // row_block)):
-            for bj in range(-(-cols // col_block)):
-                if (bi + 2 * bj) % 3 == 1:
-                    a[bi * row_block:(bi + 1) * row_block, bj * col_block:(bj + 1) * col_block] = 0
-    return sp.csr_matrix(a) if fmt == "sparse" else np.ascontiguousarray(a)
+def every_third_block_blank(grid: tuple[int, int]) -> np.ndarray:
+    """Stored-block mask with every third block blank, in a checkerboard-ish pattern."""
+    return np.fromfunction(lambda bi, bj: (bi + 2 * bj) % 3 != 1, grid, dtype=int)
+
+
+def _operand(rng, shape, block_shape, fmt, dtype, zero_blocks, density):
+    stored = every_third_block_blank(block_grid(shape, block_shape)) if zero_blocks else None
+    return random_matrix(shape, block_shape, rng, stored=stored,
+                         fill=density if fmt == "sparse" else 1.0,
+                         format="csr" if fmt == "sparse" else "dense", dtype=dtype)
 
 
 def make_operands(case: Case, seed: int = 0):
     """Seeded operands ``(a, b)`` for a case (ndarray or CSR, per the case's formats)."""
     rng = np.random.default_rng(seed)
-    a = _operand(rng, case.n, case.m, case.rows_per_block, case.inner_per_block,
+    a = _operand(rng, (case.n, case.m), (case.rows_per_block, case.inner_per_block),
                  case.left_format, case.dtype, case.zero_blocks, case.density)
-    b = _operand(rng, case.m, case.k, case.inner_per_block, case.cols_per_block,
+    b = _operand(rng, (case.m, case.k), (case.inner_per_block, case.cols_per_block),
                  case.right_format, case.dtype, case.zero_blocks, case.density)
     return a, b
+
+
+def strategy_case_grid() -> list[tuple[str, Case]]:
+    """Every (registered strategy, case) pair, read from the registry when called.
+
+    Called at collection time by the tests parametrized over it, so a strategy registered
+    before then (a plug-in, or a test's throwaway one) is tested with no other edit.
+    """
+    return [(name, case) for name in strategies.STRATEGIES for case in CASES]

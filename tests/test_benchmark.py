@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from blockmatrix.strategies import STRATEGIES, candidate_strategies
+
 JOB = Path(__file__).resolve().parent.parent / "jobs" / "benchmark.py"
-CONTENDERS = {"numpy", "inner", "outer", "pasa", "broadcast", "auto", "mllib"}
+#: The limit, MLlib and every registered strategy, ``auto`` included.
+CONTENDERS = {"numpy", "mllib", *STRATEGIES}
 
 
 def run_job(*args, timeout=900):
@@ -22,6 +25,8 @@ def run_job(*args, timeout=900):
                           timeout=timeout)
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_quick_benchmark_checks_every_contender(tmp_path):
     out = tmp_path / "bench.json"
     done = run_job("--quick", "--master", "local[2]", "--out", str(out))
@@ -58,7 +63,7 @@ def test_quick_benchmark_checks_every_contender(tmp_path):
             if r["contender"] == "inner":
                 assert r["shuffle_stages"] == 1             # the one-shuffle multiply
             if r["contender"] == "auto":
-                assert r["ran"] in {"inner", "outer", "pasa", "broadcast"}
+                assert r["ran"] in {s.name for s in candidate_strategies()}
     assert "MLlib/x" in done.stdout and "CPU s/run: JVM" in done.stdout
     assert f"wrote {out}" in done.stdout
 
@@ -78,6 +83,8 @@ def test_bad_arguments_one_line_exit_2(args, needle):
 TRANSPORT = JOB.parent / "transport.py"
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_transport_measures_each_path_and_who_spends_the_cpu(tmp_path):
     out = tmp_path / "transport.json"
     done = subprocess.run([sys.executable, str(TRANSPORT), "--blocks", "6", "--side", "128",

@@ -65,11 +65,22 @@ def test_mixed_dtypes_promote():
     assert_eq(acc, np.full((2, 2), 4.0))
 
 
-def test_first_product_does_not_alias_an_input():
-    a = np.ones((3, 1))
-    acc = bk.matmul_accumulate(None, np.eye(3), a)
-    acc = bk.matmul_accumulate(acc, np.eye(3), a)
-    assert_eq(a, np.ones((3, 1)))
+def _buffers(block):
+    return [block.data, block.indices, block.indptr] if sp.issparse(block) else [block]
+
+
+@pytest.mark.parametrize("left, right", [("dense", "dense"), ("csr", "dense"), ("dense", "csr")])
+def test_first_product_does_not_alias_an_input(left, right):
+    # The first product becomes the accumulator that later products are added into in place:
+    # were it an input's buffer, accumulating would overwrite that input.
+    eye = sp.csr_matrix(np.eye(3)) if left == "csr" else np.eye(3)
+    ones = sp.csr_matrix(np.ones((3, 1))) if right == "csr" else np.ones((3, 1))
+    acc = bk.matmul_accumulate(None, eye, ones)
+    assert not any(np.shares_memory(acc, buffer) for buffer in _buffers(eye) + _buffers(ones))
+    acc = bk.matmul_accumulate(acc, eye, ones)
+    np.testing.assert_array_equal(acc, np.full((3, 1), 2.0))
+    np.testing.assert_array_equal(bk.to_dense(eye), np.eye(3))
+    np.testing.assert_array_equal(bk.to_dense(ones), np.ones((3, 1)))
 
 
 def test_add_and_negate():

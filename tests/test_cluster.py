@@ -60,18 +60,45 @@ def test_multiply_job_on_the_cluster(standalone_cluster, operands, tmp_path, str
     assert_eq(read(out, "/C"), a @ b)
 
 
-def test_the_cluster_ran_executors_on_both_workers(standalone_cluster):  # noqa: F811
-    """The applications above got executors from both workers (separate JVMs)."""
-    apps = standalone_cluster.state().get("completedapps", [])
-    if not apps:
-        pytest.skip("no application has run on this cluster yet (run the module as a whole)")
-    assert all(app.get("state") == "FINISHED" for app in apps), apps
-    assert any(app.get("cores", 0) >= 2 for app in apps), apps
+WHERE_TASKS_RUN = """
+import os
+import time
+
+from pyspark import SparkContext
+
+
+def folder(_):
+    time.sleep(0.5)  # tasks long enough that both executors get some
+    return os.getcwd()  # the executor's folder, inside its worker's work folder
+
+
+sc = SparkContext.getOrCreate()
+for path in sorted(set(sc.parallelize(range(8), 8).map(folder).collect())):
+    print("task ran in", path)
+sc.stop()
+"""
+
+
+def test_the_cluster_ran_executors_on_both_workers(standalone_cluster, tmp_path):  # noqa: F811
+    """An application gets an executor from each worker (separate JVMs), and both run tasks."""
+    app = tmp_path / "where_tasks_run.py"
+    app.write_text(WHERE_TASKS_RUN)
+    # Both workers' cores (one each), and no task before both executors have registered.
+    result = spark_submit(standalone_cluster, app, conf={
+        "spark.app.name": "where tasks run", "spark.cores.max": "2",
+        "spark.scheduler.minRegisteredResourcesRatio": "1.0"})
+    check_ran(result)
+    folders = [Path(line.split(" ", 3)[3]).resolve() for line in result.stdout.splitlines()
+               if line.startswith("task ran in ")]
+    work_dirs = {worker.work_dir.resolve() for worker in standalone_cluster.workers}
+    used = {work for work in work_dirs for folder in folders if work in folder.parents}
+    assert used == work_dirs, (folders, work_dirs)
+    apps = [app for app in standalone_cluster.state().get("completedapps", [])
+            if app.get("name") == "where tasks run"]
+    assert [app.get("state") for app in apps] == ["FINISHED"], apps
 
 
 def test_gram_job_on_the_cluster(standalone_cluster, tmp_path):  # noqa: F811
-    if not GRAM.is_file():
-        pytest.skip("jobs/gram.py (helper-1's X X^T job) is not in the checkout yet")
     rng = np.random.default_rng(7)
     x = rng.standard_normal((150, 700))
     path = tmp_path / "x.h5"

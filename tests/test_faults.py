@@ -187,10 +187,6 @@ def test_long_inner_dimension_in_512mb_executors(cluster, tmp_path):
 
 # ---------------------------------------------------------------------- X X^T job faults
 
-needs_gram = pytest.mark.skipif(not GRAM.is_file(),
-                                reason="jobs/gram.py (helper-1's X X^T job) is not committed yet")
-
-
 def gram_popen(*args, throttle: float = 0.0) -> subprocess.Popen:
     """jobs/gram.py with each slab of a task and each tile the writer writes slowed down."""
     pause = f"gram.slab={throttle},gram.writer={throttle}"
@@ -221,7 +217,8 @@ def raw_bytes(path: Path, offset: int, count: int) -> bytes:
         return f.read(count)
 
 
-@needs_gram
+@pytest.mark.spark  # the job starts local Spark in its subprocess
+@pytest.mark.slow
 def test_gram_killed_at_a_random_moment_then_resumed(tmp_path):
     from blockmatrix.ooc import make_tiles
     from blockmatrix.ooc.workdir import finished_tiles, work_paths
@@ -258,7 +255,8 @@ def test_gram_killed_at_a_random_moment_then_resumed(tmp_path):
     assert not os.path.exists(work_dir)
 
 
-@needs_gram
+@pytest.mark.spark  # the job starts local Spark in its subprocess
+@pytest.mark.slow
 def test_second_gram_job_on_the_same_output_refuses(tmp_path):
     from blockmatrix.ooc.workdir import work_paths
 

@@ -40,6 +40,8 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_job_writes_the_product_and_reports_spark_figures(inputs):
     folder, a, b = inputs
     out = folder / "out.h5"
@@ -54,6 +56,8 @@ def test_job_writes_the_product_and_reports_spark_figures(inputs):
         assert_eq(f["C"][()], a @ b.astype(np.float64))
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_job_writes_into_the_input_file(inputs, tmp_path):
     folder, a, _ = inputs
     path = tmp_path / "same.h5"
@@ -110,6 +114,8 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(inputs, make_args,
     assert {p.name: digest(p) for p in folder.iterdir()} == before
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_job_under_spark_submit_with_the_properties_file(inputs):
     folder, a, b = inputs
     spark_submit = Path(sys.executable).parent / "spark-submit"

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from conftest import assert_eq
 from pyspark.core.rdd import Partitioner
 
-from blockmatrix import BlockMatrix, GridPartitioner
+from blockmatrix import BlockMatrix, GridPartitioner, _spill
 from blockmatrix.errors import (
     BlockSizeMismatchError,
     BlockTypeError,
@@ -65,10 +65,24 @@ def test_blocks_go_to_spark_grid_partitions(sc):
         assert all(grid(key) == pid for key, _ in part)
 
 
+def _spilled_records_per_task(C) -> list[int]:
+    """Records each task of ``C``'s last stage spilled, read in the worker that ran it."""
+    def spilled(blocks):
+        list(blocks)  # the product's task: grouped (and spilled) before this function runs
+        return [_spill.last_spilled_records]
+
+    return C.blocks.mapPartitions(spilled).collect()
+
+
 def test_long_inner_dimension_spills_in_real_tasks(sc):
     a, b = rng.standard_normal((8, 640)), rng.standard_normal((640, 8))
     A, B = BlockMatrix.from_numpy(sc, a, 8, 8), BlockMatrix.from_numpy(sc, b, 8, 8)
-    C = A.multiply(B, task_buffer_bytes=4096)  # a few blocks, then local disk
+    roomy = A.multiply(B)
+    C = A.multiply(B, task_buffer_bytes=4096)  # 8 of the 160 input blocks, then local disk
+    assert sum(_spilled_records_per_task(roomy)) == 0
+    # One task gets all 160 blocks of 512 bytes; each time 9 wait (4608 > 4096 bytes) they go
+    # to disk: 17 spills of 9, and the last 7 stay in memory.
+    assert sum(_spilled_records_per_task(C)) == 153
     assert_eq(C.to_numpy(), a @ b)
 
 

@@ -10,6 +10,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = [pytest.mark.spark, pytest.mark.slow]  # the notebook starts local Spark: minutes
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "shuffle_volume.ipynb"
 
 

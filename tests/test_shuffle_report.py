@@ -18,6 +18,8 @@ def run_job(*args, timeout=600):
                           timeout=timeout)
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_tiny_sweep_writes_csv_json_png(tmp_path):
     out = tmp_path / "report"
     done = run_job(str(out), "--master", "local[2]", "--block-sizes", "20", "--grid", "2",

@@ -183,21 +183,19 @@ def block_slices(i: int, j: int, shape: tuple[int, int], rows_per_block: int,
 
 
 def read_blocks(keys: Iterable[tuple[int, int]], path: str, dataset: str,
-                rows_per_block: int, cols_per_block: int,
-                drop_zero_blocks: bool = False) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+                rows_per_block: int,
+                cols_per_block: int) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
     """Yield ``((i, j), block)`` for ``keys``, read from ``path::dataset`` (executor side).
 
-    The file is opened read-only once for all the keys of a task.
+    The file is opened read-only once for all the keys of a task. Every block is yielded, all-zero
+    ones included: the driver planned them from the dataset's shape alone.
     """
     with h5py.File(path, "r") as f:
         data = f[dataset]
         shape = data.shape
         for i, j in keys:
             rows, cols = block_slices(i, j, shape, rows_per_block, cols_per_block)
-            block = np.ascontiguousarray(data[rows, cols])
-            if drop_zero_blocks and not block.any():
-                continue
-            yield (i, j), block
+            yield (i, j), np.ascontiguousarray(data[rows, cols])
 
 
 def write_blocks(path: str, dataset: str, shape: tuple[int, int], dtype: np.dtype,
@@ -233,7 +231,12 @@ def write_blocks(path: str, dataset: str, shape: tuple[int, int], dtype: np.dtyp
 
 def _write_chunks(shape: tuple[int, int], rows_per_block: int,
                   cols_per_block: int) -> tuple[int, int] | None:
-    """HDF5 chunk shape for a block-written dataset: the block, capped near 4 MB."""
+    """HDF5 chunk shape for a block-written dataset: one block, its rows halved past 4 MiB.
+
+    The row count is halved until ``rows * cols * 8`` bytes is at most 4 MiB. The 8 is the size
+    of a float64 whatever the dataset's dtype (float32 chunks stop at half the bytes), and the
+    columns are never cut: a block row wider than 4 MiB gives one-row chunks larger than that.
+    """
     if shape[0] == 0 or shape[1] == 0:
         return None
     rows = max(1, min(rows_per_block, shape[0]))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import BlockMatrixError
+from blockmatrix.errors import BlockMatrixError
 
 #: Exit code for rejected input (arguments, files, shapes), as argparse uses.
 EXIT_BAD_INPUT = 2

@@ -20,7 +20,7 @@ import threading
 
 import psutil
 
-__all__ = ["TreePeakRSS", "tree_rss", "tree_rss_by_process"]
+__all__ = ["TreePeakRSS", "tree_rss_by_process"]
 
 
 def tree_rss_by_process(root: psutil.Process) -> dict[int, tuple[str, int]]:
@@ -83,12 +83,6 @@ def _kind(description: str) -> str:
     if description == "pyspark daemon/worker":
         return "python workers"
     return "python"
-
-
-def tree_rss(root: psutil.Process) -> tuple[int, int]:
-    """Sum of the RSS of ``root`` and all its live descendants, and how many were counted."""
-    found = tree_rss_by_process(root)
-    return sum(rss for _, rss in found.values()), len(found)
 
 
 class TreePeakRSS:
