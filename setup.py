@@ -20,14 +20,17 @@ setup(
         "scipy>=1.10",
         "h5py>=3.8",
         "filelock>=3.12",
-        "psutil>=5.9",
     ],
     extras_require={
         # Out of core (Y = X X^T): BLAS threads pinned per task; without it a
         # PerformanceWarning says the threads are unpinned.
         "ooc": ["threadpoolctl>=3.1"],
+        # The benchmark jobs (jobs/benchmark.py, bench_gram.py, transport.py): process-tree
+        # memory and CPU sampling.
+        "bench": ["psutil>=5.9"],
         "test": [
             "threadpoolctl>=3.1",
+            "psutil>=5.9",
             "pytest>=7",
             "hypothesis>=6",
             "ruff>=0.5",

@@ -105,3 +105,12 @@ def test_private_pyspark_attributes_only_in_interop(name):
     tree = ast.parse(modules()[name].read_text(encoding="utf-8"))
     used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     assert not used & set(PYSPARK_INTERNALS), (name, sorted(used & set(PYSPARK_INTERNALS)))
+def test_runtime_package_does_not_import_benchmark_plumbing():
+    graph_sources = {name: path.read_text(encoding="utf-8") for name, path in modules().items()}
+    for name, source in graph_sources.items():
+        tree = ast.parse(source)
+        roots = {alias.name.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.Import) for alias in node.names}
+        roots |= {node.module.split(".")[0] for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        assert "psutil" not in roots, name

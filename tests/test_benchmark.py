@@ -115,3 +115,20 @@ def test_transport_bad_arguments_one_line_exit_2(args, needle):
                           text=True, timeout=60)
     assert done.returncode == 2
     assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+BENCH_PLAN = JOB.parent / "bench_plan.py"
+
+
+def test_planning_benchmark_runs_without_spark(tmp_path):
+    out = tmp_path / "plan.json"
+    done = subprocess.run([sys.executable, str(BENCH_PLAN), "--cases", "quick", "--json",
+                           str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["strategy"] for r in rows] == list(STRATEGIES)
+    assert all(r["plan_seconds"] >= 0 and r["traced_peak_bytes"] > 0 for r in rows)
+    refused = subprocess.run([sys.executable, str(BENCH_PLAN), "--cases", "nope"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "unknown case(s) ['nope']" in refused.stderr
