@@ -293,14 +293,20 @@ def compute_tile(tile: Tile, *, dtype: str, slab: int, threads: int, work_dir: s
     Returns
     -------
     dict
-        Statistics: tile indices, seconds reading and computing, bytes read, flops, pid.
+        Statistics: tile indices, seconds reading and computing, bytes read, flops, pid; or,
+        when an input could not be read, the tile indices and ``error`` (one line).
     """
     start = time.perf_counter()
     dt = np.dtype(dtype)
     progress_path = note_path(work_dir, tile)
-    acc, k, read_s, compute_s = _tile_product(
-        tile, _gram_operands(path, dataset, operands), dt, slab, threads, cache_bytes,
-        progress_path)
+    try:
+        acc, k, read_s, compute_s = _tile_product(
+            tile, _gram_operands(path, dataset, operands), dt, slab, threads, cache_bytes,
+            progress_path)
+    except TaskReadError as exc:
+        # Returned, not raised: a failed task makes Spark log its traceback on stderr, and the
+        # user is owed one line (the driver raises it, see run.OocRun._compute).
+        return {"i": tile.i, "j": tile.j, "error": str(exc)[len(READ_ERROR_MARK):]}
     save_tile(acc, work_dir, tile)
     with contextlib.suppress(OSError):
         os.unlink(progress_path)

@@ -234,12 +234,18 @@ class OocRun:
                     self.sc.cancelAllJobs()  # the pool's shutdown then waits for the job's end
                 raise
             try:
-                return job.result()
+                stats = job.result()
             except Exception as exc:  # Spark's error, with the task's traceback in its text
                 self._explain_failure(exc)
                 raise
+        failed = [s["error"] for s in stats if "error" in s]
+        if failed:
+            self._explain_failure(None)
+            raise InvalidInputError(f"{failed[0]} (nothing was written to "
+                                    f"{self.request.output_location})")
+        return stats
 
-    def _explain_failure(self, exc: Exception) -> None:
+    def _explain_failure(self, exc: Exception | None) -> None:
         """Raise a one-line error when the job failed on its inputs (changed or unreadable)."""
         for op, stamp in zip(self.request.operands, self.state.get("input_stamps", []),
                              strict=False):
@@ -253,7 +259,7 @@ class OocRun:
                     f"{now}): nothing was written to {self.request.output_location}; restore "
                     f"it and run again (finished tiles are kept for --resume only if it is "
                     f"unchanged)") from None
-        message = _read_error(exc)
+        message = _read_error(exc) if exc is not None else None
         if message is not None:
             raise InvalidInputError(message) from None
 
