@@ -316,7 +316,7 @@ def with_non_finite(shape, seed):
     return x
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("strategy", sorted(set(STRATEGIES) - {"ooc"}))  # ooc: files only
 def test_nan_and_inf_propagate_as_in_numpy(sc, strategy):
     a, b = with_non_finite((12, 10), 1), with_non_finite((10, 9), 2)
     b[:, 4] = 1.0  # a column of finite values: where A has NaN/inf, C does too

@@ -10,7 +10,10 @@ from conftest import assert_eq
 
 from blockmatrix import STRATEGIES, BlockMatrix
 
-STRATEGY_NAMES = sorted(STRATEGIES)
+# Operands here come from from_numpy; ooc reads file-backed operands only (its plan on these is
+# unavailable) and is checked against numpy on files in tests/test_ooc_matmul.py.
+FILE_ONLY = {"ooc"}
+STRATEGY_NAMES = sorted(set(STRATEGIES) - FILE_ONLY)
 
 
 @pytest.fixture(scope="module")

@@ -286,6 +286,8 @@ def operand_of(spec, name: str) -> tuple[Operand, tuple | None]:
         path, dataset, transposed = spec.path, spec.dataset, spec.transposed
     else:
         try:
+            if isinstance(spec, str | bytes | os.PathLike):
+                raise TypeError("a bare path names no dataset")
             path, dataset, *rest = spec
         except (TypeError, ValueError):
             raise InvalidParameterError(
