@@ -100,6 +100,7 @@ class BlockMatrix:
         self._plan = plan
         self._transpose_of: BlockMatrix | None = None
         self._gram_source: tuple[str, str] | None = None  # X of an X @ X.T read from HDF5
+        self._ooc_sources: tuple | None = None  # (A, B) file sources of an ooc product
         self._dtype = np.dtype(dtype) if dtype is not None else (
             layout.dtype if layout is not None else None)
         self._source = source
@@ -296,6 +297,12 @@ class BlockMatrix:
 
             result = gram_hdf5(self._blocks.context, *self._gram_source, path, dataset,
                                overwrite=overwrite)
+            return len(result.computed) + len(result.reused)
+        if self._ooc_sources is not None:
+            from .ooc import matmul_hdf5
+
+            result = matmul_hdf5(self._blocks.context, *self._ooc_sources, (path, dataset),
+                                 overwrite=overwrite)
             return len(result.computed) + len(result.reused)
         hdf5.check_output(path, dataset, overwrite=overwrite)
         write = partial(hdf5.write_blocks, shape=self._shape, dtype=self.dtype,
@@ -527,6 +534,9 @@ class BlockMatrix:
                 np.dtype(self.dtype).kind == "f":
             # X @ X.T of an HDF5 dataset: to_hdf5 takes the out-of-core gram path.
             result._gram_source = self._source
+        elif plan.strategy == "ooc":
+            # Both operands are HDF5 files: to_hdf5 goes file to file (matmul_hdf5).
+            result._ooc_sources = (plan.left.source, plan.right.source)
         return result
 
     def explain_multiply(self, other: BlockMatrix, strategy: str | None = None, **options):

@@ -2,14 +2,22 @@
 
 Usage::
 
-    python jobs/multiply.py A.h5::/A B.h5::/B C.h5::/C --block-size 1024 [--strategy inner]
+    python jobs/multiply.py A.h5::/A B.h5::/B C.h5::/C --block-size 1024 [--strategy auto]
         [--master URL] [--num-mid-splits S] [--num-partitions P] [--overwrite] [--verify]
+        [--tile N] [--slab N] [--resume]
     spark-submit --properties-file conf/spark-defaults.conf jobs/multiply.py ...
 
 Every check (arguments, input files and datasets, shapes, the output location) runs before
 Spark starts and before anything is written; a rejected request prints one line on stderr and
-exits with code 2. The job prints the plan, the stages and shuffle bytes Spark measured, and the
-wall time. ``--verify`` reads A, B and C back on the driver and compares C with numpy.
+exits with code 2. The job prints the plan, then what it did, and the wall time.
+``--verify`` reads A, B and C back on the driver and compares C with numpy.
+
+Both operands and C are files, so ``auto`` (the default) runs the out-of-core strategy ``ooc``
+for floating-point operands: tiles of C computed by tasks that read slabs of A and B straight from
+the files, written by the driver as they finish, in memory set by ``--tile`` and ``--slab``
+(printed before the start), never through the JVM heap; a killed run continues with
+``--resume``. Other strategies (``--strategy inner``, ...) read the blocks through Spark and
+report the stages and shuffle bytes Spark measured.
 """
 
 from __future__ import annotations
@@ -25,7 +33,11 @@ from blockmatrix import STRATEGIES, BlockMatrix
 from blockmatrix.errors import InvalidParameterError, ShapeMismatchError
 from blockmatrix.io import hdf5
 from blockmatrix.metrics import record
+from blockmatrix.ooc import DEFAULT_SLAB, check_matmul_request, matmul_hdf5, output_lock
+from blockmatrix.plan import MultiplyOptions
 from blockmatrix.session import spark_context
+from blockmatrix.sparkconf import multiply_defaults
+from blockmatrix.strategies import get_strategy
 
 PROG = "multiply.py"
 
@@ -38,8 +50,9 @@ def make_parser() -> OneLineArgumentParser:
     parser.add_argument("c", metavar="C.h5::/C", help="output dataset")
     parser.add_argument("--block-size", type=positive_int, required=True,
                         help="rows and columns of a block")
-    parser.add_argument("--strategy", default="inner", choices=sorted(STRATEGIES),
-                        help="multiplication strategy (default: inner)")
+    parser.add_argument("--strategy", default="auto", choices=sorted(STRATEGIES),
+                        help="multiplication strategy (default: auto, which picks ooc for "
+                             "floating-point files)")
     parser.add_argument("--master", default=None,
                         help="Spark master URL (default local[*]; ignored under spark-submit)")
     parser.add_argument("--num-mid-splits", type=positive_int, default=1,
@@ -49,6 +62,14 @@ def make_parser() -> OneLineArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing C")
     parser.add_argument("--verify", action="store_true",
                         help="compare C with numpy's A @ B on the driver afterwards")
+    parser.add_argument("--tile", type=positive_int, default=None,
+                        help="ooc: rows and columns of a tile of C (default: balanced over the "
+                             "cores; with --resume, the interrupted run's)")
+    parser.add_argument("--slab", type=positive_int, default=None,
+                        help=f"ooc: elements of the inner dimension read per step (default "
+                             f"{DEFAULT_SLAB}; with --resume, the interrupted run's)")
+    parser.add_argument("--resume", action="store_true",
+                        help="ooc: continue an interrupted run from its finished tiles")
     return parser
 
 
@@ -57,13 +78,16 @@ def parse_args(argv):
     return make_parser().parse_args(argv)
 
 
+OOC_FLAGS = ("tile", "slab", "resume")
+
+
 def check_request(args):
     """Validate files, shapes and the output location; nothing is written."""
     a_path, a_name = hdf5.parse_location(args.a, "A")
     b_path, b_name = hdf5.parse_location(args.b, "B")
     c_path, c_name = hdf5.parse_location(args.c, "C")
-    a_shape, _, _ = hdf5.inspect_input(a_path, a_name, "A")
-    b_shape, _, _ = hdf5.inspect_input(b_path, b_name, "B")
+    a_shape, a_dtype, _ = hdf5.inspect_input(a_path, a_name, "A")
+    b_shape, b_dtype, _ = hdf5.inspect_input(b_path, b_name, "B")
     if a_shape[1] != b_shape[0]:
         raise ShapeMismatchError(
             f"A.shape[1] ({a_shape[1]}) != B.shape[0] ({b_shape[0]}): A is "
@@ -73,8 +97,45 @@ def check_request(args):
             raise InvalidParameterError(
                 f"C ({args.c}) is the input dataset {name} ({path}::{dataset}): writing it would "
                 f"destroy an input; choose another output dataset")
-    hdf5.check_output(c_path, c_name, overwrite=args.overwrite, param="C")
-    return (a_path, a_name), (b_path, b_name), (c_path, c_name)
+    floating = a_dtype.kind == "f" and b_dtype.kind == "f"
+    if args.strategy not in ("ooc", "auto") or not floating:
+        if args.resume:
+            raise InvalidParameterError(
+                f"--resume continues an out-of-core run (--strategy ooc or auto, floating-point "
+                f"operands; here {args.strategy}, A {a_dtype}, B {b_dtype}): run without "
+                f"--resume")
+        hdf5.check_output(c_path, c_name, overwrite=args.overwrite, param="C")
+        return (a_path, a_name), (b_path, b_name), (c_path, c_name), None
+    # Checked before Spark starts: the output, the resume state, another job's lock.
+    ooc_request = check_matmul_request((a_path, a_name), (b_path, b_name), c_path, c_name,
+                                       args.tile, args.slab, args.resume, args.overwrite)
+    with output_lock(ooc_request.lock_path, ooc_request.output_path,
+                     job="out-of-core multiply"):
+        pass
+    return (a_path, a_name), (b_path, b_name), (c_path, c_name), ooc_request
+
+
+def refuse_ooc_flags(args, strategy: str) -> None:
+    """--tile, --slab and --resume mean nothing to a Spark strategy: refuse before writing."""
+    given = [f"--{name}" for name in OOC_FLAGS if getattr(args, name) not in (None, False)]
+    if given:
+        raise InvalidParameterError(
+            f"{', '.join(given)} apply to the out-of-core strategy only, and the chosen "
+            f"strategy is {strategy}: pass --strategy ooc, or drop {', '.join(given)}")
+
+
+def run_out_of_core(sc, args, request, strategy_plan, start: float) -> int:
+    """C = A @ B file to file (blockmatrix.ooc.matmul_hdf5); prints the tiles and the run."""
+    print(f"plan:\n{strategy_plan}", flush=True)
+    result = matmul_hdf5(sc, request.operands[0], request.operands[1],
+                         (request.output_path, request.output_dataset), request=request,
+                         progress=lambda report: print(f"multiply: {report}", flush=True),
+                         on_plan=lambda tiles: print(f"tiles:\n{tiles}", flush=True))
+    wall = time.perf_counter() - start
+    print(result)
+    print(f"predicted peak resident memory {result.plan.total_bytes / 2**20:,.0f} MiB; wall "
+          f"time {wall:.2f} s (master {sc.master})")
+    return 0
 
 
 def verify(a_loc, b_loc, c_loc) -> float:
@@ -104,29 +165,53 @@ def verify(a_loc, b_loc, c_loc) -> float:
 def main(argv=None) -> int:
     """Run the job; returns the process exit code."""
     args = parse_args(argv)
-    a_loc, b_loc, c_loc = check_request(args)
+    a_loc, b_loc, c_loc, ooc_request = check_request(args)
+    if ooc_request is None:
+        refuse_ooc_flags(args, args.strategy)
     sc = spark_context(args.master, app_name="blockmatrix multiply")
+    try:
+        return multiply(sc, args, a_loc, b_loc, c_loc, ooc_request)
+    finally:
+        sc.stop()
+
+
+def multiply(sc, args, a_loc, b_loc, c_loc, ooc_request) -> int:
+    """Plan with the chosen strategy, run it, write C, report and verify."""
     start = time.perf_counter()
     A = BlockMatrix.from_hdf5(sc, *a_loc, args.block_size, args.block_size)
     B = BlockMatrix.from_hdf5(sc, *b_loc, args.block_size, args.block_size)
-    with record(sc, f"multiply ({args.strategy})") as measured:
-        C = A.multiply(B, strategy=args.strategy, num_partitions=args.num_partitions,
-                       num_mid_splits=args.num_mid_splits)
-        written = C.to_hdf5(*c_loc, overwrite=args.overwrite)
-    wall = time.perf_counter() - start
-    print(f"plan:\n{C.plan}")
-    print(measured)
-    print(f"wrote {written} blocks of C ({C.shape[0]}x{C.shape[1]}) to {args.c} "
-          f"in {wall:.2f} s (master {sc.master})")
-    status = 0
+    options = MultiplyOptions.merged(
+        multiply_defaults(sc), {"num_partitions": args.num_partitions,
+                                "num_mid_splits": args.num_mid_splits})
+    # File to file, auto means ooc: the plans' cost model does not price C's trip through the
+    # driver and the JVM heap that every other strategy's to_hdf5 takes (an OutOfMemoryError
+    # at n = 8192 with the shipped 2g), and ooc's writer never takes it.
+    name = "ooc" if args.strategy == "auto" and ooc_request is not None else args.strategy
+    plan = get_strategy(name).plan(A.layout(), B.layout(), options)
+    if plan.strategy == "ooc" and ooc_request is not None:
+        status = run_out_of_core(sc, args, ooc_request, plan, start)
+        dtype = np.dtype(ooc_request.dtype)
+    else:
+        refuse_ooc_flags(args, plan.strategy)
+        plan.check_runnable()  # e.g. ooc on integer data: one line, before anything is written
+        with record(sc, f"multiply ({args.strategy})") as measured:
+            C = A.multiply(B, strategy=args.strategy, num_partitions=args.num_partitions,
+                           num_mid_splits=args.num_mid_splits)
+            written = C.to_hdf5(*c_loc, overwrite=args.overwrite)
+        wall = time.perf_counter() - start
+        print(f"plan:\n{C.plan}")
+        print(measured)
+        print(f"wrote {written} blocks of C ({C.shape[0]}x{C.shape[1]}) to {args.c} "
+              f"in {wall:.2f} s (master {sc.master})")
+        status = 0
+        dtype = np.dtype(C.layout().dtype)
     if args.verify:
         error = verify(a_loc, b_loc, c_loc)
-        tol = 1e-4 if np.dtype(C.layout().dtype) == np.float32 else 1e-9
+        tol = 1e-4 if dtype == np.float32 else 1e-9
         ok = error <= tol
         print(f"verified against numpy: max relative error {error:.2e} "
               f"({'OK' if ok else 'MISMATCH'}, tolerance {tol:.0e})")
         status = 0 if ok else 1
-    sc.stop()
     return status
 
 

@@ -75,10 +75,17 @@ def make_operands(case: Case, seed: int = 0):
     return a, b
 
 
+def operand_source(name: str) -> str:
+    """Where the grid's operands for strategy ``name`` come from: the driver (``from_numpy``)
+    when the strategy takes them, else HDF5 files (``from_hdf5``)."""
+    return "driver" if "driver" in strategies.get_strategy(name).operand_sources else "file"
+
+
 def strategy_case_grid() -> list[tuple[str, Case]]:
     """Every (registered strategy, case) pair, read from the registry when called.
 
     Called at collection time by the tests parametrized over it, so a strategy registered
-    before then (a plug-in, or a test's throwaway one) is tested with no other edit.
+    before then (a plug-in, or a test's throwaway one) is tested with no other edit. Each
+    strategy gets operands from a source it takes (:func:`operand_source`).
     """
     return [(name, case) for name in strategies.STRATEGIES for case in CASES]

@@ -35,7 +35,7 @@ import pytest
 from cluster import FAST_START_JVM
 from conftest import assert_eq
 
-from blockmatrix import STRATEGIES, BlockMatrix, errors
+from blockmatrix import BlockMatrix, errors
 from blockmatrix.errors import (
     BlockSizeMismatchError,
     BlockTypeError,
@@ -50,6 +50,7 @@ from blockmatrix.errors import (
     UnknownStrategyError,
 )
 from blockmatrix.io import hdf5
+from blockmatrix.strategies import strategies_taking
 
 REPO = Path(__file__).resolve().parent.parent
 MULTIPLY = REPO / "jobs" / "multiply.py"
@@ -258,6 +259,10 @@ CLI_ROWS = [
      "--num-partitions: 0 is not positive", "give an integer >= 1"),
     ("unknown strategy", job(*GOOD, "--block-size", "8", "--strategy", "fastest"),
      "invalid choice: 'fastest'", "choose from"),
+    ("zero tile", job(*GOOD, "--block-size", "8", "--tile", "0"),
+     "--tile: 0 is not positive", "give an integer >= 1"),
+    ("zero slab", job(*GOOD, "--block-size", "8", "--slab", "0"),
+     "--slab: 0 is not positive", "give an integer >= 1"),
     ("location without ::", job("in.h5:/A"),
      "A ('in.h5:/A') is not of the form FILE.h5::/dataset", "e.g. 'data.h5::/X'"),
     ("location without a dataset", job("in.h5::"),
@@ -356,7 +361,7 @@ def assert_same_non_finite(got, expected) -> None:
     assert_eq(got[finite], expected[finite])
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("strategy", sorted(strategies_taking("driver")))
 def test_nan_and_inf_propagate_as_in_numpy(sc, strategy):
     a, b = with_non_finite((12, 10), 1), with_non_finite((10, 9), 2)
     with np.errstate(invalid="ignore"):

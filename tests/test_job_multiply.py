@@ -46,7 +46,8 @@ def test_job_writes_the_product_and_reports_spark_figures(inputs):
     folder, a, b = inputs
     out = folder / "out.h5"
     result = run_job(f"{folder}/in.h5::/A", f"{folder}/in.h5::/B", f"{out}::/C",
-                     "--block-size", 32, "--master", "local[2]", "--verify")
+                     "--block-size", 32, "--master", "local[2]", "--verify",
+                     "--strategy", "inner")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 shuffle(s)" in result.stdout
     assert "shuffle write" in result.stdout and "wrote" in result.stdout

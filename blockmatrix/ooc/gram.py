@@ -11,23 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .kernels import warn_if_blas_unpinned
-from .request import GramRequest, check_gram_request, plan_request, start_state
-from .run import GramProgress, GramResult, GramRun
+from .request import GramRequest, check_gram_request
+from .run import GramProgress, GramResult, run_request, spark_slots
 from .tiles import GramPlan
-from .workdir import output_lock
 
 __all__ = ["gram_hdf5", "spark_slots"]
-
-
-def spark_slots(sc) -> tuple[int, int]:
-    """Task slots and BLAS threads per task of a SparkContext.
-
-    Threads per task is ``spark.task.cpus`` (default 1) and slots are the default parallelism
-    divided by it, so that tasks x threads = cores.
-    """
-    threads = max(1, int(sc.getConf().get("spark.task.cpus", "1")))
-    return max(1, sc.defaultParallelism // threads), threads
 
 
 def gram_hdf5(sc, input_path: str, input_dataset: str, output_path: str, output_dataset: str,
@@ -48,8 +36,9 @@ def gram_hdf5(sc, input_path: str, input_dataset: str, output_path: str, output_
     output_path, output_dataset : str
         Y, ``n x n``, same dtype as X; the file may be the input file.
     tile : int, optional
-        Rows of an output tile (default :data:`~blockmatrix.ooc.tiles.DEFAULT_TILE`, or the
-        interrupted run's).
+        Rows of an output tile (default: balanced over the task slots within the memory of the
+        old default tile, :func:`~blockmatrix.ooc.tiles.balanced_gram_tile`; or the interrupted
+        run's).
     slab : int, optional
         Columns of X read per step (default :data:`~blockmatrix.ooc.tiles.DEFAULT_SLAB`, or the
         interrupted run's).
@@ -87,11 +76,4 @@ def gram_hdf5(sc, input_path: str, input_dataset: str, output_path: str, output_
     if request is None:
         request = check_gram_request(input_path, input_dataset, output_path, output_dataset,
                                      tile, slab, resume, overwrite)
-    slots, threads = spark_slots(sc)
-    with output_lock(request.lock_path, request.output_path):
-        plan = plan_request(request, slots, threads)
-        if on_plan is not None:
-            on_plan(plan)
-        warn_if_blas_unpinned(plan.threads_per_task)
-        state = start_state(request, plan)
-        return GramRun(sc, request, plan, state, progress, progress_interval).run()
+    return run_request(sc, request, progress, on_plan, progress_interval)

@@ -1,11 +1,15 @@
-"""The executor side: one task computes one tile of X X^T from HDF5.
+"""The executor side: one task computes one tile of X X^T, or of A @ B, from HDF5.
 
-A task reads **slabs** of ``slab`` columns of the row blocks it needs straight from HDF5
-(read-only, into two buffers allocated once, chunk cache sized to the slab) and accumulates
-them into its tile in place: ``?syrk`` with ``beta=1`` for a diagonal tile, ``?gemm`` with
-``beta=1`` for the others, on a Fortran-ordered accumulator that BLAS updates without a copy. No
-array is allocated per slab product, so a task's memory is ``tile^2 + 2 tile slab`` elements
-whatever the length of X.
+A task reads **slabs** of ``slab`` elements of the long axis of the two blocks it needs (a row
+block of A, a column block of B; for X X^T, row blocks of X) straight from HDF5 (read-only,
+into two buffers allocated once, chunk cache sized to the slab) and accumulates them into its
+tile in place: ``?syrk`` with ``beta=1`` for a diagonal tile of X X^T, ``?gemm`` with ``beta=1``
+for the others, on a Fortran-ordered accumulator that BLAS updates without a copy. No array is
+allocated per slab product, so a task's memory is ``rows cols + (rows + cols) slab`` elements
+whatever the length of the long axis.
+
+An operand read transposed (:attr:`~blockmatrix.ooc.tiles.Operand.transposed`) is read as
+stored, and BLAS's ``trans`` flags do the transpose: a slab is never copied.
 
 Everything here is module-level: Spark pickles :func:`compute_tile` and the arguments bound to
 it with :func:`functools.partial`, never a closure over driver state.
@@ -31,10 +35,15 @@ from ..errors import PerformanceWarning
 from .tiles import Tile
 from .workdir import note_path, save_tile, write_progress_note
 
-__all__ = ["compute_tile", "mirror_upper", "open_for_reading", "warn_if_blas_unpinned"]
+__all__ = ["READ_ERROR_MARK", "compute_tile", "compute_tile_blocks", "mirror_upper",
+           "open_for_reading", "warn_if_blas_unpinned"]
 
 #: Seconds between progress notes written by a task.
 TASK_PROGRESS_INTERVAL = 1.0
+
+#: Starts the one-line message of a read error raised in a task; the driver finds it in
+#: Spark's error and raises it as an :class:`~blockmatrix.errors.InvalidInputError`.
+READ_ERROR_MARK = "blockmatrix-read-error: "
 
 
 def blas_kernels(dtype: np.dtype):
@@ -95,36 +104,79 @@ def mirror_upper(acc: np.ndarray, band: int = 256) -> None:
         acc[j1:, j0:j1] = acc[j0:j1, j1:].T
 
 
-def accumulate_slabs(data, tile: Tile, acc: np.ndarray, slab: int, buffers, kernels,
-                     progress_path: str) -> tuple[float, float]:
-    """Stream the slabs of X through BLAS into ``acc``; return (read, compute) seconds."""
+class TaskReadError(RuntimeError):
+    """A read of an operand failed in a task: its message is one line the driver shows."""
+
+
+class SlabReader:
+    """Reads one operand's slabs into one reused buffer, in the orientation BLAS wants.
+
+    ``read(lo, hi, s0, s1)`` reads rows ``lo:hi`` (of A; columns of B) over the long axis
+    ``s0:s1`` and returns ``(array, trans)``: a Fortran-ordered view for ``?gemm`` and its
+    ``trans`` flag, so that no slab is ever copied.
+    """
+
+    def __init__(self, data, *, left: bool, transposed: bool, extent: int, slab: int, dtype,
+                 location: str):
+        self.data, self.left, self.transposed = data, left, transposed
+        self.buffer = np.empty(extent * slab, dtype=dtype)
+        self.location = location
+
+    def read(self, lo: int, hi: int, s0: int, s1: int):
+        n, w = hi - lo, s1 - s0
+        # The stored dataset is (extent x long axis) for A and for a transposed B, and
+        # (long axis x extent) for B and for a transposed A.
+        along_rows = self.left != self.transposed
+        if along_rows:
+            buf = self.buffer[: n * w].reshape(n, w)
+            selection = np.s_[lo:hi, s0:s1]
+        else:
+            buf = self.buffer[: w * n].reshape(w, n)
+            selection = np.s_[s0:s1, lo:hi]
+        try:
+            self.data.read_direct(buf, selection)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise TaskReadError(
+                f"{READ_ERROR_MARK}reading {self.location} failed in a task "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): the "
+                f"file changed or is damaged; restore it and run again") from None
+        # buf.T is Fortran-ordered. A's slab is (n x w): buf.T is A^T when buf is A, A itself
+        # when buf is A^T; B's slab is (w x n) the other way round.
+        trans = 1 if along_rows == self.left else 0
+        return buf.T, trans
+
+
+def accumulate_slabs(readers, tile: Tile, acc: np.ndarray, k: int, slab: int, kernels,
+                     progress_path: str | None) -> tuple[float, float]:
+    """Stream the slabs through BLAS into ``acc``; return (read, compute) seconds.
+
+    ``readers`` is ``(left, right)``; for a syrk tile only the left one is read.
+    """
     syrk, gemm = kernels
-    k = data.shape[1]
-    n_slabs = math.ceil(k / slab)
+    left, right = readers
+    n_slabs = math.ceil(k / slab) if k else 0
     read_s = compute_s = 0.0
     last_note = time.monotonic()
     for s, s0 in enumerate(range(0, k, slab)):
         s1 = min(s0 + slab, k)
-        width = s1 - s0
         t0 = time.perf_counter()
-        a = buffers[0][: tile.rows * width].reshape(tile.rows, width)
-        data.read_direct(a, np.s_[tile.r0:tile.r1, s0:s1])
+        a, trans_a = left.read(tile.r0, tile.r1, s0, s1)
         if not tile.uses_syrk:
-            b = buffers[1][: tile.cols * width].reshape(tile.cols, width)
-            data.read_direct(b, np.s_[tile.c0:tile.c1, s0:s1])
+            b, trans_b = right.read(tile.c0, tile.c1, s0, s1)
         t1 = time.perf_counter()
-        # a is C-ordered (rows x width): a.T is Fortran-ordered and BLAS takes it without copy.
         if tile.uses_syrk:
-            out = syrk(1.0, a.T, beta=1.0, c=acc, trans=1, lower=0, overwrite_c=1)
+            # syrk's trans=1 computes a^T a; with a = A^T (trans_a 1) that is A A^T.
+            out = syrk(1.0, a, beta=1.0, c=acc, trans=trans_a, lower=0, overwrite_c=1)
         else:
-            out = gemm(1.0, a.T, b.T, beta=1.0, c=acc, trans_a=1, overwrite_c=1)
+            out = gemm(1.0, a, b, beta=1.0, c=acc, trans_a=trans_a, trans_b=trans_b,
+                       overwrite_c=1)
         if out is not acc and not np.shares_memory(out, acc):
             raise RuntimeError("BLAS copied the accumulator: it must be Fortran-ordered")
         compute_s += time.perf_counter() - t1
         read_s += t1 - t0
         pause("gram.slab")
         now = time.monotonic()
-        if now - last_note >= TASK_PROGRESS_INTERVAL:
+        if progress_path is not None and now - last_note >= TASK_PROGRESS_INTERVAL:
             write_progress_note(progress_path, s + 1, n_slabs)
             last_note = now
     return read_s, compute_s
@@ -149,53 +201,131 @@ def open_for_reading(path: str, cache_bytes: int) -> h5py.File:
     return h5py.File(fid)
 
 
-def compute_tile(tile: Tile, *, path: str, dataset: str, dtype: str, slab: int,
-                 threads: int, work_dir: str, cache_bytes: int) -> dict:
-    """Compute one tile of X X^T from HDF5 and save it in ``work_dir`` (runs in a task).
+def _open_dataset(f: h5py.File, dataset: str, cache_bytes: int) -> h5py.Dataset:
+    """``f[dataset]`` with its own chunk cache of ``cache_bytes``."""
+    dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+    slots = max(521, 10 * max(1, cache_bytes // (1 << 20)) + 1)
+    dapl.set_chunk_cache(slots, max(cache_bytes, 1 << 20), 1.0)
+    return h5py.Dataset(h5py.h5d.open(f.id, dataset.encode(), dapl=dapl))
 
-    The input is opened read-only; the tile's accumulator is the only array whose size depends
-    on the tile, the two slab buffers are reused for every slab.
+
+def _gram_operands(path, dataset, operands):
+    """The operands of a task: given, or X and X^T of a gram's ``path::dataset``."""
+    if operands is not None:
+        return tuple(operands)
+    from .tiles import Operand
+
+    x = Operand(path, dataset, (0, 0), "float64")
+    return x, Operand(path, dataset, (0, 0), "float64", transposed=True)
+
+
+def _tile_product(tile: Tile, operands, dt: np.dtype, slab: int, threads: int,
+                  cache_bytes: int, progress_path: str | None):
+    """The tile computed in memory: ``(acc, k, read seconds, compute seconds)``."""
+    left_op, right_op = operands
+    width = max(1, slab)
+    acc = np.zeros((tile.rows, tile.cols), dtype=dt, order="F")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(blas_threads(threads))
+        files: dict = {}
+        datasets: dict = {}
+        for op in (left_op, right_op):
+            if op.path not in files:
+                try:
+                    files[op.path] = stack.enter_context(open_for_reading(op.path, 0))
+                except OSError as exc:
+                    raise TaskReadError(
+                        f"{READ_ERROR_MARK}opening {op.path} failed in a task ({exc}): the "
+                        f"file must be on storage every executor can read; check the path"
+                    ) from None
+            if (op.path, op.dataset) not in datasets:
+                # One chunk cache per dataset: the same dataset on both sides (X X^T) shares
+                # one, as the plan's cache_bytes counts.
+                try:
+                    datasets[(op.path, op.dataset)] = _open_dataset(
+                        files[op.path], op.dataset, cache_bytes)
+                except (OSError, KeyError) as exc:
+                    raise TaskReadError(
+                        f"{READ_ERROR_MARK}opening {op.location} failed in a task ({exc}): the "
+                        f"file changed or is damaged; restore it and run again") from None
+        left_data = datasets[(left_op.path, left_op.dataset)]
+        k = int(left_data.shape[0 if left_op.transposed else 1])
+        left = SlabReader(left_data, left=True, transposed=left_op.transposed,
+                          extent=tile.rows, slab=width, dtype=dt, location=left_op.location)
+        right = SlabReader(datasets[(right_op.path, right_op.dataset)], left=False,
+                           transposed=right_op.transposed,
+                           extent=0 if tile.uses_syrk else tile.cols, slab=width, dtype=dt,
+                           location=right_op.location)
+        read_s, compute_s = accumulate_slabs((left, right), tile, acc, k, width,
+                                             blas_kernels(dt), progress_path)
+    if tile.uses_syrk:
+        mirror_upper(acc)  # syrk wrote the upper triangle only
+    return acc, k, read_s, compute_s
+
+
+def compute_tile(tile: Tile, *, dtype: str, slab: int, threads: int, work_dir: str,
+                 cache_bytes: int, path: str | None = None, dataset: str | None = None,
+                 operands=None) -> dict:
+    """Compute one tile of X X^T or A @ B from HDF5 and save it in ``work_dir`` (in a task).
+
+    The inputs are opened read-only; the tile's accumulator is the only array whose size
+    depends on the tile, the two slab buffers are reused for every slab.
 
     Parameters
     ----------
     tile : Tile
-        The tile to compute (a :class:`~blockmatrix.ooc.tiles.GramTile`).
-    path, dataset : str
-        Location of X.
+        The tile to compute (a :class:`~blockmatrix.ooc.tiles.GramTile` of X X^T).
     dtype : str
-        dtype of X and of the accumulator.
+        dtype of the accumulator (the slabs are read in it).
     slab : int
-        Columns read per step.
+        Elements of the long axis read per step.
     threads : int
         BLAS threads for this task.
     work_dir : str
         Folder for finished tiles and progress notes.
     cache_bytes : int
-        HDF5 chunk cache size.
+        HDF5 chunk cache size of each dataset.
+    path, dataset : str, optional
+        Location of X (for X X^T, when ``operands`` is not given).
+    operands : (Operand, Operand), optional
+        The left and right operands (X and X read transposed for X X^T).
 
     Returns
     -------
     dict
-        Statistics: tile indices, seconds reading and computing, bytes read, flops, pid.
+        Statistics: tile indices, seconds reading and computing, bytes read, flops, pid; or,
+        when an input could not be read, the tile indices and ``error`` (one line).
     """
     start = time.perf_counter()
     dt = np.dtype(dtype)
-    width = max(1, slab)
-    buffers = (np.empty(tile.rows * width, dtype=dt),
-               np.empty(0 if tile.uses_syrk else tile.cols * width, dtype=dt))
-    acc = np.zeros((tile.rows, tile.cols), dtype=dt, order="F")
     progress_path = note_path(work_dir, tile)
-    with blas_threads(threads), open_for_reading(path, cache_bytes) as f:
-        data = f[dataset]
-        k = int(data.shape[1])
-        read_s, compute_s = accumulate_slabs(data, tile, acc, width, buffers, blas_kernels(dt),
-                                             progress_path)
-    del buffers
-    if tile.uses_syrk:
-        mirror_upper(acc)  # syrk wrote the upper triangle only
+    try:
+        acc, k, read_s, compute_s = _tile_product(
+            tile, _gram_operands(path, dataset, operands), dt, slab, threads, cache_bytes,
+            progress_path)
+    except TaskReadError as exc:
+        # Returned, not raised: a failed task makes Spark log its traceback on stderr, and the
+        # user is owed one line (the driver raises it, see run.OocRun._compute).
+        return {"i": tile.i, "j": tile.j, "error": str(exc)[len(READ_ERROR_MARK):]}
     save_tile(acc, work_dir, tile)
     with contextlib.suppress(OSError):
         os.unlink(progress_path)
     return {"i": tile.i, "j": tile.j, "read_s": read_s, "compute_s": compute_s,
             "seconds": time.perf_counter() - start, "flops": tile.flops(k),
             "read_bytes": tile.read_elements(k) * dt.itemsize, "pid": os.getpid()}
+
+
+def compute_tile_blocks(tile: Tile, *, operands, dtype: str, slab: int, threads: int,
+                        cache_bytes: int, rows_per_block: int, cols_per_block: int):
+    """The blocks ``((i, j), block)`` of C in one tile of whole blocks (the ``ooc`` strategy).
+
+    The tile is computed as :func:`compute_tile` does, in memory, then cut into C's blocks.
+    """
+    acc, _, _, _ = _tile_product(tile, operands, np.dtype(dtype), slab, threads, cache_bytes,
+                                 None)
+    for r in range(tile.r0, tile.r1, rows_per_block):
+        for c in range(tile.c0, tile.c1, cols_per_block):
+            block = np.ascontiguousarray(
+                acc[r - tile.r0:min(r + rows_per_block, tile.r1) - tile.r0,
+                    c - tile.c0:min(c + cols_per_block, tile.c1) - tile.c0])
+            yield (r // rows_per_block, c // cols_per_block), block

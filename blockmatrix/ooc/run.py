@@ -1,14 +1,17 @@
-"""The driver of a run: the Spark job in the background, the driver streaming tiles into Y.
+"""The driver of a run: the Spark job in the background, the driver streaming tiles out.
 
-:class:`GramRun` submits one task per missing tile (:func:`~blockmatrix.ooc.kernels.compute_tile`)
-as one Spark job in a background thread, and meanwhile watches the work folder: it hands each
-finished tile to the single writer when the output file is new, and reports progress. When the
-job is over it writes the remaining tiles (all of them when the output file exists, since X may
-live in it and must not be opened for writing while tasks read it) and puts Y in place.
+:class:`OocRun` (``GramRun``) runs Y = X X^T and C = A @ B alike: it submits one task per
+missing tile (:func:`~blockmatrix.ooc.kernels.compute_tile`) as one Spark job in a background
+thread, and meanwhile watches the work folder: it hands each finished tile to the single writer
+when the output file is new, and reports progress. When the job is over it writes the remaining
+tiles (all of them when the output file exists, since an input may live in it and must not be
+opened for writing while tasks read it) and puts the output in place. :func:`run_request` is
+the whole run of a checked request: lock, plan, state, run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -18,13 +21,14 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 
-from .kernels import compute_tile
-from .request import GramRequest, write_state
-from .tiles import GramPlan
-from .workdir import STAGED_OUTPUT, finished_tiles, running_flops
+from ..errors import InputChangedError, InvalidInputError
+from .kernels import READ_ERROR_MARK, compute_tile, warn_if_blas_unpinned
+from .request import OocRequest, input_stamp, plan_request, start_state, write_state
+from .tiles import GramPlan, Operand, ProductPlan
+from .workdir import STAGED_OUTPUT, finished_tiles, output_lock, running_flops
 from .writer import YWriter, link_into_place
 
-__all__ = ["GramProgress", "GramResult", "GramRun"]
+__all__ = ["GramProgress", "GramResult", "GramRun", "OocRun", "run_request", "spark_slots"]
 
 #: Seconds the driver waits for the job between two looks at the work folder.
 WATCH_INTERVAL = 0.5
@@ -66,9 +70,9 @@ class GramResult:
 
     Attributes
     ----------
-    plan : GramPlan
+    plan : GramPlan or ProductPlan
     output : str
-        ``FILE::/dataset`` of Y.
+        ``FILE::/dataset`` of the output.
     computed : list of (int, int)
         Tiles computed by this run.
     reused : list of (int, int)
@@ -83,7 +87,7 @@ class GramResult:
         Per task: seconds reading and computing, bytes read, flops, worker pid.
     """
 
-    plan: GramPlan
+    plan: GramPlan | ProductPlan
     output: str
     computed: list = field(default_factory=list)
     reused: list = field(default_factory=list)
@@ -123,16 +127,25 @@ def _collect(rdd, description: str) -> list:
     return rdd.collect()
 
 
-class GramRun:
-    """One run of Y = X X^T: compute the missing tiles on Spark, write Y, clean up.
+def _read_error(exc: BaseException) -> str | None:
+    """The one-line read error a task raised, found in Spark's error text, or None."""
+    text = str(exc)
+    at = text.find(READ_ERROR_MARK)
+    if at < 0:
+        return None
+    return text[at + len(READ_ERROR_MARK):].splitlines()[0].strip()
+
+
+class OocRun:
+    """One run of Y = X X^T or C = A @ B: compute the missing tiles, write the output, clean up.
 
     Parameters
     ----------
     sc : pyspark.SparkContext
         The context the tasks run on.
-    request : GramRequest
+    request : OocRequest
         The validated request; its output's lock must be held.
-    plan : GramPlan
+    plan : GramPlan or ProductPlan
         The plan, with the tiles an interrupted run finished.
     state : dict
         The run's resume state, its work folder ready
@@ -144,7 +157,7 @@ class GramRun:
         Seconds between progress reports.
     """
 
-    def __init__(self, sc, request: GramRequest, plan: GramPlan, state: dict,
+    def __init__(self, sc, request: OocRequest, plan: GramPlan | ProductPlan, state: dict,
                  progress: Callable[[GramProgress], None] | None = None,
                  progress_interval: float = 5.0):
         self.sc = sc
@@ -169,7 +182,8 @@ class GramRun:
         if not os.path.exists(self.request.output_path):
             # A new output file is written while the tasks run, then linked into place.
             self.writer = YWriter(self.staged_path, self.request.output_dataset,
-                                  self.plan.shape[0], self.plan.dtype, "w-")
+                                  self.plan.out_shape, self.plan.dtype, "w-",
+                                  symmetric=self.plan.symmetric)
         try:
             stats = self._compute()
             result.task_stats = sorted(stats, key=lambda s: (s["i"], s["j"]))
@@ -187,22 +201,31 @@ class GramRun:
     def _elapsed(self) -> float:
         return time.perf_counter() - self._start
 
+    def _operands(self) -> tuple[Operand, Operand]:
+        """Left and right operands of every tile: X and X read transposed for X X^T."""
+        ops = tuple(dataclasses.replace(op, path=os.path.abspath(op.path))
+                    for op in self.request.operands)
+        if self.request.symmetric:
+            return ops[0], dataclasses.replace(ops[0], transposed=not ops[0].transposed)
+        return ops
+
     def _tasks(self):
         """The RDD of the missing tiles' tasks, one tile per partition."""
         todo = list(self.plan.todo)
         compute = functools.partial(
-            compute_tile, path=os.path.abspath(self.request.input_path),
-            dataset=self.request.input_dataset, dtype=self.plan.dtype, slab=self.plan.slab,
-            threads=self.plan.threads_per_task, work_dir=self.request.work_dir,
-            cache_bytes=self.plan.cache_bytes)
+            compute_tile, operands=self._operands(), dtype=self.plan.dtype,
+            slab=self.plan.slab, threads=self.plan.threads_per_task,
+            work_dir=self.request.work_dir, cache_bytes=self.plan.dataset_cache_bytes)
         return self.sc.parallelize(todo, len(todo)).map(compute)
 
     def _compute(self) -> list[dict]:
         """Run the Spark job of the missing tiles while watching it; return its task stats."""
         if not self.plan.todo:
             return []
-        description = f"gram: {len(self.plan.todo)} tiles of {self.request.input_location}"
-        with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gram-job") as pool:
+        self.request.check_inputs_unchanged()
+        description = (f"{self.request.kind}: {len(self.plan.todo)} tiles of "
+                       f"{self.request.input_location}")
+        with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ooc-job") as pool:
             job = pool.submit(_collect, self._tasks(), description)
             try:
                 self._watch(job)
@@ -210,7 +233,35 @@ class GramRun:
                 if not job.done():
                     self.sc.cancelAllJobs()  # the pool's shutdown then waits for the job's end
                 raise
-            return job.result()
+            try:
+                stats = job.result()
+            except Exception as exc:  # Spark's error, with the task's traceback in its text
+                self._explain_failure(exc)
+                raise
+        failed = [s["error"] for s in stats if "error" in s]
+        if failed:
+            self._explain_failure(None)
+            raise InvalidInputError(f"{failed[0]} (nothing was written to "
+                                    f"{self.request.output_location})")
+        return stats
+
+    def _explain_failure(self, exc: Exception | None) -> None:
+        """Raise a one-line error when the job failed on its inputs (changed or unreadable)."""
+        for op, stamp in zip(self.request.operands, self.state.get("input_stamps", []),
+                             strict=False):
+            try:
+                now = input_stamp(op.path)
+            except OSError:
+                now = None
+            if now != stamp:
+                raise InputChangedError(
+                    f"input {op.path} changed while the tasks read it (size, mtime {stamp} -> "
+                    f"{now}): nothing was written to {self.request.output_location}; restore "
+                    f"it and run again (finished tiles are kept for --resume only if it is "
+                    f"unchanged)") from None
+        message = _read_error(exc) if exc is not None else None
+        if message is not None:
+            raise InvalidInputError(message) from None
 
     def _watch(self, job: futures.Future) -> None:
         """Until ``job`` ends: stream finished tiles to a streaming writer, report progress."""
@@ -237,7 +288,7 @@ class GramRun:
         if self.progress is None or (len(done) == self._reported_done
                                      and now - self._last_report < self.progress_interval):
             return
-        k = self.plan.shape[1]
+        k = self.plan.k
         flops = sum(self.tiles[key].flops(k) for key in done - self.plan.done)
         flops += running_flops(self.request.work_dir, self.plan.todo, k, done)
         self.progress(GramProgress(len(done), len(self.plan.tiles), flops,
@@ -259,7 +310,8 @@ class GramRun:
         staged = self.writer is not None
         if not staged:
             self.writer = YWriter(self.request.output_path, self.request.output_dataset,
-                                  self.plan.shape[0], self.plan.dtype, "a")
+                                  self.plan.out_shape, self.plan.dtype, "a",
+                                  symmetric=self.plan.symmetric)
         self._write(set(self.tiles) - self.written)
         writer, self.writer = self.writer, None
         writer.close()
@@ -271,3 +323,52 @@ class GramRun:
         if self.writer is not None:
             writer, self.writer = self.writer, None
             writer.close(complete=False)
+
+
+#: The run of Y = X X^T (the symmetric case of :class:`OocRun`).
+GramRun = OocRun
+
+
+def spark_slots(sc) -> tuple[int, int]:
+    """Task slots and BLAS threads per task of a SparkContext.
+
+    Threads per task is ``spark.task.cpus`` (default 1) and slots are the default parallelism
+    divided by it, so that tasks x threads = cores.
+    """
+    threads = max(1, int(sc.getConf().get("spark.task.cpus", "1")))
+    return max(1, sc.defaultParallelism // threads), threads
+
+
+def run_request(sc, request: OocRequest, progress: Callable[[GramProgress], None] | None = None,
+                on_plan: Callable | None = None, progress_interval: float = 5.0) -> GramResult:
+    """Run a checked request: take the output's lock, plan, start the state, run, clean up.
+
+    Parameters
+    ----------
+    sc : pyspark.SparkContext
+        Its task slots and ``spark.task.cpus`` set the tasks at once and their BLAS threads.
+    request : OocRequest
+        From :func:`~blockmatrix.ooc.request.check_gram_request` or
+        :func:`~blockmatrix.ooc.request.check_matmul_request`.
+    progress : callable, optional
+        Called with a :class:`GramProgress` when a tile finishes and every
+        ``progress_interval`` seconds.
+    on_plan : callable, optional
+        Called with the plan before any task starts.
+    progress_interval : float
+        Seconds between progress reports.
+
+    Returns
+    -------
+    GramResult
+    """
+    slots, threads = spark_slots(sc)
+    job = "gram" if request.symmetric else "out-of-core multiply"
+    with output_lock(request.lock_path, request.output_path, job=job):
+        plan = plan_request(request, slots, threads)
+        if on_plan is not None:
+            on_plan(plan)
+        warn_if_blas_unpinned(plan.threads_per_task)
+        request.check_inputs_unchanged()
+        state = start_state(request, plan)
+        return OocRun(sc, request, plan, state, progress, progress_interval).run()

@@ -27,14 +27,22 @@ from .._checks import check_int
 
 __all__ = [
     "DEFAULT_SLAB",
+    "DEFAULT_TASK_BUDGET_BYTES",
     "DEFAULT_TILE",
+    "IMBALANCE_GOAL",
     "GramPlan",
     "GramTile",
+    "Operand",
+    "ProductPlan",
     "Tile",
+    "balanced_tile",
+    "busiest_core_work",
     "chunk_cache_bytes",
     "effective_slab",
+    "make_product_tiles",
     "make_tiles",
     "plan_gram",
+    "plan_product",
     "tile_bounds",
 ]
 
@@ -42,6 +50,13 @@ __all__ = [
 DEFAULT_TILE = 5000
 #: Default columns of X read per step.
 DEFAULT_SLAB = 2000
+#: Default memory budget of one task's data (accumulator and slab buffers): what the default
+#: tile and slab of float64 take, so that a balanced tile never needs more than they did.
+DEFAULT_TASK_BUDGET_BYTES = (DEFAULT_TILE ** 2 + 2 * DEFAULT_TILE * DEFAULT_SLAB) * 8
+#: The busiest core may carry at most this multiple of the mean work (balanced tiles).
+IMBALANCE_GOAL = 1.15
+#: Smallest tile the balancer proposes: below it per-task overheads and re-reads dominate.
+MIN_BALANCED_TILE = 256
 
 # Resident memory of the processes themselves, measured on pyspark 4.3 / Java 17 (local mode,
 # after a job): the driver JVM, the Python driver with pyspark+numpy+scipy+h5py imported, the
@@ -233,6 +248,24 @@ class GramPlan:
     tiles: tuple[GramTile, ...]
     done: frozenset = field(default_factory=frozenset)
 
+    #: Whether the output is symmetric (only tiles on or above the diagonal are computed).
+    symmetric = True
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        """Shape of Y, ``(n, n)``."""
+        return self.shape[0], self.shape[0]
+
+    @property
+    def k(self) -> int:
+        """Length of the long axis every tile is computed over."""
+        return self.shape[1]
+
+    @property
+    def balance(self) -> float:
+        """Busiest core's work over the mean when the tiles are dealt largest first."""
+        return imbalance([t.flops(1) for t in self.tiles], self.concurrent_tasks)
+
     @property
     def itemsize(self) -> int:
         """Bytes per element."""
@@ -284,6 +317,11 @@ class GramPlan:
         return chunk_cache_bytes(self.chunks, self.tile_rows, self.slab, self.itemsize)
 
     @property
+    def dataset_cache_bytes(self) -> int:
+        """HDF5 chunk cache of X in a task (X is the only dataset read)."""
+        return self.cache_bytes
+
+    @property
     def task_bytes(self) -> int:
         """Predicted peak memory of one task: accumulator, two slab buffers, chunk cache."""
         t, b = self.tile_rows, self.itemsize
@@ -320,7 +358,8 @@ class GramPlan:
             f"Y {n} x {n} ({self.y_bytes / mib:,.0f} MiB)",
             f"  tiles      {len(self.tiles)} on/above the diagonal ({syrk} syrk, "
             f"{len(self.tiles) - syrk} gemm) of {self.tile_rows} rows; "
-            f"{len(self.done)} already done, {len(self.todo)} to compute",
+            f"{len(self.done)} already done, {len(self.todo)} to compute; busiest core "
+            f"{self.balance:.2f}x the mean work",
             f"  slabs      {self.num_slabs} of {self.slab} columns"
             + (f" (X chunks {self.chunks[0]} x {self.chunks[1]})" if self.chunks else
                " (X contiguous)"),
@@ -356,8 +395,9 @@ def plan_gram(shape: tuple[int, int], dtype, tile: int = DEFAULT_TILE,
         ``(n, k)``.
     dtype : dtype-like
         float64 or float32.
-    tile : int
-        Rows (and columns) of an output tile.
+    tile : int or None
+        Rows (and columns) of an output tile; None: the balanced tile
+        (:func:`balanced_gram_tile`).
     slab : int
         Columns of X read per step.
     concurrent_tasks : int
@@ -383,11 +423,14 @@ def plan_gram(shape: tuple[int, int], dtype, tile: int = DEFAULT_TILE,
     >>> plan_gram((10_000, 160_000), "float64").total_bytes == plan.total_bytes
     True
     """
-    tile = check_positive(tile, "tile")
     slab = check_positive(slab, "slab")
     concurrent_tasks = check_positive(concurrent_tasks, "concurrent_tasks")
     threads_per_task = check_positive(threads_per_task, "threads_per_task")
     n, k = (int(s) for s in shape)
+    if tile is None:
+        tile = balanced_gram_tile(n, concurrent_tasks, effective_slab(slab, k, chunks),
+                                  np.dtype(dtype).itemsize)
+    tile = check_positive(tile, "tile")
     return GramPlan(shape=(n, k), dtype=np.dtype(dtype).name, tile=tile,
                     slab=effective_slab(slab, k, chunks), concurrent_tasks=concurrent_tasks,
                     threads_per_task=threads_per_task,
@@ -404,3 +447,473 @@ def check_positive(value, name: str) -> int:
     blockmatrix.errors.InvalidParameterError: tile must be a positive integer, got 0: give tile >= 1
     """
     return check_int(value, name, fix=f"give {name} >= 1")
+
+
+# ------------------------------------------------------------------------ balanced tiles
+
+def busiest_core_work(works, cores: int) -> tuple[float, float]:
+    """``(busiest, mean)`` work per core when ``works`` are dealt largest first.
+
+    Each tile goes to the core with the least work so far (the longest-processing-time rule,
+    which is what Spark does with tasks submitted largest first).
+
+    >>> busiest_core_work([12.5, 5, 0.5], 2)
+    (12.5, 9.0)
+    >>> busiest_core_work([2, 1, 1], 2)
+    (2, 2.0)
+    """
+    cores = max(1, int(cores))
+    loads = [0] * cores
+    for w in sorted(works, reverse=True):
+        at = loads.index(min(loads))
+        loads[at] += w
+    return max(loads), sum(loads) / cores
+
+
+def imbalance(works, cores: int) -> float:
+    """Busiest core's work over the mean (1.0 is perfect; see :func:`busiest_core_work`).
+
+    >>> round(imbalance([12.5, 5, 0.5], 2), 3)
+    1.389
+    """
+    busiest, mean = busiest_core_work(works, cores)
+    return busiest / mean if mean > 0 else 1.0
+
+
+def largest_tile_within(budget_bytes: int, slab: int, itemsize: int) -> int:
+    """Largest square tile ``t`` whose accumulator and two slab buffers fit ``budget_bytes``.
+
+    ``t^2 + 2 t slab`` elements; at least 1.
+
+    >>> largest_tile_within(DEFAULT_TASK_BUDGET_BYTES, DEFAULT_SLAB, 8)
+    5000
+    """
+    elements = budget_bytes // itemsize
+    t = math.isqrt(slab * slab + elements) - slab
+    while (t + 1) ** 2 + 2 * (t + 1) * slab <= elements:
+        t += 1
+    while t > 1 and t * t + 2 * t * slab > elements:
+        t -= 1
+    return max(1, t)
+
+
+def _split_sizes(n: int, t_max: int, limit: int = 64) -> list[int]:
+    """Tile sizes ``ceil(n / q)`` from the largest within ``t_max`` down (distinct, >= 1).
+
+    Equal splits: a tile size that cuts ``n`` into ``q`` nearly equal parts leaves no small
+    ragged tile whose core would idle.
+    """
+    q0 = max(1, math.ceil(n / max(1, t_max)))
+    q1 = max(q0, math.ceil(n / MIN_BALANCED_TILE))
+    sizes = []
+    for q in range(q0, min(q1, q0 + limit) + 1):
+        t = math.ceil(n / q)
+        if t not in sizes:
+            sizes.append(t)
+    return sizes
+
+
+def balanced_tile(candidates, cores: int, works_of, goal: float = IMBALANCE_GOAL):
+    """The first candidate tile whose busiest core carries at most ``goal`` x the mean work.
+
+    Candidates come largest first: the first one that meets the goal reads the operands the
+    fewest times (reading is the one cost that grows as tiles shrink) and makes the fewest
+    tasks. When none meets it (fewer tiles than cores at any size), the best balanced one.
+
+    Parameters
+    ----------
+    candidates : sequence
+        Tile sizes (anything ``works_of`` takes), largest first, all within the budget.
+    cores : int
+        Tasks that run at once.
+    works_of : callable
+        The work of every tile of a candidate.
+    goal : float
+        The bound on the busiest core's work over the mean.
+    """
+    best = None
+    for c in candidates:
+        ratio = imbalance(works_of(c), cores)
+        if ratio <= goal:
+            return c
+        if best is None or ratio < best[0]:
+            best = (ratio, c)
+    return best[1]
+
+
+def balanced_gram_tile(n: int, cores: int, slab: int, itemsize: int,
+                       budget_bytes: int = DEFAULT_TASK_BUDGET_BYTES) -> int:
+    """Tile rows of Y = X X^T that balance the work of ``cores`` within ``budget_bytes``.
+
+    With 6000 rows on 2 cores the old default (5000) made tiles of work 12.5 : 5 : 0.5; the
+    balanced tile is 3000 (work 2 : 1 : 1, dealt 2 | 1 + 1).
+
+    >>> balanced_gram_tile(6000, 2, 2000, 8)
+    3000
+    >>> balanced_gram_tile(10_000, 2, 2000, 8)
+    5000
+    """
+    t_max = min(n, largest_tile_within(budget_bytes, slab, itemsize))
+    return balanced_tile(
+        _split_sizes(n, t_max), cores,
+        works_of=lambda t: [tl.flops(1) for tl in make_tiles(n, t)])
+
+
+def balanced_product_tile(m: int, p: int, cores: int, slab: int, itemsize: int,
+                          budget_bytes: int = DEFAULT_TASK_BUDGET_BYTES) -> int:
+    """Square tile of ``C = A @ B`` (``m x p``) that balances ``cores`` within the budget.
+
+    >>> balanced_product_tile(8192, 8192, 2, 2000, 8)
+    4096
+    >>> balanced_product_tile(1024, 1024, 2, 2000, 8)
+    512
+    """
+    t_max = min(max(m, p), largest_tile_within(budget_bytes, slab, itemsize))
+    sizes = sorted(set(_split_sizes(m, min(m, t_max))) | set(_split_sizes(p, min(p, t_max))),
+                   reverse=True)
+    return balanced_tile(
+        sizes, cores,
+        works_of=lambda t: [tl.flops(1) for tl in make_product_tiles(m, p, t, t)])
+
+
+def balanced_block_tile(m: int, p: int, rows_per_block: int, cols_per_block: int, cores: int,
+                        slab: int, itemsize: int,
+                        budget_bytes: int = DEFAULT_TASK_BUDGET_BYTES) -> tuple[int, int]:
+    """``(rows, cols)`` of a tile made of whole blocks that balances ``cores`` (strategy).
+
+    A tile of whole blocks is cut into the product's blocks without a shuffle.
+
+    >>> balanced_block_tile(8192, 8192, 1024, 1024, 2, 2000, 8)
+    (4096, 4096)
+    """
+    nrb, ncb = max(1, math.ceil(m / rows_per_block)), max(1, math.ceil(p / cols_per_block))
+    elements = budget_bytes // itemsize
+    sizes = []
+    for a in range(1, nrb + 1):
+        for b in range(1, ncb + 1):
+            tr, tc = min(m, a * rows_per_block), min(p, b * cols_per_block)
+            if (tr, tc) not in sizes and tr * tc + (tr + tc) * slab <= elements:
+                sizes.append((tr, tc))
+    if not sizes:
+        sizes = [(min(m, rows_per_block), min(p, cols_per_block))]
+    # Fewest reads first (A is read once per tile column, B once per tile row), then fewest
+    # tiles, then the most even cut.
+    sizes.sort(key=lambda s: (math.ceil(p / s[1]) * m + math.ceil(m / s[0]) * p,
+                              math.ceil(m / s[0]) * math.ceil(p / s[1]),
+                              -min(m % s[0] or s[0], p % s[1] or s[1])))
+    return balanced_tile(
+        sizes, cores, works_of=lambda s: [tl.flops(1) for tl in make_product_tiles(m, p, *s)])
+
+
+# ------------------------------------------------------------------------- C = A @ B
+
+@dataclass(frozen=True)
+class Operand:
+    """An operand of an out-of-core product: a 2-D HDF5 dataset, possibly read transposed.
+
+    Parameters
+    ----------
+    path, dataset : str
+        Location (the path absolute).
+    shape : (int, int)
+        Shape as stored.
+    dtype : str
+        dtype as stored.
+    chunks : (int, int) or None
+        Chunk shape as stored; None for contiguous data.
+    transposed : bool
+        Whether the operand is the dataset's transpose.
+
+    >>> op = Operand("/d/x.h5", "/X", (3, 5), "float64", (1, 5), transposed=True)
+    >>> op.matrix_shape, op.oriented_chunks, op.location
+    ((5, 3), (5, 1), '/d/x.h5::/X')
+    """
+
+    path: str
+    dataset: str
+    shape: tuple[int, int]
+    dtype: str
+    chunks: tuple[int, int] | None = None
+    transposed: bool = False
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """Shape of the operand (the dataset's, transposed when read transposed)."""
+        return self.shape[::-1] if self.transposed else tuple(self.shape)
+
+    @property
+    def oriented_chunks(self) -> tuple[int, int] | None:
+        """Chunk shape in the operand's orientation (rows, columns of the operand)."""
+        if self.chunks is None:
+            return None
+        return tuple(self.chunks[::-1]) if self.transposed else tuple(self.chunks)
+
+    @property
+    def location(self) -> str:
+        """``FILE::/dataset``."""
+        return f"{self.path}::{self.dataset}"
+
+    def same_dataset(self, other: Operand) -> bool:
+        """Whether both read the same dataset of the same file."""
+        return (self.path, self.dataset) == (other.path, other.dataset)
+
+
+def make_product_tiles(m: int, p: int, tile_rows: int, tile_cols: int) -> list[Tile]:
+    """Every tile of an ``m x p`` product, largest work first.
+
+    >>> [(t.i, t.j, t.rows, t.cols) for t in make_product_tiles(5, 3, 3, 2)]
+    [(0, 0, 3, 2), (1, 0, 2, 2), (0, 1, 3, 1), (1, 1, 2, 1)]
+    """
+    rows, cols = tile_bounds(m, tile_rows), tile_bounds(p, tile_cols)
+    tiles = [Tile(i, j, *rows[i], *cols[j]) for i in range(len(rows)) for j in range(len(cols))]
+    return sorted(tiles, key=lambda t: (-t.flops(1), t.i, t.j))
+
+
+def product_slab(slab: int, k: int, a_chunks, b_chunks) -> int:
+    """Columns of A (rows of B) read per step, aligned to both operands' chunks along k.
+
+    ``a_chunks`` / ``b_chunks`` are oriented as the operands (A: rows x k, B: k x columns).
+
+    >>> product_slab(2000, 10_000, (100, 300), (500, 100))
+    1500
+    >>> product_slab(2000, 10_000, None, (700, 100))
+    1400
+    """
+    width = max(1, min(slab, k))
+    units = [u for u in ((a_chunks or (0, 0))[1], (b_chunks or (0, 0))[0]) if u]
+    lcm = math.lcm(*units) if units else 0
+    for unit in ([lcm] if lcm else []) + units:
+        if unit <= width:
+            return width - width % unit
+    return width
+
+
+@dataclass(frozen=True)
+class ProductPlan:
+    """What :func:`~blockmatrix.ooc.matmul_hdf5` will do, from shapes and flags alone.
+
+    Attributes
+    ----------
+    shape : (int, int, int)
+        ``(m, k, p)``: A is ``m x k``, B ``k x p``, C ``m x p``.
+    dtype : str
+        dtype of C (and of the buffers the slabs are read into).
+    tile_rows, tile_cols : int
+        Rows and columns of a tile of C.
+    slab : int
+        Elements of the inner dimension read per step (aligned to the operands' chunks).
+    concurrent_tasks, threads_per_task : int
+        Spark task slots and BLAS threads per task.
+    a_chunks, b_chunks : (int, int) or None
+        Chunk shapes oriented as the operands (A: rows x k, B: k x columns).
+    tiles : tuple of Tile
+        Every tile of C, in submission order.
+    done : frozenset of (int, int)
+        Tiles already finished by an interrupted run.
+    """
+
+    shape: tuple[int, int, int]
+    dtype: str
+    tile_rows: int
+    tile_cols: int
+    slab: int
+    concurrent_tasks: int
+    threads_per_task: int
+    a_chunks: tuple[int, int] | None
+    b_chunks: tuple[int, int] | None
+    tiles: tuple[Tile, ...]
+    done: frozenset = field(default_factory=frozenset)
+
+    symmetric = False
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        """Shape of C."""
+        return self.shape[0], self.shape[2]
+
+    @property
+    def k(self) -> int:
+        """The inner dimension every tile is computed over."""
+        return self.shape[1]
+
+    @property
+    def tile(self) -> int:
+        """The tile size (rows; a file-to-file product's tiles are square)."""
+        return self.tile_rows
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def todo(self) -> tuple[Tile, ...]:
+        """Tiles still to compute, in submission order."""
+        return tuple(t for t in self.tiles if (t.i, t.j) not in self.done)
+
+    @property
+    def num_slabs(self) -> int:
+        """Slabs along the inner dimension."""
+        return math.ceil(self.k / self.slab) if self.k else 0
+
+    @property
+    def flops(self) -> int:
+        """Floating-point operations of all tiles."""
+        return sum(t.flops(self.k) for t in self.tiles)
+
+    @property
+    def todo_flops(self) -> int:
+        """Floating-point operations of the tiles still to compute."""
+        return sum(t.flops(self.k) for t in self.todo)
+
+    @property
+    def balance(self) -> float:
+        """Busiest core's work over the mean when the tiles are dealt largest first."""
+        return imbalance([t.flops(1) for t in self.tiles], self.concurrent_tasks)
+
+    @property
+    def a_bytes(self) -> int:
+        """Size of A."""
+        return self.shape[0] * self.shape[1] * self.itemsize
+
+    @property
+    def b_bytes(self) -> int:
+        """Size of B."""
+        return self.shape[1] * self.shape[2] * self.itemsize
+
+    @property
+    def c_bytes(self) -> int:
+        """Size of C."""
+        return self.shape[0] * self.shape[2] * self.itemsize
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes of A and B read by all tasks together (A once per tile column, B per row)."""
+        return sum(t.read_elements(self.k) for t in self.tiles) * self.itemsize
+
+    @property
+    def dataset_cache_bytes(self) -> int:
+        """HDF5 chunk cache a task gives each dataset it reads (the larger operand's need)."""
+        b = self.itemsize
+        rows, cols = min(self.tile_rows, self.shape[0]), min(self.tile_cols, self.shape[2])
+        b_chunks = self.b_chunks[::-1] if self.b_chunks is not None else None  # cols x k
+        return max(chunk_cache_bytes(self.a_chunks, rows, self.slab, b),
+                   chunk_cache_bytes(b_chunks, cols, self.slab, b))
+
+    @property
+    def cache_bytes(self) -> int:
+        """HDF5 chunk caches of one task (one per operand's dataset)."""
+        return 2 * self.dataset_cache_bytes
+
+    @property
+    def task_bytes(self) -> int:
+        """Predicted peak memory of one task: accumulator, two slab buffers, chunk caches."""
+        rows, cols = min(self.tile_rows, self.shape[0]), min(self.tile_cols, self.shape[2])
+        return ((rows * cols + (rows + cols) * self.slab) * self.itemsize + self.cache_bytes)
+
+    @property
+    def worker_bytes(self) -> int:
+        """Predicted peak resident memory of one Python worker process."""
+        return WORKER_BASE_BYTES + self.task_bytes
+
+    @property
+    def driver_bytes(self) -> int:
+        """Predicted peak resident memory of the Python driver (the single writer)."""
+        return DRIVER_BASE_BYTES + 3 * WRITE_BAND_BYTES
+
+    @property
+    def total_bytes(self) -> int:
+        """Predicted peak resident memory of all processes: JVM, driver, daemon, workers."""
+        return (JVM_BYTES + self.driver_bytes + DAEMON_BYTES
+                + min(self.concurrent_tasks, max(1, len(self.tiles))) * self.worker_bytes)
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Disk used by finished tiles in the work folder (removed at the end)."""
+        return self.c_bytes
+
+    def __str__(self) -> str:
+        """A printable summary: work, reads, memory per process and in total."""
+        mib = 2**20
+        m, k, p = self.shape
+        rows, cols = min(self.tile_rows, m), min(self.tile_cols, p)
+        chunks = ", ".join(f"{name} chunks {c[0]} x {c[1]}" for name, c in
+                           (("A", self.a_chunks), ("B", self.b_chunks)) if c) or "contiguous"
+        lines = [
+            f"C = A @ B: A {m} x {k}, B {k} x {p} {self.dtype} "
+            f"({self.a_bytes / mib:,.0f} + {self.b_bytes / mib:,.0f} MiB), C {m} x {p} "
+            f"({self.c_bytes / mib:,.0f} MiB)",
+            f"  tiles      {len(self.tiles)} of {rows} x {cols}; {len(self.done)} already "
+            f"done, {len(self.todo)} to compute; busiest core {self.balance:.2f}x the mean work",
+            f"  slabs      {self.num_slabs} of {self.slab} along the inner dimension ({chunks})",
+            f"  work       {self.flops / 1e9:,.1f} GFLOP in all, "
+            f"{self.todo_flops / 1e9:,.1f} GFLOP to do",
+            f"  reads      {self.read_bytes / mib:,.0f} MiB of A and B "
+            f"({self.read_bytes / max(1, self.a_bytes + self.b_bytes):.2f} x A + B)",
+            f"  tasks      {self.concurrent_tasks} at once x {self.threads_per_task} BLAS "
+            f"thread(s)",
+            f"  memory     per task {self.task_bytes / mib:,.0f} MiB (tile "
+            f"{rows * cols * self.itemsize / mib:,.0f} + slabs "
+            f"{(rows + cols) * self.slab * self.itemsize / mib:,.0f} + chunk cache "
+            f"{self.cache_bytes / mib:,.0f}); worker {self.worker_bytes / mib:,.0f}, driver "
+            f"{self.driver_bytes / mib:,.0f}, JVM {JVM_BYTES / mib:,.0f}, daemon "
+            f"{DAEMON_BYTES / mib:,.0f}",
+            f"  predicted peak resident memory of all processes: "
+            f"{self.total_bytes / mib:,.0f} MiB (independent of k)",
+            f"  scratch    {self.scratch_bytes / mib:,.0f} MiB of finished tiles beside the "
+            f"output",
+        ]
+        return "\n".join(lines)
+
+
+def plan_product(shape: tuple[int, int, int], dtype, tile: int | tuple[int, int] | None = None,
+                 slab: int = DEFAULT_SLAB, concurrent_tasks: int = 2,
+                 threads_per_task: int = 1, a_chunks=None, b_chunks=None,
+                 done: frozenset | set = frozenset(),
+                 budget_bytes: int = DEFAULT_TASK_BUDGET_BYTES) -> ProductPlan:
+    """Plan ``C = A @ B`` from the shapes, dtype, chunking and the two size flags.
+
+    Parameters
+    ----------
+    shape : (int, int, int)
+        ``(m, k, p)``.
+    dtype : dtype-like
+        dtype of C.
+    tile : int or (int, int), optional
+        Rows (and columns) of a tile; None: balanced over the cores within ``budget_bytes``
+        (:func:`balanced_product_tile`).
+    slab : int
+        Elements of the inner dimension read per step.
+    concurrent_tasks, threads_per_task : int
+        Spark task slots and BLAS threads per task.
+    a_chunks, b_chunks : (int, int), optional
+        Chunk shapes oriented as the operands.
+    done : set of (int, int)
+        Tiles already finished.
+    budget_bytes : int
+        Memory a task's accumulator and slabs may take, for the balanced tile.
+
+    Examples
+    --------
+    >>> plan = plan_product((8192, 8192, 8192), "float64")
+    >>> len(plan.tiles), plan.tile_rows, plan.balance, round(plan.read_bytes / 2**30)
+    (4, 4096, 1.0, 2)
+    >>> plan_product((8192, 16384, 8192), "float64").total_bytes == plan.total_bytes
+    True
+    """
+    slab = check_positive(slab, "slab")
+    concurrent_tasks = check_positive(concurrent_tasks, "concurrent_tasks")
+    threads_per_task = check_positive(threads_per_task, "threads_per_task")
+    m, k, p = (int(s) for s in shape)
+    a_chunks = tuple(a_chunks) if a_chunks is not None else None
+    b_chunks = tuple(b_chunks) if b_chunks is not None else None
+    slab = product_slab(slab, k, a_chunks, b_chunks)
+    itemsize = np.dtype(dtype).itemsize
+    if tile is None:
+        tile = balanced_product_tile(m, p, concurrent_tasks, slab, itemsize, budget_bytes)
+    rows, cols = (tile, tile) if not isinstance(tile, tuple) else tile
+    rows, cols = check_positive(rows, "tile"), check_positive(cols, "tile")
+    return ProductPlan(shape=(m, k, p), dtype=np.dtype(dtype).name, tile_rows=rows,
+                       tile_cols=cols, slab=slab, concurrent_tasks=concurrent_tasks,
+                       threads_per_task=threads_per_task, a_chunks=a_chunks, b_chunks=b_chunks,
+                       tiles=tuple(make_product_tiles(m, p, rows, cols)), done=frozenset(done))

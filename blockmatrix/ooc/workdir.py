@@ -57,7 +57,7 @@ def work_paths(output_path: str, output_dataset: str) -> tuple[str, str]:
 # ------------------------------------------------------------------------------- the lock
 
 @contextlib.contextmanager
-def output_lock(lock_path: str, output_path: str) -> Iterator[None]:
+def output_lock(lock_path: str, output_path: str, job: str = "gram") -> Iterator[None]:
     """Hold an exclusive lock for the output file, or refuse at once.
 
     The lock is a :class:`filelock.FileLock` (``flock`` on Unix) on ``lock_path``, which holds
@@ -65,6 +65,8 @@ def output_lock(lock_path: str, output_path: str) -> Iterator[None]:
     a stale lock file never blocks. The file is removed on release, before the lock is let go:
     a job that opened the file meanwhile then finds it unlinked when it gets the lock, and
     filelock does not count that as holding it.
+
+    ``job`` names the kind of job in the refusal ("another gram job").
 
     Raises
     ------
@@ -78,7 +80,7 @@ def output_lock(lock_path: str, output_path: str) -> Iterator[None]:
         lock.acquire()
     except Timeout:
         raise OutputNotWritableError(
-            f"output file {output_path!r} is being written by another gram job"
+            f"output file {output_path!r} is being written by another {job} job"
             f"{_lock_owner(lock_path)}: wait for it to finish, or choose another output "
             f"file") from None
     try:

@@ -1,10 +1,11 @@
-"""The single writer of Y: Y's space allocated at creation, then raw writes of finished tiles.
+"""The single writer of the output: space allocated at creation, then raw writes of tiles.
 
-The driver is the only writer of Y. When the output file is new, it streams tiles into a
-private file in the work folder while the tasks run and, at the end, links that file into
-place (atomically, :func:`link_into_place`). When the output file exists (in particular when it
-is the input file), it is opened for writing once, after every task has finished reading X, and
-the tiles are streamed into Y and mirrored below the diagonal. A kill during that final step
+The driver is the only writer of the output (Y = X X^T, or C = A @ B). When the output file is
+new, it streams tiles into a private file in the work folder while the tasks run and, at the
+end, links that file into place (atomically, :func:`link_into_place`). When the output file
+exists (in particular when it is an input file), it is opened for writing once, after every
+task has finished reading the inputs, and the tiles are streamed into it (for Y, mirrored below
+the diagonal). A kill during that final step
 is recovered by ``resume=True``, which writes the same tiles again.
 """
 
@@ -38,16 +39,22 @@ class YWriter:
     ----------
     path, dataset : str
         Where Y goes.
-    n : int
-        Rows and columns of Y.
+    n : int or (int, int)
+        Rows and columns of Y (an int: square), or the shape of C.
     dtype : dtype-like
         dtype of Y.
     mode : {"a", "w-"}
         ``"a"`` for an existing file, ``"w-"`` for a new one.
+    symmetric : bool, optional
+        Whether tiles are mirrored below the diagonal (Y = X X^T); default: when ``n`` is an
+        int.
     """
 
-    def __init__(self, path: str, dataset: str, n: int, dtype, mode: str = "a"):
+    def __init__(self, path: str, dataset: str, n, dtype, mode: str = "a", *,
+                 symmetric: bool | None = None):
         self.dtype = np.dtype(dtype)
+        self.symmetric = isinstance(n, int | np.integer) if symmetric is None else symmetric
+        n = (int(n), int(n)) if isinstance(n, int | np.integer) else tuple(int(v) for v in n)
         try:
             self.file = h5py.File(path, mode)
         except OSError as exc:
@@ -61,13 +68,13 @@ class YWriter:
             self.file.close()
             raise
 
-    def _create(self, dataset: str, n: int) -> h5py.Dataset:
+    def _create(self, dataset: str, shape: tuple[int, int]) -> h5py.Dataset:
         f = self.file
         if dataset in f:
             old = f[dataset]
-            if (isinstance(old, h5py.Dataset) and old.shape == (n, n)
+            if (isinstance(old, h5py.Dataset) and old.shape == shape
                     and old.dtype == self.dtype and old.chunks is None
-                    and old.id.get_storage_size() == n * n * self.dtype.itemsize):
+                    and old.id.get_storage_size() == shape[0] * shape[1] * self.dtype.itemsize):
                 old.attrs[INCOMPLETE_ATTR] = 1  # same layout: rewrite in place
                 return old
             del f[dataset]
@@ -75,12 +82,12 @@ class YWriter:
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-        data = f.create_dataset(dataset, shape=(n, n), dtype=self.dtype, dcpl=dcpl)
+        data = f.create_dataset(dataset, shape=shape, dtype=self.dtype, dcpl=dcpl)
         data.attrs[INCOMPLETE_ATTR] = 1
         return data
 
     def write_tile(self, tile: Tile, tile_path: str) -> None:
-        """Copy a finished tile into Y and mirror it below the diagonal, band by band."""
+        """Copy a finished tile into the output, band by band (mirrored when symmetric)."""
         pause("gram.writer")
         _, fortran, _, offset = npy_header(tile_path)
         if not fortran:
@@ -93,6 +100,10 @@ class YWriter:
             block = np.fromfile(tile_path, dtype=self.dtype, count=(c1 - c0) * rows,
                                 offset=offset + c0 * rows * self.dtype.itemsize)
             block = block.reshape(c1 - c0, rows)
+            if not self.symmetric:
+                self.data[tile.r0:tile.r1, tile.c0 + c0:tile.c0 + c1] = \
+                    np.ascontiguousarray(block.T)
+                continue
             self.data[tile.c0 + c0:tile.c0 + c1, tile.r0:tile.r1] = block
             if not tile.diagonal:
                 self.data[tile.r0:tile.r1, tile.c0 + c0:tile.c0 + c1] = \

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # isort: off
 # Each module registers itself on import; this order is the registry's (reports, tie-breaks).
-from . import inner, outer, pasa, broadcast, auto  # noqa: F401
+from . import inner, outer, pasa, broadcast, ooc, auto  # noqa: F401
 # isort: on
 from .registry import (
     STRATEGIES,
@@ -18,8 +18,9 @@ from .registry import (
     get_strategy,
     multiplying_strategies,
     register,
+    strategies_taking,
     unregister,
 )
 
 __all__ = ["STRATEGIES", "Strategy", "candidate_strategies", "get_strategy",
-           "multiplying_strategies", "register", "unregister"]
+           "multiplying_strategies", "register", "strategies_taking", "unregister"]

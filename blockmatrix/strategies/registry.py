@@ -50,6 +50,10 @@ class Strategy:
         ``variants(left, right, options) -> {label: options}``: further configurations
         ``auto`` should consider beside the default one (``inner`` offers its inner dimension
         striped over idle cores).
+    operand_sources : tuple of str
+        Where its operands' blocks may be (``BlockLayout.source_kind``: ``"driver"``,
+        ``"file"``, ``"spark"``); elsewhere its plan is unavailable. The shared test grid
+        runs each strategy on operands from a source it takes.
     """
 
     name: str
@@ -60,6 +64,7 @@ class Strategy:
     auto_candidate: bool = True
     selector: bool = False
     variants: Callable | None = None
+    operand_sources: tuple[str, ...] = ("driver", "file", "spark")
 
 
 #: Registered strategies by name, in registration order (the order of reports and of
@@ -109,6 +114,11 @@ def get_strategy(name: str) -> Strategy:
 def multiplying_strategies() -> Iterator[Strategy]:
     """The strategies that multiply themselves (every one but selectors such as ``auto``)."""
     return (s for s in STRATEGIES.values() if not s.selector)
+
+
+def strategies_taking(source: str) -> list[str]:
+    """Names of the strategies that multiply operands whose blocks are at ``source``."""
+    return [s.name for s in multiplying_strategies() if source in s.operand_sources]
 
 
 def candidate_strategies() -> Iterator[Strategy]:

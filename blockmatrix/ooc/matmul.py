@@ -1,0 +1,88 @@
+"""C = A @ B for HDF5 operands, out of core, in memory bounded by two flags.
+
+The general case of the engine whose symmetric case is :func:`~blockmatrix.ooc.gram_hdf5`:
+:func:`matmul_hdf5` checks the request (:func:`~blockmatrix.ooc.request.check_matmul_request`),
+takes the output's lock, plans the tiles of C from the shapes, dtype and two sizes alone
+(balanced over the task slots), and runs them: one Spark task per tile of C, each reading
+slabs of A's row block and B's column block over the whole inner dimension and saving its tile
+beside the output (what ``resume=True`` continues from), while the driver, the only writer of
+C, writes the finished tiles into C. A and B may be the same file or dataset, C may go into
+either's file, and either may be read transposed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .request import OocRequest, check_matmul_request
+from .run import GramProgress, GramResult, run_request
+
+__all__ = ["matmul_hdf5"]
+
+
+def matmul_hdf5(sc, a, b, c, *, tile: int | None = None, slab: int | None = None,
+                overwrite: bool = False, resume: bool = False,
+                progress: Callable[[GramProgress], None] | None = None,
+                on_plan: Callable | None = None, request: OocRequest | None = None,
+                progress_interval: float = 5.0) -> GramResult:
+    """Compute ``C = A @ B`` from HDF5 into HDF5, out of core.
+
+    Parameters
+    ----------
+    sc : pyspark.SparkContext
+        The context to run the tasks on; its task slots and ``spark.task.cpus`` set how many
+        tasks run at once and with how many BLAS threads.
+    a, b : HDF5Dataset, Operand or (path, dataset[, transposed])
+        The operands, float64 or float32, opened read-only by the tasks; an
+        :class:`~blockmatrix.sources.HDF5Dataset` (a ``from_hdf5`` matrix's source) is refused
+        if its file changed since it was opened.
+    c : (str, str)
+        ``(path, dataset)`` of C; the file may be A's or B's.
+    tile : int, optional
+        Rows and columns of a tile of C (default: balanced over the task slots within the
+        default task memory, :func:`~blockmatrix.ooc.tiles.balanced_product_tile`; or the
+        interrupted run's).
+    slab : int, optional
+        Elements of the inner dimension read per step (default
+        :data:`~blockmatrix.ooc.tiles.DEFAULT_SLAB`, or the interrupted run's).
+    overwrite : bool
+        Replace an existing C.
+    resume : bool
+        Continue an interrupted run: its finished tiles are not computed again.
+    progress : callable, optional
+        Called with a :class:`~blockmatrix.ooc.run.GramProgress` when a tile finishes and every
+        ``progress_interval`` seconds.
+    on_plan : callable, optional
+        Called with the :class:`~blockmatrix.ooc.tiles.ProductPlan` before any task starts.
+    request : OocRequest, optional
+        An already validated request (the other arguments but ``sc`` are then ignored).
+    progress_interval : float
+        Seconds between progress reports.
+
+    Returns
+    -------
+    GramResult
+
+    Raises
+    ------
+    BlockMatrixError
+        Any refusal of :func:`~blockmatrix.ooc.request.check_matmul_request`, another job
+        holding the output's lock, or an input that changed or cannot be read in a task (one
+        line); nothing is written then.
+
+    Examples
+    --------
+    >>> from blockmatrix.ooc import matmul_hdf5                   # doctest: +SKIP
+    >>> matmul_hdf5(sc, ("a.h5", "/A"), ("b.h5", "/B"), ("c.h5", "/C"))  # doctest: +SKIP
+    """
+    if request is None:
+        try:
+            c_path, c_dataset = c
+        except (TypeError, ValueError):
+            from ..errors import InvalidParameterError
+
+            raise InvalidParameterError(
+                f"c must be a (path, dataset) location, got {c!r}: pass e.g. "
+                f"('c.h5', '/C')") from None
+        request = check_matmul_request(a, b, c_path, c_dataset, tile, slab, resume, overwrite)
+    return run_request(sc, request, progress, on_plan, progress_interval)
