@@ -30,6 +30,11 @@ The bound reported is the larger, ``max(W_mem, W_ind, 0)``, in words (:func:`low
 or bytes (:func:`lower_bound_bytes`): total words moved by all tasks, to be compared with a
 plan's shuffled, broadcast and read bytes.
 
+For block-sparse operands (:func:`layout_lower_bound_bytes`) ``m n k`` becomes the scalar
+products of the stored blocks counted dense, and ``mk + kn + mn`` the dense size of the stored
+blocks of A and B and of the product blocks C receives: the bound of the dense-block product
+with that block pattern (both arguments hold for any set of products).
+
 >>> n = 2 ** 16
 >>> round(lower_bound_words(n, n, n, tasks=512, memory_words=2 ** 28) / n ** 2, 2)
 21.0
@@ -39,30 +44,34 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import scipy.sparse as sp
+
 from ._checks import check_int
 
 
-def memory_dependent_words(m: int, n: int, k: int, tasks: int, memory_words: float) -> float:
-    """Irony-Toledo-Tiskin: total words >= ``m n k / (2 sqrt(2) sqrt(M)) - P M``.
+def memory_dependent_words(products: float, tasks: int, memory_words: float) -> float:
+    """Irony-Toledo-Tiskin: total words >= ``F / (2 sqrt(2) sqrt(M)) - P M``, ``F = m n k``.
 
-    >>> round(memory_dependent_words(1024, 1024, 1024, tasks=1, memory_words=2 ** 10))
+    >>> round(memory_dependent_words(1024 ** 3, tasks=1, memory_words=2 ** 10))
     11862259
     """
-    return m * n * k / (2 * math.sqrt(2) * math.sqrt(memory_words)) - tasks * memory_words
+    return products / (2 * math.sqrt(2) * math.sqrt(memory_words)) - tasks * memory_words
 
 
-def memory_independent_words(m: int, n: int, k: int, tasks: int) -> float:
-    """Ballard et al. 2012: total words >= ``P (3 (m n k / P)^(2/3) - (mk + kn + mn) / P)``.
+def memory_independent_words(products: float, held_words: float, tasks: int) -> float:
+    """Ballard et al. 2012: total words >= ``P (3 (F / P)^(2/3) - (mk + kn + mn) / P)``.
 
-    One task (``P = 1``) holds everything and moves nothing:
+    ``held_words`` is ``mk + kn + mn``. One task (``P = 1``) holds everything and moves
+    nothing:
 
-    >>> memory_independent_words(100, 100, 100, tasks=1)
+    >>> memory_independent_words(100 ** 3, 3 * 100 ** 2, tasks=1)
     0.0
-    >>> round(memory_independent_words(100, 100, 100, tasks=8))
+    >>> round(memory_independent_words(100 ** 3, 3 * 100 ** 2, tasks=8))
     30000
     """
-    per_task = 3 * (m * n * k / tasks) ** (2 / 3) - (m * k + k * n + m * n) / tasks
-    return tasks * per_task if abs(per_task) > 1e-9 * (m * k + k * n + m * n) else 0.0
+    per_task = 3 * (products / tasks) ** (2 / 3) - held_words / tasks
+    return tasks * per_task if abs(per_task) > 1e-9 * held_words else 0.0
 
 
 def lower_bound_words(m: int, n: int, k: int, tasks: int, memory_words: float) -> float:
@@ -80,9 +89,14 @@ def lower_bound_words(m: int, n: int, k: int, tasks: int, memory_words: float) -
     >>> lower_bound_words(4096, 4096, 4096, tasks=64, memory_words=2 ** 16) > 0
     True
     """
+    return bound_words(m * n * k, m * k + k * n + m * n, tasks, memory_words)
+
+
+def bound_words(products: float, held_words: float, tasks: int, memory_words: float) -> float:
+    """The larger bound for ``products`` scalar products over ``held_words`` of A, B and C."""
     check_int(tasks, "tasks", meaning="tasks that run at once")
-    return max(memory_dependent_words(m, n, k, tasks, memory_words),
-               memory_independent_words(m, n, k, tasks), 0.0)
+    return max(memory_dependent_words(products, tasks, memory_words),
+               memory_independent_words(products, held_words, tasks), 0.0)
 
 
 def lower_bound_bytes(m: int, n: int, k: int, tasks: int, memory_bytes: int,
@@ -93,3 +107,37 @@ def lower_bound_bytes(m: int, n: int, k: int, tasks: int, memory_bytes: int,
     240000
     """
     return itemsize * lower_bound_words(m, n, k, tasks, memory_bytes / itemsize)
+
+
+def layout_lower_bound_bytes(left, right, tasks: int, memory_bytes: int) -> float:
+    """The bound in bytes for two :class:`~blockmatrix.layout.BlockLayout` s (block-sparse too).
+
+    Linear in the stored blocks: the products are ``sum_k (rows of A's blocks in column k)
+    (inner extent of k) (columns of B's blocks in row k)``; C's blocks come from the product of
+    the block patterns (:mod:`scipy.sparse`).
+
+    >>> from blockmatrix.layout import BlockLayout
+    >>> full = {(i, j): 50 * 50 * 8 for i in range(2) for j in range(2)}
+    >>> a = BlockLayout((100, 100), 50, 50, full)
+    >>> layout_lower_bound_bytes(a, a, 8, 1 << 30) == lower_bound_bytes(100, 100, 100, 8, 1 << 30)
+    True
+    """
+    itemsize = np.result_type(left.dtype, right.dtype).itemsize
+    grid = (max(left.num_row_blocks, 1), max(left.num_col_blocks, 1),
+            max(right.num_col_blocks, 1))
+
+    def pattern(layout, shape):
+        keys = np.array(list(layout.keys), dtype=np.int64).reshape(-1, 2)
+        return sp.csr_matrix((np.ones(len(keys)), (keys[:, 0], keys[:, 1])), shape=shape)
+
+    def extents(n, per_block, count):
+        return np.minimum(per_block, n - np.arange(count) * per_block).astype(np.float64)
+
+    rows = extents(left.shape[0], left.rows_per_block, grid[0])
+    inner = extents(left.shape[1], left.cols_per_block, grid[1])
+    cols = extents(right.shape[1], right.cols_per_block, grid[2])
+    a, b = pattern(left, grid[:2]), pattern(right, grid[1:])
+    products = float(((rows @ a) * inner) @ (b @ cols))
+    c = (a @ b).tocoo()
+    held = float(rows @ a @ inner + inner @ b @ cols + (rows[c.row] * cols[c.col]).sum())
+    return itemsize * bound_words(products, held, tasks, memory_bytes / itemsize)

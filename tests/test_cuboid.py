@@ -5,13 +5,14 @@ Its products against numpy run with every other strategy's in tests/test_multipl
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from cases import Case, make_operands
 from conftest import assert_eq
 
 from blockmatrix import BlockMatrix
 from blockmatrix.bounds import lower_bound_bytes
-from blockmatrix.cost import RECORD_OVERHEAD_BYTES
+from blockmatrix.cost import RECORD_OVERHEAD_BYTES, compute_estimate
 from blockmatrix.errors import InvalidParameterError
 from blockmatrix.layout import BlockLayout
 from blockmatrix.plan import MultiplyOptions
@@ -125,6 +126,23 @@ def test_empty_operand_plans_no_shuffle():
     a, b = dense(512, 512, 128, keys=[]), dense(512, 512, 128)
     plan = cuboid.plan(a, b, options(8))
     assert plan.shuffles == () and plan.flops == 0
+
+
+@pytest.mark.parametrize("cut", [(4, 3, 2), (1, 1, 1), (16, 15, 11)])
+def test_closed_form_compute_equals_the_cost_model(cut):
+    # dense blocks in a random block pattern with ragged edges: the slab sums give what
+    # cost.compute_estimate finds by visiting every block triple
+    rng = np.random.default_rng(1)
+    a = dense(1000, 700, 64)
+    b = dense(700, 900, 64)
+    a = dense(1000, 700, 64, keys=[k for k in a.keys if rng.random() < 0.5])
+    b = dense(700, 900, 64, keys=[k for k in b.keys if rng.random() < 0.5])
+    plan = cuboid.plan_cut(a, b, options(8), *cut)
+    expected = compute_estimate(a, b, lambda i, k, j: plan.grid.partition_of(i, j)
+                                + plan.P * plan.Q * (k // plan.inner_slab))
+    assert plan.flops == expected["flops"]
+    assert plan.compute_seconds == pytest.approx(expected["compute_seconds"])
+    assert plan.max_task_compute_seconds == pytest.approx(expected["max_task_compute_seconds"])
 
 
 def test_inner_is_untouched_by_cuboid():
