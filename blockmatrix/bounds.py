@@ -30,6 +30,11 @@ The bound reported is the larger, ``max(W_mem, W_ind, 0)``, in words (:func:`low
 or bytes (:func:`lower_bound_bytes`): total words moved by all tasks, to be compared with a
 plan's shuffled, broadcast and read bytes.
 
+What it bounds: an algorithm that spreads the products evenly over ``P`` tasks of ``M`` words.
+A plan on fewer tasks (``outer``'s one per inner index, ``broadcast``'s single copy of the
+small operand, counted once) or whose tasks hold more than ``M`` may move less: it pays in
+parallelism or memory instead, and its ratio to the bound can fall below 1.
+
 For block-sparse operands (:func:`layout_lower_bound_bytes`) ``m n k`` becomes the scalar
 products of the stored blocks counted dense, and ``mk + kn + mn`` the dense size of the stored
 blocks of A and B and of the product blocks C receives: the bound of the dense-block product
