@@ -35,10 +35,11 @@ A plan on fewer tasks (``outer``'s one per inner index, ``broadcast``'s single c
 small operand, counted once) or whose tasks hold more than ``M`` may move less: it pays in
 parallelism or memory instead, and its ratio to the bound can fall below 1.
 
-For block-sparse operands (:func:`layout_lower_bound_bytes`) ``m n k`` becomes the scalar
-products of the stored blocks counted dense, and ``mk + kn + mn`` the dense size of the stored
-blocks of A and B and of the product blocks C receives: the bound of the dense-block product
-with that block pattern (both arguments hold for any set of products).
+For layouts (:func:`layout_lower_bound_bytes`) ``m n k`` becomes the scalar products of the
+stored blocks counted dense, and ``mk + kn + mn`` the dense size of the stored blocks of A and
+B and of the product blocks C receives: the bound of the dense-block product with that block
+pattern (both arguments hold for any set of products). ``P`` is then at most the number of
+block triples ``A[i, k] B[k, j]``: a block algorithm has no more units of work to spread.
 
 >>> n = 2 ** 16
 >>> round(lower_bound_words(n, n, n, tasks=512, memory_words=2 ** 28) / n ** 2, 2)
@@ -119,12 +120,14 @@ def layout_lower_bound_bytes(left, right, tasks: int, memory_bytes: int) -> floa
 
     Linear in the stored blocks: the products are ``sum_k (rows of A's blocks in column k)
     (inner extent of k) (columns of B's blocks in row k)``; C's blocks come from the product of
-    the block patterns (:mod:`scipy.sparse`).
+    the block patterns (:mod:`scipy.sparse`). ``tasks`` is capped at the block triples.
 
     >>> from blockmatrix.layout import BlockLayout
     >>> full = {(i, j): 50 * 50 * 8 for i in range(2) for j in range(2)}
     >>> a = BlockLayout((100, 100), 50, 50, full)
     >>> layout_lower_bound_bytes(a, a, 8, 1 << 30) == lower_bound_bytes(100, 100, 100, 8, 1 << 30)
+    True
+    >>> layout_lower_bound_bytes(a, a, 64, 1 << 30) == layout_lower_bound_bytes(a, a, 8, 1 << 30)
     True
     """
     itemsize = np.result_type(left.dtype, right.dtype).itemsize
@@ -145,4 +148,7 @@ def layout_lower_bound_bytes(left, right, tasks: int, memory_bytes: int) -> floa
     products = float(((rows @ a) * inner) @ (b @ cols))
     c = (a @ b).tocoo()
     held = float(rows @ a @ inner + inner @ b @ cols + (rows[c.row] * cols[c.col]).sum())
-    return itemsize * bound_words(products, held, tasks, memory_bytes / itemsize)
+    triples = int(round(float(np.asarray(a.sum(axis=0)).ravel() @ np.asarray(b.sum(axis=1))
+                              .ravel())))
+    return itemsize * bound_words(products, held, max(1, min(tasks, triples)),
+                                  memory_bytes / itemsize)

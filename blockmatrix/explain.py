@@ -231,8 +231,8 @@ class MultiplyReport:
             f"    budget: {format_bytes(self.options.budget_bytes)} of task memory, "
             f"{self.options.cores} core(s)",
             f"     bound: {format_bytes(self.lower_bound_bytes)} moved at least by a classical "
-            f"product spread over {self.options.cores} task(s) of that memory (blockmatrix.bounds"
-            f": Irony-Toledo-Tiskin 2004, Ballard et al. 2012)",
+            f"product spread over {self.options.cores} task(s) of that memory, at most one per "
+            f"block triple (blockmatrix.bounds: Irony-Toledo-Tiskin 2004, Ballard et al. 2012)",
             f" auto pick: {self.auto_choice}",
             f"       why: {self.auto_reason}",
             rule, header, rule,
