@@ -15,14 +15,18 @@ the partial sums ``R |C|`` more (2-D plans, ``R = 1``, have no second shuffle). 
 slab counts an axis can be cut into, the plan takes the one that minimises that sum subject to
 
 - at least ``options.cores`` tasks (or every block triple its own task when there are fewer),
-- the largest task's memory (:func:`memory_upper_bound`: its accumulators, one ``k``-slice of
-  inputs and the inputs it buffers, at most ``task_buffer_bytes``, as the tasks run) within
-  ``options.budget_bytes``; when no cut fits, the one that needs the least.
+- the largest task's memory within ``options.budget_bytes``: its accumulators, one ``k``-slice
+  of inputs and the inputs it buffers (at most ``task_buffer_bytes``; the rest waits on local
+  disk), as the tasks run and as every strategy's plan counts it, bounded from per-slab sums
+  for the choice (:class:`_MemoryBounds`) and counted exactly for the chosen cut. When no cut
+  fits, the one that needs the least.
 
 Ties go to fewer tasks, then to fewer inner slabs. For a square product the choice is the
 cube root split of 3-D algorithms when memory allows (``P = Q = R`` about ``cores^(1/3)``:
-``3 cores^(1/3) |A|`` moved instead of inner's ``2 sqrt(cores) |A|``) and a 2-D grid with
-inner slabs only when the accumulators of a 3-D cut would not fit.
+``3 cores^(1/3) |A|`` moved instead of inner's ``2 sqrt(cores) |A|``); when its accumulators
+would not fit, finer row and column slabs and fewer inner ones. 4096^2 in 256-blocks on 64
+cores: 4 x 4 x 4, ``12 |A|`` (inner's 8 x 8 grid: ``16 |A|``); on 16 cores 4 x 4 x 1 and
+2 x 2 x 4 tie at ``8 |A|`` and the 2-D cut, one shuffle, is taken.
 
 **Delivery** is one shuffle, as for ``inner``: the routing key of a block bound for task ``t``
 is ``k * num_tasks + t``, an int the result's ``GridPartitioner`` maps to ``t`` (Spark's
@@ -198,10 +202,8 @@ def choose_cut(pat: _Patterns, left: BlockLayout, right: BlockLayout,
     """``(P, Q, R)`` of least communication within the budget with enough tasks."""
     rows, cols, inner = slab_counts(pat.I), slab_counts(pat.J), slab_counts(pat.K)
     # Q |A|: A's blocks of column k go to the column slabs where B's row k has blocks.
-    a_volume = {q: float(pat.a_col_bytes @ _slabs_hit(pat.b_count, cols[q], axis=1))
-                for q in cols}
-    b_volume = {p: float(pat.b_row_bytes @ _slabs_hit(pat.a_count.T, rows[p], axis=1))
-                for p in rows}
+    a_volume = {q: float(pat.a_col_bytes @ _slabs_hit(pat.b_count, cols[q])) for q in cols}
+    b_volume = {p: float(pat.b_row_bytes @ _slabs_hit(pat.a_count.T, rows[p])) for p in rows}
     c_bytes = float(_partial_bytes(left, right, pat.c_count).sum())
     c_bytes += RECORD_OVERHEAD_BYTES * pat.c_count.nnz
     bounds = _MemoryBounds(pat, left, right, options.task_buffer_bytes)
@@ -225,10 +227,10 @@ def choose_cut(pat: _Patterns, left: BlockLayout, right: BlockLayout,
     return (best or fallback)[1]
 
 
-def _slabs_hit(pattern, size: int, axis: int) -> np.ndarray:
+def _slabs_hit(pattern, size: int) -> np.ndarray:
     """For every row of ``pattern``, the number of slabs (of ``size`` columns) it has entries in."""
     hit = (pattern @ _indicator(pattern.shape[1], size)) > 0
-    return np.asarray(hit.sum(axis=axis)).ravel()
+    return np.asarray(hit.sum(axis=1)).ravel()
 
 
 class _MemoryBounds:
