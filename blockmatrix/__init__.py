@@ -4,7 +4,7 @@
 """
 
 from .errors import BlockMatrixError, PerformanceWarning
-from .explain import explain_multiply
+from .explain import explain_multiply, explain_product
 from .layout import BlockLayout
 from .matrix import BlockMatrix
 from .partitioner import GridPartitioner
@@ -24,5 +24,6 @@ __all__ = [
     "MultiplyPlan",
     "PerformanceWarning",
     "explain_multiply",
+    "explain_product",
     "simulate_multiply",
 ]

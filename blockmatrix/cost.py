@@ -91,8 +91,8 @@ class ProductModel:
     def __init__(self, left: BlockLayout, right: BlockLayout):
         self.left, self.right = left, right
         inner = max(left.num_col_blocks, 1)
-        ai, ak, a_fill, a_dense = _fill(left)
-        bk, bj, b_fill, b_dense = _fill(right)
+        ai, ak, a_fill, a_dense = block_fill(left)
+        bk, bj, b_fill, b_dense = block_fill(right)
         a_flops = 2 * left.extents(ai, 0) * left.extents(ak, 1)
         b_cols = right.extents(bj, 1)
         shape_a = (max(left.num_row_blocks, 1), inner)
@@ -171,13 +171,13 @@ class ProductModel:
         return best
 
 
-def _fill(layout: BlockLayout):
+def block_fill(layout: BlockLayout):
     """``(rows, cols, fill, dense)`` arrays of the stored blocks (fill 1 for dense ones).
 
     A block whose byte size equals the dense size is taken as dense; otherwise it is CSR with
     ``nnz * (itemsize + 4) + (rows + 1) * 4`` bytes, whose fill is ``nnz / (rows cols)``.
 
-    >>> _fill(BlockLayout((4, 4), 4, 4, {(0, 0): 4 * 12 + 5 * 4}))[2].tolist()
+    >>> block_fill(BlockLayout((4, 4), 4, 4, {(0, 0): 4 * 12 + 5 * 4}))[2].tolist()
     [0.25]
     """
     rows, cols, size = layout.key_array
@@ -232,7 +232,7 @@ def inner_slices(layout: BlockLayout, axis: int) -> dict[int, InnerSlice]:
     >>> sl.index.tolist(), sl.fill.round(2).tolist(), sl.extent
     ([0, 1], [nan, 0.33], 2)
     """
-    rows, cols, fill, dense = _fill(layout)
+    rows, cols, fill, dense = block_fill(layout)
     sizes = layout.key_array[2]
     inner, other = (cols, rows) if axis == 1 else (rows, cols)
     fill = np.where(dense, np.nan, fill)
@@ -266,8 +266,8 @@ def grouped_partial_sums(left: BlockLayout, right: BlockLayout, groups: np.ndarr
     [(0, 0, 0, 32), (0, 0, 1, 32), (1, 0, 1, 32), (1, 1, 1, 32)]
     """
     grouped, other = (left, right) if side == "left" else (right, left)
-    g_rows, g_cols, g_fill, g_dense = _fill(grouped)
-    o_rows, o_cols, o_fill, o_dense = _fill(other)
+    g_rows, g_cols, g_fill, g_dense = block_fill(grouped)
+    o_rows, o_cols, o_fill, o_dense = block_fill(other)
     # The grouped side's outer index (A's i, B's j) and inner index k.
     g_outer, g_inner = (g_rows, g_cols) if side == "left" else (g_cols, g_rows)
     o_inner, o_outer = (o_rows, o_cols) if side == "left" else (o_cols, o_rows)

@@ -13,7 +13,7 @@ opt_einsum's path report, and the line saying what ``auto`` picks and why.
 >>> report.auto_choice
 'broadcast'
 >>> {name: plan.num_shuffles for name, plan in report.plans.items()}
-{'inner': 1, 'outer': 2, 'pasa': 2, 'broadcast': 0, 'ooc': 0}
+{'inner': 1, 'outer': 2, 'pasa': 2, 'broadcast': 0, 'cuboid': 1, 'ooc': 0}
 >>> report["ooc"].unavailable
 'A is held only by Spark: the out-of-core product needs both operands read from HDF5 files'
 >>> shuffle_elements(report["inner"]) == seed_inner_elements(300, 300, 300, 100)
@@ -36,14 +36,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import cost
+from ._checks import check_int
+from .bounds import layout_lower_bound_bytes
 from .cost import RECORD_OVERHEAD_BYTES
 from .errors import InvalidParameterError
 from .layout import BlockLayout, check_multiplicable
 from .plan import MultiplyOptions, MultiplyPlan
-from .sparkconf import multiply_defaults
+from .sparkconf import DEFAULT_TASK_BUFFER_BYTES, multiply_defaults
 from .strategies import auto as _auto
-from .strategies import get_strategy, multiplying_strategies
-from .units import format_bytes
+from .strategies import candidate_strategies, get_strategy, multiplying_strategies
+from .units import format_bytes, parse_memory
 
 # ---------------------------------------------------------------------- seed formulas
 
@@ -88,6 +91,65 @@ def shuffle_elements(plan: MultiplyPlan, index: int | None = None) -> float:
     return sum(s.bytes - s.records * RECORD_OVERHEAD_BYTES for s in shuffles) / itemsize
 
 
+# ---------------------------------------------------------------------- rates
+
+
+@dataclass(frozen=True)
+class Rates:
+    """The rates predicted times are computed with; the defaults are :mod:`blockmatrix.cost`'s.
+
+    Parameters
+    ----------
+    network_bytes_per_core_s : float
+        Shuffle throughput per core (:data:`~blockmatrix.cost.SHUFFLE_BYTES_PER_CORE_S`).
+    disk_bytes_per_core_s : float
+        Rate tasks read the operands' files at, per core
+        (:data:`~blockmatrix.cost.FILE_READ_BYTES_PER_CORE_S`).
+    dense_flops_per_core_s, sparse_flops_per_core_s : float
+        Block-product rates (:data:`~blockmatrix.cost.DENSE_FLOPS_PER_CORE_S`, ``SPARSE_...``).
+    broadcast_bytes_per_s, collect_bytes_per_s : float
+        Driver broadcast and collect rates.
+    """
+
+    network_bytes_per_core_s: float = cost.SHUFFLE_BYTES_PER_CORE_S
+    disk_bytes_per_core_s: float = cost.FILE_READ_BYTES_PER_CORE_S
+    dense_flops_per_core_s: float = cost.DENSE_FLOPS_PER_CORE_S
+    sparse_flops_per_core_s: float = cost.SPARSE_FLOPS_PER_CORE_S
+    broadcast_bytes_per_s: float = cost.BROADCAST_BYTES_PER_S
+    collect_bytes_per_s: float = cost.COLLECT_BYTES_PER_S
+
+    def seconds(self, plan: MultiplyPlan, cores: int) -> float:
+        """:func:`blockmatrix.cost.predicted_seconds` of ``plan`` at these rates.
+
+        The plan's compute seconds were predicted at the default rates; they are rescaled by
+        the dense (both operands dense) or the sparse rate's ratio.
+
+        >>> from blockmatrix.layout import BlockLayout
+        >>> a = BlockLayout((200, 200), 100, 100, {(i, j): 80000 for i in (0, 1) for j in (0, 1)})
+        >>> plan = get_strategy("inner").plan(a, a, MultiplyOptions(num_cores=4))
+        >>> Rates().seconds(plan, 4) == plan.predicted_seconds(4)
+        True
+        >>> Rates(network_bytes_per_core_s=1.0).seconds(plan, 4) > 1000
+        True
+        """
+        cores = max(1, cores)
+        dense = plan.left.is_dense and plan.right.is_dense
+        scale = (cost.DENSE_FLOPS_PER_CORE_S / self.dense_flops_per_core_s if dense
+                 else cost.SPARSE_FLOPS_PER_CORE_S / self.sparse_flops_per_core_s)
+        stages = plan.num_shuffles + 1 + (1 if plan.collected_bytes else 0)
+        return (stages * cost.STAGE_SECONDS + plan.num_shuffles * cost.SHUFFLE_SECONDS
+                + plan.shuffle_bytes / (self.network_bytes_per_core_s * cores)
+                + plan.collected_bytes / self.collect_bytes_per_s
+                + plan.broadcast_bytes / self.broadcast_bytes_per_s
+                + plan.read_bytes / (self.disk_bytes_per_core_s * cores)
+                + scale * max(plan.max_task_compute_seconds, plan.compute_seconds / cores))
+
+
+def communication_bytes(plan: MultiplyPlan) -> int:
+    """What a plan moves between tasks: shuffled, broadcast and read bytes."""
+    return plan.moved_bytes + plan.read_bytes
+
+
 # ---------------------------------------------------------------------- report
 
 
@@ -105,6 +167,13 @@ class MultiplyReport:
         Why.
     options : MultiplyOptions
         The options the plans were made with.
+    lower_bound_bytes : float
+        The communication lower bound of the product on ``options.cores`` tasks of
+        ``options.budget_bytes`` each (:func:`blockmatrix.bounds.layout_lower_bound_bytes`).
+    rates : Rates
+        The rates of the predicted seconds.
+    skipped : dict[str, str]
+        Strategies not planned, and why (:func:`explain_product` on large grids).
     """
 
     left: BlockLayout = field(repr=False)
@@ -113,6 +182,20 @@ class MultiplyReport:
     auto_choice: str
     auto_reason: str
     options: MultiplyOptions = field(repr=False)
+    lower_bound_bytes: float = 0.0
+    rates: Rates = field(default_factory=Rates, repr=False)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def bound_ratio(self, name: str) -> float:
+        """Plan ``name``'s communication over the lower bound (inf when the bound is 0)."""
+        moved = communication_bytes(self.plans[name])
+        if self.lower_bound_bytes > 0:
+            return moved / self.lower_bound_bytes
+        return 0.0 if moved == 0 else float("inf")
+
+    def predicted_seconds(self, name: str) -> float:
+        """Plan ``name``'s predicted seconds at the report's rates and cores."""
+        return self.rates.seconds(self.plans[name], self.options.cores)
 
     def __getitem__(self, name: str) -> MultiplyPlan:
         return self.plans[name]
@@ -127,7 +210,10 @@ class MultiplyReport:
                  "read_bytes": p.read_bytes, "max_task_input_bytes": p.max_task_input_bytes,
                  "max_task_memory_bytes": p.max_task_memory_bytes,
                  "max_task_output_bytes": p.max_task_output_bytes, "flops": p.flops,
-                 "predicted_seconds": p.predicted_seconds(self.options.cores),
+                 "predicted_seconds": self.predicted_seconds(name),
+                 "communication_bytes": communication_bytes(p),
+                 "lower_bound_bytes": self.lower_bound_bytes,
+                 "bound_ratio": self.bound_ratio(name),
                  "auto_choice": name == self.auto_choice} for name, p in self.plans.items()]
 
     def __str__(self) -> str:
@@ -139,13 +225,16 @@ class MultiplyReport:
 
         header = (f"{'strategy':<10} {'shuffles':>8} {'records':>9} {'shuffle bytes':>14} "
                   f"{'read bytes':>11} {'task input':>11} {'task memory':>12} "
-                  f"{'task output':>12} {'flops':>10} {'predicted s':>11}")
+                  f"{'task output':>12} {'flops':>10} {'predicted s':>11} {'x bound':>8}")
         rule = "-" * len(header)
         lines = [
             f"         A: {describe(self.left)}",
             f"         B: {describe(self.right)}",
             f"    budget: {format_bytes(self.options.budget_bytes)} of task memory, "
             f"{self.options.cores} core(s)",
+            f"     bound: {format_bytes(self.lower_bound_bytes)} moved at least by a classical "
+            f"product spread over {self.options.cores} task(s) of that memory, at most one per "
+            f"block triple (blockmatrix.bounds: Irony-Toledo-Tiskin 2004, Ballard et al. 2012)",
             f" auto pick: {self.auto_choice}",
             f"       why: {self.auto_reason}",
             rule, header, rule,
@@ -158,7 +247,7 @@ class MultiplyReport:
                 f"{format_bytes(p.max_task_input_bytes):>11} "
                 f"{format_bytes(p.max_task_memory_bytes):>12} "
                 f"{format_bytes(p.max_task_output_bytes):>12} {p.flops:>10.3e} "
-                f"{p.predicted_seconds(self.options.cores):>11.2f}")
+                f"{self.predicted_seconds(name):>11.2f} {self.bound_ratio(name):>8.2f}")
         lines.append(rule)
         for name, p in self.plans.items():
             for n, s in enumerate(p.shuffles, 1):
@@ -166,6 +255,10 @@ class MultiplyReport:
                              f"{format_bytes(s.bytes)}")
             if p.note:
                 lines.append(f"{name:<10} {p.note}")
+        for name, why in self.skipped.items():
+            lines.append(f"{name:<10} not planned: {why}")
+        if self.rates != Rates():
+            lines.append(f"rates: {self.rates} (auto picks at blockmatrix.cost's defaults)")
         return "\n".join(lines)
 
 
@@ -215,14 +308,25 @@ def explain_multiply(A, B, strategy: str | None = None, **options) -> MultiplyRe
 
 
 def explain_layouts(left: BlockLayout, right: BlockLayout, strategy: str | None,
-                    options: MultiplyOptions) -> MultiplyReport:
-    """The report of :func:`explain_multiply` for two layouts and complete options."""
+                    options: MultiplyOptions, rates: Rates | None = None,
+                    skip: dict[str, str] | None = None) -> MultiplyReport:
+    """The report of :func:`explain_multiply` for two layouts and complete options.
+
+    Strategies named in ``skip`` (name: why) are neither planned nor weighed by ``auto``.
+    """
+    skip = skip or {}
     names = ([strategy] if strategy is not None
-             else [s.name for s in multiplying_strategies()])
+             else [s.name for s in multiplying_strategies() if s.name not in skip])
     plans = {name: get_strategy(name).plan(left, right, options) for name in names}
-    candidates = _auto.candidate_plans(left, right, options, planned=plans)
+    if skip:  # auto weighs what may be planned, without the variants of skipped planners
+        candidates = {s.name: plans.get(s.name) or s.plan(left, right, options)
+                      for s in candidate_strategies() if s.name not in skip}
+    else:
+        candidates = _auto.candidate_plans(left, right, options, planned=plans)
     label, reason = _auto.choose(candidates, options.budget_bytes, options.cores)
-    return MultiplyReport(left, right, plans, candidates[label].strategy, reason, options)
+    bound = layout_lower_bound_bytes(left, right, options.cores, options.budget_bytes)
+    return MultiplyReport(left, right, plans, candidates[label].strategy, reason, options,
+                          bound, rates or Rates(), dict(skip))
 
 
 def _layout(operand) -> BlockLayout:
@@ -232,3 +336,141 @@ def _layout(operand) -> BlockLayout:
         raise TypeError(f"explain_multiply takes BlockMatrix or BlockLayout operands, not "
                         f"{type(operand).__name__}: wrap arrays with BlockMatrix.from_numpy")
     return operand.layout()
+
+
+# ---------------------------------------------------------------------- what-if
+
+
+#: Block triples above which :func:`explain_product` skips the planners a strategy declares
+#: slower than linear in the stored blocks (``Strategy.linear_planner``; none built in).
+DEFAULT_MAX_BLOCK_PRODUCTS = 1 << 18
+
+
+def what_if_layout(shape, rows_per_block: int, cols_per_block: int, density: float = 1.0,
+                   seed: int = 0, dtype="float64", num_partitions: int = 1) -> BlockLayout:
+    """The layout of a matrix you do not have: dense blocks, every one or a seeded share.
+
+    Parameters
+    ----------
+    shape : (int, int)
+    rows_per_block, cols_per_block : int
+    density : float
+        Share of the blocks that are stored (``0 < density <= 1``), drawn independently with
+        ``numpy.random.default_rng(seed)``; 1 stores every block.
+
+    >>> what_if_layout((10, 10), 4, 4).nbytes, len(what_if_layout((400, 400), 4, 4, 0.1).keys)
+    (800, 1033)
+    """
+    rows, cols = (check_int(x, name) for x, name in zip(shape, ("rows", "cols"), strict=True))
+    shell = BlockLayout((rows, cols), rows_per_block, cols_per_block, {}, np.dtype(dtype))
+    grid = (shell.num_row_blocks, shell.num_col_blocks)
+    if density >= 1.0:
+        keys = np.indices(grid).reshape(2, -1).T
+    else:
+        keys = np.argwhere(np.random.default_rng(seed).random(grid) < density)
+    heights = np.minimum(rows_per_block, rows - keys[:, 0] * rows_per_block)
+    widths = np.minimum(cols_per_block, cols - keys[:, 1] * cols_per_block)
+    sizes = (heights * widths * shell.dtype.itemsize).tolist()
+    return BlockLayout((rows, cols), rows_per_block, cols_per_block,
+                       dict(zip(map(tuple, keys.tolist()), sizes, strict=True)), shell.dtype,
+                       num_partitions)
+
+
+def block_products(left: BlockLayout, right: BlockLayout) -> int:
+    """Number of block triples ``A[i, k] B[k, j]`` of stored blocks (linear in the blocks)."""
+    cols_of_row = right.cols_of_row
+    return sum(len(rows) * len(cols_of_row.get(k, ())) for k, rows in left.rows_of_col.items())
+
+
+def explain_product(a_shape, b_shape, block_size: int, *, cores: int, task_memory,
+                    density: float = 1.0, seed: int = 0, dtype="float64",
+                    strategy: str | None = None, num_partitions: int | None = None,
+                    task_buffer_bytes: int = DEFAULT_TASK_BUFFER_BYTES,
+                    max_block_products: int = DEFAULT_MAX_BLOCK_PRODUCTS,
+                    **rates) -> MultiplyReport:
+    """:func:`explain_multiply` for a cluster and operands you do not have: no data, no Spark.
+
+    Parameters
+    ----------
+    a_shape, b_shape : (int, int)
+        Shapes of A and B.
+    block_size : int
+        Rows and columns of every block (edge blocks smaller).
+    cores : int
+        Tasks the cluster runs at once (also the result partitions, unless given).
+    task_memory : int or str
+        Memory a task may use for its data, bytes or a JVM string (``"8g"``).
+    density : float
+        Share of the blocks stored in each operand (block-sparse, seeded by ``seed``).
+    strategy : str, optional
+        Plan only this one (planned whatever its size).
+    num_partitions : int, optional
+        Suggested result partitions; default ``cores``.
+    task_buffer_bytes : int
+        Bytes a task buffers before spilling (PySpark's default 512 MiB).
+    max_block_products : int
+        Strategies whose planner is not linear in the stored blocks
+        (``Strategy.linear_planner=False``, a plug-in's) are neither planned nor weighed by
+        ``auto`` above this many block triples (the report says so), unless named in
+        ``strategy``.
+    **rates
+        Overrides of :class:`Rates`' fields (``network_bytes_per_core_s=1.25e9``, ...).
+
+    Returns
+    -------
+    MultiplyReport
+        With the lower bound and every plan's ratio to it.
+
+    Raises
+    ------
+    InvalidParameterError, ShapeMismatchError
+        A size is not positive, the density not in (0, 1], the shapes do not conform.
+
+    Examples
+    --------
+    >>> report = explain_product((8192, 8192), (8192, 8192), 1024, cores=64, task_memory="1g")
+    >>> report["cuboid"].note
+    'cut 4 x 4 x 4 (rows x columns x inner) into 64 cuboids of 2 x 2 x 2 blocks'
+    >>> round(report.bound_ratio("cuboid"), 2), round(report.bound_ratio("inner"), 2)
+    (1.33, 1.78)
+    """
+    block = check_int(block_size, "block_size", meaning="rows and columns of a block")
+    cores = check_int(cores, "cores", meaning="tasks the cluster runs at once")
+    memory = parse_memory(task_memory) if isinstance(task_memory, str) else task_memory
+    memory = check_int(memory, "task_memory", fix="give bytes or a size such as '8g'")
+    if not 0.0 < density <= 1.0:
+        raise InvalidParameterError(f"density must be in (0, 1] (the share of blocks stored), "
+                                    f"got {density!r}")
+    unknown = set(rates) - {f for f in Rates.__dataclass_fields__}
+    if unknown:
+        raise InvalidParameterError(f"explain_product got unknown rate(s) {sorted(unknown)}: "
+                                    f"use {', '.join(Rates.__dataclass_fields__)}")
+    if strategy is not None:
+        get_strategy(strategy)
+    left = what_if_layout(a_shape, block, block, density, seed, dtype, cores)
+    right = what_if_layout(b_shape, block, block, density, seed + 1, dtype, cores)
+    check_multiplicable(left, right)
+    options = MultiplyOptions(num_partitions=num_partitions or cores, num_cores=cores,
+                              memory_budget_bytes=memory, task_buffer_bytes=task_buffer_bytes)
+    triples = block_products(left, right)
+    skip = {}
+    if triples > max_block_products:
+        skip = {s.name: f"{triples} block triples > max_block_products={max_block_products} "
+                        f"(its planner is not linear in the blocks; raise the limit to plan it)"
+                for s in multiplying_strategies()
+                if not s.linear_planner and s.name != strategy}
+    return explain_layouts(left, right, strategy, options, Rates(**rates), skip)
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """``"ROWSxCOLS"`` as two positive ints.
+
+    >>> parse_shape("262144x1024")
+    (262144, 1024)
+    """
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise InvalidParameterError(f"a shape is ROWSxCOLS with positive integers, e.g. "
+                                    f"262144x262144; got {text!r}")
+    return int(parts[0]), int(parts[1])
+

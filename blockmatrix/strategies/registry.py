@@ -50,6 +50,9 @@ class Strategy:
         ``variants(left, right, options) -> {label: options}``: further configurations
         ``auto`` should consider beside the default one (``inner`` offers its inner dimension
         striped over idle cores).
+    linear_planner : bool
+        Whether ``plan`` takes time linear in the stored blocks (every built-in one does);
+        what-if planning of huge grids skips planners that do not.
     operand_sources : tuple of str
         Where its operands' blocks may be (``BlockLayout.source_kind``: ``"driver"``,
         ``"file"``, ``"spark"``); elsewhere its plan is unavailable. The shared test grid
@@ -64,6 +67,7 @@ class Strategy:
     auto_candidate: bool = True
     selector: bool = False
     variants: Callable | None = None
+    linear_planner: bool = True
     operand_sources: tuple[str, ...] = ("driver", "file", "spark")
 
 
