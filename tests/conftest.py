@@ -3,12 +3,15 @@
 Markers (registered in pytest.ini): ``spark`` on every test that starts Spark, ``cluster`` on
 those that start a standalone cluster, ``slow`` on those that take more than about 20 s. A test
 gets ``spark`` (and ``cluster``) here, from the fixtures it uses; a test that starts Spark only
-in a subprocess (a job, the notebook) is marked in its module. ``pytest -m "not spark"`` then
-runs the Spark-free part, and cannot start a JVM by mistake: a test not marked ``spark`` runs
+in a subprocess (a job, the notebook) is marked in its module, and one marked ``cluster`` there
+gets ``spark`` and ``slow`` here. ``pytest -m "not spark"`` then runs the Spark-free part, and
+cannot start a JVM by mistake: a test not marked ``spark`` runs (its fixtures' set-up included)
 with ``JAVA_HOME`` pointing nowhere, so a Spark it starts, in this process or a child, fails.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -39,19 +42,33 @@ def pytest_collection_modifyitems(config, items):
         fixtures = set(getattr(item, "fixturenames", ()))
         names = [name for key, marks in MARKED_HERE.items() if item.nodeid.endswith(key)
                  for name in marks]
-        if fixtures & CLUSTER_FIXTURES:
+        if fixtures & CLUSTER_FIXTURES or item.get_closest_marker("cluster"):
             names += ["spark", "cluster", "slow"]  # a cluster and spark-submit: minutes
         elif fixtures & SPARK_FIXTURES:
             names.append("spark")
         for name in dict.fromkeys(names):
-            item.add_marker(name)
+            if item.get_closest_marker(name) is None:
+                item.add_marker(name)
 
 
-@pytest.fixture(autouse=True)
-def _no_jvm_unless_marked_spark(request, monkeypatch):
-    """Make a test that starts Spark without the ``spark`` marker fail instead of passing."""
-    if request.node.get_closest_marker("spark") is None:
-        monkeypatch.setenv("JAVA_HOME", NO_JAVA_HOME)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Make a test that starts Spark without the ``spark`` marker fail instead of passing.
+
+    A hook around the whole test rather than a fixture, so that a module- or session-scoped
+    fixture set up for an unmarked test (a cluster, say) is denied Java too.
+    """
+    if item.get_closest_marker("spark") is not None:
+        return (yield)
+    saved = os.environ.get("JAVA_HOME")
+    os.environ["JAVA_HOME"] = NO_JAVA_HOME
+    try:
+        return (yield)
+    finally:
+        if saved is None:
+            os.environ.pop("JAVA_HOME", None)
+        else:
+            os.environ["JAVA_HOME"] = saved
 
 
 @pytest.fixture(scope="session")

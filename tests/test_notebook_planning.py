@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 from test_notebook import venv_kernel  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.slow  # Spark-free, but a kernel and the whole notebook: 20-30 s
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "cluster_planning.ipynb"
 
