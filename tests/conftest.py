@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config, items):
         fixtures = set(getattr(item, "fixturenames", ()))
         names = [name for key, marks in MARKED_HERE.items() if item.nodeid.endswith(key)
                  for name in marks]
-        if fixtures & CLUSTER_FIXTURES:
+        if fixtures & CLUSTER_FIXTURES or item.get_closest_marker("cluster"):
             names += ["spark", "cluster", "slow"]  # a cluster and spark-submit: minutes
         elif fixtures & SPARK_FIXTURES:
             names.append("spark")
