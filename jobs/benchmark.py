@@ -69,8 +69,10 @@ sys.path.insert(0, str(HERE))
 import shuffle_report  # noqa: E402
 
 PROG = "benchmark.py"
-#: Every registered strategy, selectors such as ``auto`` included, in registration order.
-STRATEGIES = tuple(strategies.STRATEGIES)
+#: Every registered strategy that multiplies driver-held operands (the cases' from_numpy ones),
+#: selectors such as ``auto`` included, in registration order.
+STRATEGIES = tuple(s.name for s in strategies.STRATEGIES.values()
+                   if s.selector or "driver" in s.operand_sources)
 #: MLlib runs right after the limit, while the JVM heap holds little else: converting blocks
 #: to MLlib goes through a DataFrame of boxed doubles, which needs heap room.
 CONTENDERS = ("numpy", "mllib") + STRATEGIES

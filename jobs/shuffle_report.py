@@ -32,12 +32,12 @@ from blockmatrix import BlockMatrix
 from blockmatrix.metrics import measure_multiply
 from blockmatrix.samples import random_matrix
 from blockmatrix.session import spark_context
-from blockmatrix.strategies import multiplying_strategies
+from blockmatrix.strategies import strategies_taking
 
 PROG = "shuffle_report.py"
 SHAPES = ("square", "tall-skinny", "1xN")
 #: Every registered strategy that multiplies itself (``auto`` only picks one of them).
-STRATEGIES = tuple(s.name for s in multiplying_strategies())
+STRATEGIES = tuple(strategies_taking("driver"))  # the report's operands come from from_numpy
 COLUMNS = ["case", "shape", "block", "density", "strategy", "predicted_shuffles",
            "measured_shuffles", "predicted_shuffle_bytes", "measured_shuffle_bytes",
            "measured_over_predicted", "predicted_records", "max_task_input_bytes",

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from blockmatrix.strategies import STRATEGIES, candidate_strategies
+from blockmatrix.strategies import STRATEGIES, candidate_strategies, strategies_taking
 
 JOB = Path(__file__).resolve().parent.parent / "jobs" / "benchmark.py"
-#: The limit, MLlib and every registered strategy, ``auto`` included.
-CONTENDERS = {"numpy", "mllib", *STRATEGIES}
+#: The limit, MLlib and every registered strategy that takes driver-held operands, ``auto``
+#: included.
+CONTENDERS = {"numpy", "mllib", *strategies_taking("driver"),
+              *(s.name for s in STRATEGIES.values() if s.selector)}
 
 
 def run_job(*args, timeout=900):

@@ -14,7 +14,7 @@ import json
 import pytest
 from cluster import REPO, spark_submit, start_cluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.spark, pytest.mark.cluster, pytest.mark.slow]
 
 DRIVER = REPO / "tests" / "cuboid_on_cluster.py"
 N, BLOCK, TASKS = 2048, 128, 64

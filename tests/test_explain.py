@@ -161,7 +161,7 @@ def test_compute_estimate_follows_each_strategys_tasks():
     report = explain_multiply(a, a, num_partitions=4, num_cores=2)
     one = 2 * 1000 ** 3 / 40e9
     for p in report.plans.values():
-        assert p.compute_seconds == pytest.approx(8 * one)
+        assert p.compute_seconds == pytest.approx(0 if p.unavailable else 8 * one)
     assert report["inner"].max_task_compute_seconds == pytest.approx(2 * one)  # (i, j): 2 k
     assert report["outer"].max_task_compute_seconds == pytest.approx(4 * one)  # per k
     assert report["pasa"].max_task_compute_seconds == pytest.approx(one)       # per triple
@@ -237,7 +237,8 @@ def test_auto_when_nothing_fits_takes_least_memory():
     b = dense_layout(400, 400, 100, 100)
     report = explain_multiply(a, b, memory_budget_bytes=1000)
     assert "no plan fits" in report.auto_reason
-    least = min(report.plans.values(), key=lambda p: p.max_task_memory_bytes)
+    least = min((p for p in report.plans.values() if not p.unavailable),
+                key=lambda p: p.max_task_memory_bytes)
     assert report.auto_choice == least.strategy
     with pytest.warns(PerformanceWarning, match="no plan fits the 1000 B task memory budget"):
         chosen = auto_strategy.plan(a, b, MultiplyOptions(memory_budget_bytes=1000))

@@ -32,7 +32,8 @@ def test_every_strategy_is_planned_with_the_bound(report):
     assert report.lower_bound_bytes == pytest.approx(lower_bound_bytes(n, n, n, 256, 2 << 30))
     for name, plan in report.plans.items():
         assert report.bound_ratio(name) == communication_bytes(plan) / report.lower_bound_bytes
-        assert report.bound_ratio(name) >= 1.0  # nothing moves less than the bound
+        if not plan.unavailable:  # ooc: what-if operands are not files
+            assert report.bound_ratio(name) >= 1.0  # nothing moves less than the bound
     assert report.bound_ratio("cuboid") < report.bound_ratio("inner")
     text = str(report)
     assert "x bound" in text and "bound:" in text and "Irony-Toledo-Tiskin" in text

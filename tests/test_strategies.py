@@ -17,12 +17,12 @@ from blockmatrix import BlockMatrix
 from blockmatrix.errors import InvalidParameterError
 from blockmatrix.metrics import record
 from blockmatrix.samples import random_matrix
-from blockmatrix.strategies import multiplying_strategies
+from blockmatrix.strategies import strategies_taking
 
 BLOCK = 362
 GRID = 4
-#: Every registered strategy that multiplies itself, read when the module is collected.
-MULTIPLYING = [s.name for s in multiplying_strategies()]
+#: Every registered strategy taking driver-held operands, read when the module is collected.
+MULTIPLYING = strategies_taking("driver")  # the operands here come from from_numpy
 
 
 def _operand(rng, drop: bool) -> np.ndarray:

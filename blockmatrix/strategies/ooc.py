@@ -70,8 +70,9 @@ class OocPlan(MultiplyPlan):
 
     Parameters
     ----------
-    tiles : ProductPlan
-        Tiles of whole blocks, the slab, the per-task memory (printable on its own).
+    tiles : ProductPlan or None
+        Tiles of whole blocks, the slab, the per-task memory (printable on its own); None
+        when the plan is unavailable.
     read_bytes : int
         Bytes the tasks read from the operands' files together.
     read_seconds : float
@@ -82,7 +83,7 @@ class OocPlan(MultiplyPlan):
         Why the plan cannot run ("" when it can).
     """
 
-    tiles: ProductPlan = field(repr=False)
+    tiles: ProductPlan | None = field(repr=False)
     read_bytes: int
     read_seconds: float
     busiest_core_seconds: float
@@ -114,8 +115,20 @@ class OocPlan(MultiplyPlan):
 
 
 def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> OocPlan:
-    """Tiles of whole blocks of C balanced over ``options.cores``, from shapes alone."""
+    """Tiles of whole blocks of C balanced over ``options.cores``, from shapes alone.
+
+    Operands that are not both floating-point files get an unavailable plan at once: the tile
+    plan of a product that cannot run out of core is not worth its time (a 10^6 x 10^6 one
+    has millions of tiles).
+    """
     check_multiplicable(left, right)
+    why = unavailable_reason(left, right)
+    if why:
+        return OocPlan(strategy="ooc", left=left, right=right,
+                       grid=result_grid(left, right, options.num_partitions), num_tasks=0,
+                       shuffles=(), max_task_input_bytes=0, max_task_memory_bytes=0,
+                       max_task_output_bytes=0, flops=0, tiles=None, read_bytes=0,
+                       read_seconds=0.0, busiest_core_seconds=0.0, why_unavailable=why)
     m, k = left.shape
     p = right.shape[1]
     dtype = np.result_type(left.dtype, right.dtype)
@@ -145,7 +158,7 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Ooc
                                       for t in tiles.tiles), default=0.0),
         tiles=tiles, read_bytes=tiles.read_bytes,
         read_seconds=tiles.read_bytes / HDF5_READ_BYTES_PER_CORE_S,
-        busiest_core_seconds=busiest, why_unavailable=unavailable_reason(left, right))
+        busiest_core_seconds=busiest)
 
 
 def operand_of_source(source) -> Operand:
