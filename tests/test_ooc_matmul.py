@@ -311,7 +311,8 @@ def test_the_job_killed_then_resumed_reuses_its_finished_tiles(operands):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_8192_file_to_file_with_the_shipped_defaults(tmp_path):
-    from blockmatrix.memory import TreePeakRSS
+    sys.path.insert(0, str(JOB.parent))  # the benchmark plumbing lives with the jobs
+    from _support.memory import TreePeakRSS
 
     n = 8192
     rng = np.random.default_rng(11)
