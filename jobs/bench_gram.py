@@ -33,6 +33,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from _support.cli import OneLineArgumentParser, positive_int, run
 from _support.memory import TreePeakRSS
 
 from blockmatrix.units import format_bytes
@@ -42,6 +43,7 @@ sys.path.insert(0, str(HERE))
 
 import make_sample  # noqa: E402
 
+PROG = "bench_gram.py"
 CONTENDERS = ("ours", "numpy", "dask")
 
 NUMPY_SCRIPT = """
@@ -73,17 +75,33 @@ with h5py.File(path, "a") as f:
 
 def parse_args(argv):
     """Parse the command line."""
-    parser = argparse.ArgumentParser(prog="bench_gram.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=10_000)
-    parser.add_argument("--cols", type=int, default=40_000)
+    parser = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=positive_int, default=10_000)
+    parser.add_argument("--cols", type=positive_int, default=40_000)
     parser.add_argument("--data", default="bench-data", help="folder for X (default bench-data)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each contender")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--repeat", type=positive_int, default=1, help="runs of each contender")
+    parser.add_argument("--contenders", type=contender_list, default=",".join(CONTENDERS),
+                        help=f"comma-separated, from {', '.join(CONTENDERS)}")
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--tile", type=int, default=None)
-    parser.add_argument("--slab", type=int, default=None)
+    parser.add_argument("--tile", type=positive_int, default=None)
+    parser.add_argument("--slab", type=positive_int, default=None)
     parser.add_argument("--json", default=None, help="write all figures here")
     return parser.parse_args(argv)
+
+
+def contender_list(text: str) -> list[str]:
+    """An argparse type: comma-separated names from :data:`CONTENDERS`.
+
+    >>> contender_list("numpy, ours")
+    ['numpy', 'ours']
+    """
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown contender {unknown[0]!r}: choose from {', '.join(CONTENDERS)}"
+            if unknown else f"no contender in {text!r}: choose from {', '.join(CONTENDERS)}")
+    return names
 
 
 def ensure_x(path: Path, rows: int, cols: int) -> None:
@@ -172,7 +190,7 @@ def table(rows: list[dict], best: dict) -> str:
 def main(argv=None) -> int:
     """Run the benchmark and print the table."""
     args = parse_args(argv)
-    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    names = args.contenders
     data = Path(args.data).resolve()
     data.mkdir(parents=True, exist_ok=True)
     path = data / f"X-{args.rows}x{args.cols}.h5"
@@ -215,4 +233,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run(main, sys.argv[1:], PROG))

@@ -124,13 +124,19 @@ def refuse_ooc_flags(args, strategy: str) -> None:
             f"strategy is {strategy}: pass --strategy ooc, or drop {', '.join(given)}")
 
 
-def run_out_of_core(sc, args, request, strategy_plan, start: float) -> int:
-    """C = A @ B file to file (blockmatrix.ooc.matmul_hdf5); prints the tiles and the run."""
-    print(f"plan:\n{strategy_plan}", flush=True)
+def run_out_of_core(sc, args, request, start: float) -> int:
+    """C = A @ B file to file (blockmatrix.ooc.matmul_hdf5); prints the tiles and the run.
+
+    The plan printed is the run's own (its tiles are square and need not follow the blocks,
+    since C goes straight to the file), not the strategy's plan of block-aligned tiles that
+    auto weighed: that one describes C as an RDD of blocks.
+    """
     result = matmul_hdf5(sc, request.operands[0], request.operands[1],
                          (request.output_path, request.output_dataset), request=request,
                          progress=lambda report: print(f"multiply: {report}", flush=True),
-                         on_plan=lambda tiles: print(f"tiles:\n{tiles}", flush=True))
+                         on_plan=lambda tiles: print(
+                             f"plan:\n  strategy: ooc, file to file, no shuffle\n{tiles}",
+                             flush=True))
     wall = time.perf_counter() - start
     print(result)
     print(f"predicted peak resident memory {result.plan.total_bytes / 2**20:,.0f} MiB; wall "
@@ -178,20 +184,20 @@ def main(argv=None) -> int:
 def multiply(sc, args, a_loc, b_loc, c_loc, ooc_request) -> int:
     """Plan with the chosen strategy, run it, write C, report and verify."""
     start = time.perf_counter()
-    A = BlockMatrix.from_hdf5(sc, *a_loc, args.block_size, args.block_size)
-    B = BlockMatrix.from_hdf5(sc, *b_loc, args.block_size, args.block_size)
-    options = MultiplyOptions.merged(
-        multiply_defaults(sc), {"num_partitions": args.num_partitions,
-                                "num_mid_splits": args.num_mid_splits})
-    # File to file, auto means ooc: the plans' cost model does not price C's trip through the
+    # File to file, auto means ooc (check_request made an out-of-core request only for ooc and
+    # auto on floating-point files): the plans' cost model does not price C's trip through the
     # driver and the JVM heap that every other strategy's to_hdf5 takes (an OutOfMemoryError
     # at n = 8192 with the shipped 2g), and ooc's writer never takes it.
-    name = "ooc" if args.strategy == "auto" and ooc_request is not None else args.strategy
-    plan = get_strategy(name).plan(A.layout(), B.layout(), options)
-    if plan.strategy == "ooc" and ooc_request is not None:
-        status = run_out_of_core(sc, args, ooc_request, plan, start)
+    if ooc_request is not None:
+        status = run_out_of_core(sc, args, ooc_request, start)
         dtype = np.dtype(ooc_request.dtype)
     else:
+        A = BlockMatrix.from_hdf5(sc, *a_loc, args.block_size, args.block_size)
+        B = BlockMatrix.from_hdf5(sc, *b_loc, args.block_size, args.block_size)
+        options = MultiplyOptions.merged(
+            multiply_defaults(sc), {"num_partitions": args.num_partitions,
+                                    "num_mid_splits": args.num_mid_splits})
+        plan = get_strategy(args.strategy).plan(A.layout(), B.layout(), options)
         refuse_ooc_flags(args, plan.strategy)
         plan.check_runnable()  # e.g. ooc on integer data: one line, before anything is written
         with record(sc, f"multiply ({args.strategy})") as measured:

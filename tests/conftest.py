@@ -24,13 +24,6 @@ from blockmatrix.session import spark_context
 SPARK_FIXTURES = {"sc"}
 CLUSTER_FIXTURES = {"standalone_cluster", "cluster"}
 
-#: Tests that start Spark only in a job subprocess, in a module this file marks for now
-#: because its owner is splitting it (tests/test_gram.py): move the marks there.
-MARKED_HERE = {
-    "test_gram.py::test_resume_after_kill_while_writing_into_the_input_file": ("spark", "slow"),
-    "test_gram.py::test_resume_after_kill_during_the_tasks": ("slow",),
-}
-
 #: Where ``JAVA_HOME`` points for a test not marked ``spark`` (spark-class runs
 #: ``$JAVA_HOME/bin/java``; the path names the problem in the error it prints).
 NO_JAVA_HOME = "/nonexistent/this-test-is-not-marked-spark"
@@ -40,8 +33,7 @@ def pytest_collection_modifyitems(config, items):
     """Mark ``spark`` / ``cluster`` / ``slow`` from the fixtures each test uses."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        names = [name for key, marks in MARKED_HERE.items() if item.nodeid.endswith(key)
-                 for name in marks]
+        names = []
         if fixtures & CLUSTER_FIXTURES or item.get_closest_marker("cluster"):
             names += ["spark", "cluster", "slow"]  # a cluster and spark-submit: minutes
         elif fixtures & SPARK_FIXTURES:

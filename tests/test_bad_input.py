@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 from cluster import FAST_START_JVM
 from conftest import assert_eq
+from jobrun import run_in_process, run_process
 
 from blockmatrix import BlockMatrix, errors
 from blockmatrix.errors import (
@@ -235,8 +236,7 @@ def test_add_refuses_duplicate_blocks(sc, folder):
 
 def run_job(folder: Path, *args, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1", JAVA_TOOL_OPTIONS=FAST_START_JVM)
-    return subprocess.run([sys.executable, str(MULTIPLY), *map(str, args)], cwd=folder,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return run_process(MULTIPLY, *args, cwd=folder, env=env, timeout=timeout)
 
 
 GOOD = ("in.h5::/A", "in.h5::/B", "new.h5::/C")
@@ -302,7 +302,8 @@ CLI_ROWS = [
 @pytest.mark.parametrize("name, args, problem, fix", CLI_ROWS, ids=[row[0] for row in CLI_ROWS])
 def test_cli_refuses(folder, name, args, problem, fix):
     before = snapshot(folder)
-    result = run_job(folder, *args)
+    # In this process: every row is refused before Spark starts (the test has no Java).
+    result = run_in_process(MULTIPLY, *args, cwd=folder)
     assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-3000:])
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -315,6 +316,18 @@ def test_cli_refuses(folder, name, args, problem, fix):
 #: Flags of jobs/multiply.py whose bad values only Spark finds, once it starts: a bad master URL
 #: ends in PySpark's traceback, not in a one-line refusal, so the table has no row for it yet.
 REFUSED_BY_SPARK_ONLY = {"--master"}
+
+
+@pytest.mark.parametrize("row", [CLI_ROWS[0], CLI_ROWS[-1]], ids=lambda row: row[0])
+def test_cli_refuses_as_a_process(folder, row):
+    """As a shell sees it: exit code 2, one stderr line, nothing on stdout, nothing written."""
+    _, args, problem, fix = row
+    before = snapshot(folder)
+    result = run_job(folder, *args)
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-3000:])
+    assert result.stderr.count("\n") == 1 and problem in result.stderr and fix in result.stderr
+    assert result.stdout == ""
+    assert_untouched(folder, before)
 
 
 def test_every_error_type_and_every_valued_flag_has_a_row():

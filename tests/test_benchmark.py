@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from jobrun import run_in_process
 
 from blockmatrix.strategies import STRATEGIES, candidate_strategies, strategies_taking
 
@@ -77,7 +78,7 @@ def test_quick_benchmark_checks_every_contender(tmp_path):
     (["--conf", "novalue"], "is not KEY=VALUE"),
 ])
 def test_bad_arguments_one_line_exit_2(args, needle):
-    done = run_job(*args, timeout=60)
+    done = run_in_process(JOB, *args)
     assert done.returncode == 2
     assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
@@ -113,8 +114,7 @@ def test_transport_measures_each_path_and_who_spends_the_cpu(tmp_path):
     (["--conf", "novalue"], "is not KEY=VALUE"),
 ])
 def test_transport_bad_arguments_one_line_exit_2(args, needle):
-    done = subprocess.run([sys.executable, str(TRANSPORT), *args], capture_output=True,
-                          text=True, timeout=60)
+    done = run_in_process(TRANSPORT, *args)
     assert done.returncode == 2
     assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
@@ -124,13 +124,11 @@ BENCH_PLAN = JOB.parent / "bench_plan.py"
 
 def test_planning_benchmark_runs_without_spark(tmp_path):
     out = tmp_path / "plan.json"
-    done = subprocess.run([sys.executable, str(BENCH_PLAN), "--cases", "quick", "--json",
-                           str(out)], capture_output=True, text=True, timeout=300)
+    done = run_in_process(BENCH_PLAN, "--cases", "quick", "--json", out)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [r["strategy"] for r in rows] == list(STRATEGIES)
     assert all(r["plan_seconds"] >= 0 and r["traced_peak_bytes"] > 0 for r in rows)
-    refused = subprocess.run([sys.executable, str(BENCH_PLAN), "--cases", "nope"],
-                             capture_output=True, text=True, timeout=60)
+    refused = run_in_process(BENCH_PLAN, "--cases", "nope")
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "unknown case(s) ['nope']" in refused.stderr

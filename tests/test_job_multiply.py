@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import assert_eq
+from jobrun import run_in_process
 
 REPO = Path(__file__).resolve().parent.parent
 JOB = REPO / "jobs" / "multiply.py"
@@ -108,7 +109,7 @@ def test_job_writes_into_the_input_file(inputs, tmp_path):
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(inputs, make_args, message):
     folder, _, _ = inputs
     before = {p.name: digest(p) for p in folder.iterdir()}
-    result = run_job(*make_args(folder), timeout=60)
+    result = run_in_process(JOB, *make_args(folder), cwd=REPO)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from jobrun import run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = ROOT / "jobs" / "make_sample.py"
@@ -82,7 +83,7 @@ def test_refuses_with_one_line_and_writes_nothing(tmp_path, args, match):
     with h5py.File(tmp_path / "old.h5", "w") as f:
         f["A"] = np.ones((2, 2))
     before = hashlib.sha256((tmp_path / "old.h5").read_bytes()).hexdigest()
-    proc = run_job(*(a.format(d=tmp_path) for a in args))
+    proc = run_in_process(JOB, *(a.format(d=tmp_path) for a in args))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], proc.stderr

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from cluster import REPO
+from jobrun import run_in_process
 
 from blockmatrix import explain_product
 from blockmatrix.bounds import lower_bound_bytes
@@ -159,6 +160,6 @@ def test_job_prints_the_report_without_spark():
 ])
 def test_job_refuses_bad_sizes_in_one_line(args, message):
     base = ["--block", 8, "--cores", 4, "--task-memory", "1g"]
-    result, _ = run_plan(*args, *base)
+    result = run_in_process(PLAN, *args, *base, cwd=REPO)
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr

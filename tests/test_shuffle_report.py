@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from jobrun import run_in_process
 
 from blockmatrix.strategies import strategies_taking
 
@@ -46,7 +47,7 @@ def test_tiny_sweep_writes_csv_json_png(tmp_path):
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, needle):
     argv = [str(tmp_path / "x")] + args if args else []
-    done = run_job(*argv, timeout=60)
+    done = run_in_process(JOB, *argv)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("shuffle_report.py: error:")
@@ -58,5 +59,5 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, args, needle):
 def test_out_dir_that_is_a_file_is_rejected(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    done = run_job(str(target), timeout=60)
+    done = run_in_process(JOB, target)
     assert done.returncode == 2 and "not a folder" in done.stderr
