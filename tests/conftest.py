@@ -11,7 +11,10 @@ with ``JAVA_HOME`` pointing nowhere, so a Spark it starts, in this process or a 
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +90,29 @@ def assert_eq(actual, expected, dtype=None) -> None:
     tol = 1e-4 if actual.dtype == np.float32 else 1e-10
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale)
+
+
+@pytest.fixture
+def venv_kernel(tmp_path, monkeypatch):
+    """A Jupyter kernel spec, in a private folder, that runs this very interpreter."""
+    spec = tmp_path / "kernels" / "blockmatrix-test"
+    spec.mkdir(parents=True)
+    spec.joinpath("kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "blockmatrix test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    return "blockmatrix-test"
+
+
+def run_notebook(path: Path, kernel: str) -> tuple[str, int]:
+    """Execute a notebook top to bottom in its folder; its stdout text and number of images."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=900, kernel_name=kernel,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = [out for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.get("outputs", [])]
+    text = "\n".join(out.get("text", "") for out in outputs if out.get("name") == "stdout")
+    return text, sum("image/png" in out.get("data", {}) for out in outputs)

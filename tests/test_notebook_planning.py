@@ -4,28 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
-from test_notebook import venv_kernel  # noqa: F401  (a fixture)
+from conftest import run_notebook
 
 pytestmark = pytest.mark.slow  # Spark-free, but a kernel and the whole notebook: 20-30 s
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "cluster_planning.ipynb"
 
 
-def test_planning_notebook_runs_and_cuboid_stays_near_the_bound(venv_kernel):  # noqa: F811
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, timeout=900, kernel_name=venv_kernel,
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    client.execute()
-    text = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-                     for out in cell.get("outputs", []) if out.get("name") == "stdout")
+def test_planning_notebook_runs_and_cuboid_stays_near_the_bound(venv_kernel):
+    text, images = run_notebook(NOTEBOOK, venv_kernel)
     assert "every cuboid plan fits its task memory: True" in text
     worst = {name: float(text.split(f"{name} / bound at most ")[1].split()[0])
              for name in ("cuboid", "inner")}
     assert 1.0 <= worst["cuboid"] < 3.0 and worst["inner"] > 2.0
     assert "x bound" in text and "pyspark" not in text
-    images = [out for cell in nb.cells if cell.cell_type == "code"
-              for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
-    assert len(images) == 3
+    assert images == 3

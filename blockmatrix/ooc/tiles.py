@@ -35,6 +35,7 @@ __all__ = [
     "Operand",
     "ProductPlan",
     "Tile",
+    "TilePlan",
     "balanced_tile",
     "busiest_core_work",
     "chunk_cache_bytes",
@@ -214,41 +215,143 @@ def chunk_cache_bytes(chunks: tuple[int, int] | None, rows: int, slab: int,
     return min(wanted, 2 * rows * slab * itemsize + chunk)
 
 
-@dataclass(frozen=True)
-class GramPlan:
+@dataclass(frozen=True, kw_only=True)
+class TilePlan:
+    """What an out-of-core run does, from shapes and flags alone: the part both kinds share.
+
+    A run cuts its output into tiles, each computed by one task over the whole inner dimension
+    ``k``, slab by slab; subclasses (:class:`GramPlan`, :class:`ProductPlan`) say what the
+    operands are, which tiles there are and what a task holds.
+
+    Attributes
+    ----------
+    dtype : str
+        dtype of the output (and of the buffers the slabs are read into).
+    slab : int
+        Elements of the inner dimension read per step (aligned to the operands' chunks).
+    concurrent_tasks, threads_per_task : int
+        Spark task slots and BLAS threads per task (``spark.task.cpus``).
+    tiles : tuple of Tile
+        Every tile computed, in submission order.
+    done : frozenset of (int, int)
+        Tiles already finished by an interrupted run (not computed again).
+    """
+
+    dtype: str
+    slab: int
+    concurrent_tasks: int
+    threads_per_task: int
+    tiles: tuple[Tile, ...]
+    done: frozenset = field(default_factory=frozenset)
+
+    #: Whether the output is symmetric (only tiles on or above the diagonal are computed).
+    symmetric = False
+
+    @property
+    def k(self) -> int:
+        """The inner dimension every tile is computed over."""
+        raise NotImplementedError
+
+    @property
+    def task_bytes(self) -> int:
+        """Predicted peak memory of one task (accumulator, slab buffers, chunk caches)."""
+        raise NotImplementedError
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def todo(self) -> tuple[Tile, ...]:
+        """Tiles still to compute, in submission order."""
+        return tuple(t for t in self.tiles if (t.i, t.j) not in self.done)
+
+    @property
+    def num_slabs(self) -> int:
+        """Slabs along the inner dimension."""
+        return math.ceil(self.k / self.slab) if self.k else 0
+
+    @property
+    def flops(self) -> int:
+        """Floating-point operations of all tiles."""
+        return sum(t.flops(self.k) for t in self.tiles)
+
+    @property
+    def todo_flops(self) -> int:
+        """Floating-point operations of the tiles still to compute."""
+        return sum(t.flops(self.k) for t in self.todo)
+
+    @property
+    def balance(self) -> float:
+        """Busiest core's work over the mean when the tiles are dealt largest first."""
+        return imbalance([t.flops(1) for t in self.tiles], self.concurrent_tasks)
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes of the operands read by all tasks together."""
+        return sum(t.read_elements(self.k) for t in self.tiles) * self.itemsize
+
+    @property
+    def worker_bytes(self) -> int:
+        """Predicted peak resident memory of one Python worker process."""
+        return WORKER_BASE_BYTES + self.task_bytes
+
+    @property
+    def driver_bytes(self) -> int:
+        """Predicted peak resident memory of the Python driver (the single writer)."""
+        return DRIVER_BASE_BYTES + 3 * WRITE_BAND_BYTES
+
+    @property
+    def total_bytes(self) -> int:
+        """Predicted peak resident memory of all processes: JVM, driver, daemon, workers.
+
+        A worker per task slot that has a tile to compute: fewer tiles than slots start
+        fewer workers.
+        """
+        workers = min(self.concurrent_tasks, max(1, len(self.tiles)))
+        return JVM_BYTES + self.driver_bytes + DAEMON_BYTES + workers * self.worker_bytes
+
+    def _run_lines(self, tile_bytes: int, slab_bytes: int) -> list[str]:
+        """The printed lines on tasks, memory and scratch (the same for both kinds)."""
+        mib = 2**20
+        return [
+            f"  tasks      {self.concurrent_tasks} at once x {self.threads_per_task} BLAS "
+            f"thread(s)",
+            f"  memory     per task {self.task_bytes / mib:,.0f} MiB (tile "
+            f"{tile_bytes / mib:,.0f} + slabs {slab_bytes / mib:,.0f} + chunk cache "
+            f"{self.cache_bytes / mib:,.0f}); worker {self.worker_bytes / mib:,.0f}, driver "
+            f"{self.driver_bytes / mib:,.0f}, JVM {JVM_BYTES / mib:,.0f}, daemon "
+            f"{DAEMON_BYTES / mib:,.0f}",
+            f"  predicted peak resident memory of all processes: "
+            f"{self.total_bytes / mib:,.0f} MiB (independent of k)",
+            f"  scratch    {self.scratch_bytes / mib:,.0f} MiB of finished tiles beside the "
+            f"output",
+        ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GramPlan(TilePlan):
     """What :func:`~blockmatrix.ooc.gram_hdf5` will do, computed from shapes and flags alone.
 
     Attributes
     ----------
     shape : tuple of int
         ``(n, k)``, the shape of X.
-    dtype : str
-        dtype of X and Y.
-    tile, slab : int
-        Rows of a tile and columns read per step (slab after alignment to X's chunks).
-    concurrent_tasks : int
-        Tasks that run at once (Spark task slots).
-    threads_per_task : int
-        BLAS threads in each task (``spark.task.cpus``).
+    tile : int
+        Rows of a tile.
     chunks : tuple of int or None
         X's HDF5 chunk shape.
     tiles : tuple of GramTile
         Every tile on or above the diagonal, in submission order.
-    done : frozenset of (int, int)
-        Tiles already finished by an interrupted run (not computed again).
+
+    The other attributes are :class:`TilePlan`'s.
     """
 
     shape: tuple[int, int]
-    dtype: str
     tile: int
-    slab: int
-    concurrent_tasks: int
-    threads_per_task: int
     chunks: tuple[int, int] | None
-    tiles: tuple[GramTile, ...]
-    done: frozenset = field(default_factory=frozenset)
 
-    #: Whether the output is symmetric (only tiles on or above the diagonal are computed).
     symmetric = True
 
     @property
@@ -262,36 +365,6 @@ class GramPlan:
         return self.shape[1]
 
     @property
-    def balance(self) -> float:
-        """Busiest core's work over the mean when the tiles are dealt largest first."""
-        return imbalance([t.flops(1) for t in self.tiles], self.concurrent_tasks)
-
-    @property
-    def itemsize(self) -> int:
-        """Bytes per element."""
-        return np.dtype(self.dtype).itemsize
-
-    @property
-    def todo(self) -> tuple[GramTile, ...]:
-        """Tiles still to compute, in submission order."""
-        return tuple(t for t in self.tiles if (t.i, t.j) not in self.done)
-
-    @property
-    def num_slabs(self) -> int:
-        """Slabs along the long axis."""
-        return math.ceil(self.shape[1] / self.slab) if self.shape[1] else 0
-
-    @property
-    def flops(self) -> int:
-        """Floating-point operations of all tiles."""
-        return sum(t.flops(self.shape[1]) for t in self.tiles)
-
-    @property
-    def todo_flops(self) -> int:
-        """Floating-point operations of the tiles still to compute."""
-        return sum(t.flops(self.shape[1]) for t in self.todo)
-
-    @property
     def x_bytes(self) -> int:
         """Size of X."""
         return self.shape[0] * self.shape[1] * self.itemsize
@@ -300,11 +373,6 @@ class GramPlan:
     def y_bytes(self) -> int:
         """Size of Y."""
         return self.shape[0] ** 2 * self.itemsize
-
-    @property
-    def read_bytes(self) -> int:
-        """Bytes of X read by all tasks together (X is read once per tile row block pair)."""
-        return sum(t.read_elements(self.shape[1]) for t in self.tiles) * self.itemsize
 
     @property
     def tile_rows(self) -> int:
@@ -328,22 +396,6 @@ class GramPlan:
         return t * t * b + 2 * t * self.slab * b + self.cache_bytes
 
     @property
-    def worker_bytes(self) -> int:
-        """Predicted peak resident memory of one Python worker process."""
-        return WORKER_BASE_BYTES + self.task_bytes
-
-    @property
-    def driver_bytes(self) -> int:
-        """Predicted peak resident memory of the Python driver (the single writer)."""
-        return DRIVER_BASE_BYTES + 3 * WRITE_BAND_BYTES
-
-    @property
-    def total_bytes(self) -> int:
-        """Predicted peak resident memory of all processes: JVM, driver, daemon, workers."""
-        return (JVM_BYTES + self.driver_bytes + DAEMON_BYTES
-                + self.concurrent_tasks * self.worker_bytes)
-
-    @property
     def scratch_bytes(self) -> int:
         """Disk used by finished tiles in the work folder (removed at the end)."""
         return sum(t.rows * t.cols for t in self.tiles) * self.itemsize
@@ -352,6 +404,7 @@ class GramPlan:
         """A printable summary: work, reads, memory per process and in total."""
         mib = 2**20
         n, k = self.shape
+        t, b = self.tile_rows, self.itemsize
         syrk = sum(t.uses_syrk for t in self.tiles)
         lines = [
             f"Y = X X^T: X {n} x {k} {self.dtype} ({self.x_bytes / mib:,.0f} MiB), "
@@ -367,20 +420,8 @@ class GramPlan:
             f"{self.todo_flops / 1e9:,.1f} GFLOP to do",
             f"  reads      {self.read_bytes / mib:,.0f} MiB of X "
             f"({self.read_bytes / max(1, self.x_bytes):.2f} x X)",
-            f"  tasks      {self.concurrent_tasks} at once x {self.threads_per_task} BLAS "
-            f"thread(s)",
-            f"  memory     per task {self.task_bytes / mib:,.0f} MiB (tile "
-            f"{self.tile_rows ** 2 * self.itemsize / mib:,.0f} + slabs "
-            f"{2 * self.tile_rows * self.slab * self.itemsize / mib:,.0f} + chunk cache "
-            f"{self.cache_bytes / mib:,.0f}); worker {self.worker_bytes / mib:,.0f}, driver "
-            f"{self.driver_bytes / mib:,.0f}, JVM {JVM_BYTES / mib:,.0f}, daemon "
-            f"{DAEMON_BYTES / mib:,.0f}",
-            f"  predicted peak resident memory of all processes: "
-            f"{self.total_bytes / mib:,.0f} MiB (independent of k)",
-            f"  scratch    {self.scratch_bytes / mib:,.0f} MiB of finished tiles beside the "
-            f"output",
         ]
-        return "\n".join(lines)
+        return "\n".join(lines + self._run_lines(t * t * b, 2 * t * self.slab * b))
 
 
 def plan_gram(shape: tuple[int, int], dtype, tile: int = DEFAULT_TILE,
@@ -688,43 +729,27 @@ def product_slab(slab: int, k: int, a_chunks, b_chunks) -> int:
     return width
 
 
-@dataclass(frozen=True)
-class ProductPlan:
+@dataclass(frozen=True, kw_only=True)
+class ProductPlan(TilePlan):
     """What :func:`~blockmatrix.ooc.matmul_hdf5` will do, from shapes and flags alone.
 
     Attributes
     ----------
     shape : (int, int, int)
         ``(m, k, p)``: A is ``m x k``, B ``k x p``, C ``m x p``.
-    dtype : str
-        dtype of C (and of the buffers the slabs are read into).
     tile_rows, tile_cols : int
         Rows and columns of a tile of C.
-    slab : int
-        Elements of the inner dimension read per step (aligned to the operands' chunks).
-    concurrent_tasks, threads_per_task : int
-        Spark task slots and BLAS threads per task.
     a_chunks, b_chunks : (int, int) or None
         Chunk shapes oriented as the operands (A: rows x k, B: k x columns).
-    tiles : tuple of Tile
-        Every tile of C, in submission order.
-    done : frozenset of (int, int)
-        Tiles already finished by an interrupted run.
+
+    The other attributes are :class:`TilePlan`'s.
     """
 
     shape: tuple[int, int, int]
-    dtype: str
     tile_rows: int
     tile_cols: int
-    slab: int
-    concurrent_tasks: int
-    threads_per_task: int
     a_chunks: tuple[int, int] | None
     b_chunks: tuple[int, int] | None
-    tiles: tuple[Tile, ...]
-    done: frozenset = field(default_factory=frozenset)
-
-    symmetric = False
 
     @property
     def out_shape(self) -> tuple[int, int]:
@@ -742,36 +767,6 @@ class ProductPlan:
         return self.tile_rows
 
     @property
-    def itemsize(self) -> int:
-        """Bytes per element."""
-        return np.dtype(self.dtype).itemsize
-
-    @property
-    def todo(self) -> tuple[Tile, ...]:
-        """Tiles still to compute, in submission order."""
-        return tuple(t for t in self.tiles if (t.i, t.j) not in self.done)
-
-    @property
-    def num_slabs(self) -> int:
-        """Slabs along the inner dimension."""
-        return math.ceil(self.k / self.slab) if self.k else 0
-
-    @property
-    def flops(self) -> int:
-        """Floating-point operations of all tiles."""
-        return sum(t.flops(self.k) for t in self.tiles)
-
-    @property
-    def todo_flops(self) -> int:
-        """Floating-point operations of the tiles still to compute."""
-        return sum(t.flops(self.k) for t in self.todo)
-
-    @property
-    def balance(self) -> float:
-        """Busiest core's work over the mean when the tiles are dealt largest first."""
-        return imbalance([t.flops(1) for t in self.tiles], self.concurrent_tasks)
-
-    @property
     def a_bytes(self) -> int:
         """Size of A."""
         return self.shape[0] * self.shape[1] * self.itemsize
@@ -787,18 +782,17 @@ class ProductPlan:
         return self.shape[0] * self.shape[2] * self.itemsize
 
     @property
-    def read_bytes(self) -> int:
-        """Bytes of A and B read by all tasks together (A once per tile column, B per row)."""
-        return sum(t.read_elements(self.k) for t in self.tiles) * self.itemsize
+    def _tile_shape(self) -> tuple[int, int]:
+        """Rows and columns of the largest tile (the tile sizes capped at C's)."""
+        return min(self.tile_rows, self.shape[0]), min(self.tile_cols, self.shape[2])
 
     @property
     def dataset_cache_bytes(self) -> int:
         """HDF5 chunk cache a task gives each dataset it reads (the larger operand's need)."""
-        b = self.itemsize
-        rows, cols = min(self.tile_rows, self.shape[0]), min(self.tile_cols, self.shape[2])
+        rows, cols = self._tile_shape
         b_chunks = self.b_chunks[::-1] if self.b_chunks is not None else None  # cols x k
-        return max(chunk_cache_bytes(self.a_chunks, rows, self.slab, b),
-                   chunk_cache_bytes(b_chunks, cols, self.slab, b))
+        return max(chunk_cache_bytes(self.a_chunks, rows, self.slab, self.itemsize),
+                   chunk_cache_bytes(b_chunks, cols, self.slab, self.itemsize))
 
     @property
     def cache_bytes(self) -> int:
@@ -808,24 +802,8 @@ class ProductPlan:
     @property
     def task_bytes(self) -> int:
         """Predicted peak memory of one task: accumulator, two slab buffers, chunk caches."""
-        rows, cols = min(self.tile_rows, self.shape[0]), min(self.tile_cols, self.shape[2])
-        return ((rows * cols + (rows + cols) * self.slab) * self.itemsize + self.cache_bytes)
-
-    @property
-    def worker_bytes(self) -> int:
-        """Predicted peak resident memory of one Python worker process."""
-        return WORKER_BASE_BYTES + self.task_bytes
-
-    @property
-    def driver_bytes(self) -> int:
-        """Predicted peak resident memory of the Python driver (the single writer)."""
-        return DRIVER_BASE_BYTES + 3 * WRITE_BAND_BYTES
-
-    @property
-    def total_bytes(self) -> int:
-        """Predicted peak resident memory of all processes: JVM, driver, daemon, workers."""
-        return (JVM_BYTES + self.driver_bytes + DAEMON_BYTES
-                + min(self.concurrent_tasks, max(1, len(self.tiles))) * self.worker_bytes)
+        rows, cols = self._tile_shape
+        return (rows * cols + (rows + cols) * self.slab) * self.itemsize + self.cache_bytes
 
     @property
     def scratch_bytes(self) -> int:
@@ -836,7 +814,7 @@ class ProductPlan:
         """A printable summary: work, reads, memory per process and in total."""
         mib = 2**20
         m, k, p = self.shape
-        rows, cols = min(self.tile_rows, m), min(self.tile_cols, p)
+        rows, cols = self._tile_shape
         chunks = ", ".join(f"{name} chunks {c[0]} x {c[1]}" for name, c in
                            (("A", self.a_chunks), ("B", self.b_chunks)) if c) or "contiguous"
         lines = [
@@ -850,20 +828,9 @@ class ProductPlan:
             f"{self.todo_flops / 1e9:,.1f} GFLOP to do",
             f"  reads      {self.read_bytes / mib:,.0f} MiB of A and B "
             f"({self.read_bytes / max(1, self.a_bytes + self.b_bytes):.2f} x A + B)",
-            f"  tasks      {self.concurrent_tasks} at once x {self.threads_per_task} BLAS "
-            f"thread(s)",
-            f"  memory     per task {self.task_bytes / mib:,.0f} MiB (tile "
-            f"{rows * cols * self.itemsize / mib:,.0f} + slabs "
-            f"{(rows + cols) * self.slab * self.itemsize / mib:,.0f} + chunk cache "
-            f"{self.cache_bytes / mib:,.0f}); worker {self.worker_bytes / mib:,.0f}, driver "
-            f"{self.driver_bytes / mib:,.0f}, JVM {JVM_BYTES / mib:,.0f}, daemon "
-            f"{DAEMON_BYTES / mib:,.0f}",
-            f"  predicted peak resident memory of all processes: "
-            f"{self.total_bytes / mib:,.0f} MiB (independent of k)",
-            f"  scratch    {self.scratch_bytes / mib:,.0f} MiB of finished tiles beside the "
-            f"output",
         ]
-        return "\n".join(lines)
+        b = self.itemsize
+        return "\n".join(lines + self._run_lines(rows * cols * b, (rows + cols) * self.slab * b))
 
 
 def plan_product(shape: tuple[int, int, int], dtype, tile: int | tuple[int, int] | None = None,
