@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from _support.cli import OneLineArgumentParser, positive_int, run
-from _support.memory import TreePeakRSS
+from _support.processes import measure, warm_page_cache
 
 from blockmatrix.units import format_bytes
 
@@ -116,13 +115,6 @@ def ensure_x(path: Path, rows: int, cols: int) -> None:
     print(f"generated X {rows} x {cols} in {path} in {time.perf_counter() - start:.1f} s")
 
 
-def warm_page_cache(path: Path) -> None:
-    """Read the file once so that every contender finds X in the page cache."""
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
-
-
 def command(name: str, path: Path, args) -> list[str]:
     """The subprocess command line of a contender."""
     out = f"/Y_{name}"
@@ -136,22 +128,6 @@ def command(name: str, path: Path, args) -> list[str]:
         return cmd
     script = NUMPY_SCRIPT if name == "numpy" else DASK_SCRIPT
     return [sys.executable, "-c", script, str(path), "/X", out]
-
-
-def measure(cmd: list[str], log: Path) -> dict:
-    """Run ``cmd``, sampling its process tree; return wall time, peak RSS and breakdown."""
-    load = os.getloadavg()[0]
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        with TreePeakRSS(proc.pid, interval=0.05) as peak:
-            proc.wait()
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[:3]} failed with exit code {proc.returncode}: see {log}")
-    return {"wall_s": wall, "cpu_s": peak.cpu_seconds, "peak_rss": peak.peak_bytes,
-            "processes": peak.peak_processes,
-            "breakdown": peak.peak_breakdown, "load_before": load}
 
 
 def compare(path: Path, names: list[str]) -> dict:

@@ -34,7 +34,17 @@ Cases (``--quick`` swaps them for small ones that run in well under a minute):
   (``sxs``); the limit is scipy.sparse;
 * ``report``: the default sweep of ``jobs/shuffle_report.py`` (square, tall-skinny, 1xN;
   blocks 100 and 200; 4-block grid; block densities 1 and 0.5; seed 0), so notebook and
-  benchmark agree.
+  benchmark agree;
+* ``spark-only-4096``: dense 4096^2 operands that live nowhere but in Spark (each the persisted
+  product of an earlier multiply), so no strategy can read them from where they already are;
+* file to file, whole processes (``file-N`` for N = 4096, 8192; ``long-inner-files``, 1 x 64
+  by 64 x 1 blocks of 1024; ``gram-RxC`` and ``gram-RxC-chunked`` for 6000 x 30000 and
+  10000 x 40000, chunks (500, 2000)): ``auto`` is the job itself (``jobs/multiply.py
+  A.h5::/A B.h5::/B C.h5::/C --block-size 1024``, or ``jobs/gram.py X.h5::/X X.h5::/Y``, with
+  the shipped defaults) and ``numpy`` a script that reads the same files, multiplies and writes
+  the result; both timed from start to exit with the peak RSS of their whole process tree, run
+  before this job starts its own Spark. The inputs are generated once into ``--data`` (seeded,
+  block by block) and reused.
 """
 
 from __future__ import annotations
@@ -49,10 +59,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import scipy.sparse as sp
 from _support.cli import OneLineArgumentParser, positive_int, run
 from _support.memory import TreePeakRSS
+from _support.processes import measure, warm_page_cache
 from py4j.protocol import Py4JJavaError
 
 from blockmatrix import BlockMatrix, strategies
@@ -66,6 +78,7 @@ from blockmatrix.units import format_bytes
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import make_sample  # noqa: E402
 import shuffle_report  # noqa: E402
 
 PROG = "benchmark.py"
@@ -99,6 +112,7 @@ class Case:
     sparse_b: bool = False
     fill: float = 0.1
     partitions: int | None = None  # of each operand; default sc.defaultParallelism
+    spark_only: bool = False  # operands persisted products of an earlier multiply
 
     @property
     def is_sparse(self) -> bool:
@@ -130,12 +144,37 @@ def report_cases(block_sizes=(100, 200), grid=4, densities=(1.0, 0.5)) -> list[C
     return out
 
 
+@dataclass(frozen=True)
+class FileCase:
+    """A file-to-file case: the job and a numpy script as whole processes on the same files.
+
+    ``kind`` is ``"multiply"`` (C = A @ B, A and B in files of their own) or ``"gram"``
+    (Y = X X^T written into X's file; ``b_shape`` unused).
+    """
+
+    name: str
+    kind: str
+    a_shape: tuple[int, int]
+    b_shape: tuple[int, int] | None = None
+    block: int = 1024
+    chunks: tuple[int, int] | None = None
+
+    is_sparse = False
+
+
 FULL_CASES = {c.name: c for c in [
     Case("dense-2048", (2048, 2048), (2048, 2048), 1024),
     Case("dense-4096", (4096, 4096), (4096, 4096), 1024),
     Case("dense-8192", (8192, 8192), (8192, 8192), 1024),
     Case("long-inner", (1024, 64 * 1024), (64 * 1024, 1024), 1024),
     *_sparse_cases(16384, 2048, 512),
+    Case("spark-only-4096", (4096, 4096), (4096, 4096), 1024, spark_only=True),
+    FileCase("file-4096", "multiply", (4096, 4096), (4096, 4096)),
+    FileCase("file-8192", "multiply", (8192, 8192), (8192, 8192)),
+    FileCase("long-inner-files", "multiply", (1024, 64 * 1024), (64 * 1024, 1024)),
+    *(FileCase(f"gram-{r}x{c}{tag}", "gram", (r, c), chunks=chunks)
+      for r, c in ((6000, 30000), (10000, 40000))
+      for tag, chunks in (("", None), ("-chunked", (500, 2000)))),
 ]}
 FULL_GROUPS = {"report": report_cases()}
 
@@ -145,11 +184,17 @@ QUICK_CASES = {c.name: c for c in [
     Case("sparse-d50-sxd", (256, 256), (256, 128), 64, a_density=0.5, sparse_a=True),
     Case("sparse-d50-sxs", (256, 256), (256, 256), 64, a_density=0.5, b_density=0.5,
          sparse_a=True, sparse_b=True),
+    Case("spark-only-256", (256, 256), (256, 256), 64, spark_only=True),
+    FileCase("file-256", "multiply", (256, 256), (256, 256), block=64),
+    FileCase("gram-200x1000-chunked", "gram", (200, 1000), chunks=(50, 200)),
 ]}
 QUICK_GROUPS = {"report": report_cases(block_sizes=(20,), grid=2, densities=(1.0,))}
 
 DEFAULT_CASES = ("dense-2048", "dense-4096", "dense-8192", "long-inner", "sparse-d1-sxd",
-                 "sparse-d1-sxs", "sparse-d10-sxd", "sparse-d10-sxs", "report")
+                 "sparse-d1-sxs", "sparse-d10-sxd", "sparse-d10-sxs", "report",
+                 "spark-only-4096", "file-4096", "file-8192", "long-inner-files",
+                 "gram-6000x30000", "gram-6000x30000-chunked", "gram-10000x40000",
+                 "gram-10000x40000-chunked")
 
 
 def _list(text: str) -> list[str]:
@@ -177,6 +222,8 @@ def parse_args(argv):
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Spark property (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--data", default="bench-data",
+                        help="folder for the file cases' inputs and outputs (default bench-data)")
     parser.add_argument("--quick", action="store_true",
                         help="small cases, 1 run each: a smoke test in well under a minute")
     args = parser.parse_args(argv)
@@ -278,6 +325,8 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
     B = BlockMatrix.from_numpy(sc, b, case.block, case.block, num_partitions=parts).persist()
     A.blocks.count()
     B.blocks.count()
+    if case.spark_only:
+        A, B = spark_only(A), spark_only(B)
     rows = []
     limit = "scipy" if case.is_sparse else "numpy"
     for name in args.contenders:
@@ -352,6 +401,141 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
               f"({row['runs']} runs)  peak {format_bytes(row['peak_rss_bytes'])}", flush=True)
     A.unpersist()
     B.unpersist()
+    add_ratios(rows)
+    return rows
+
+
+def spark_only(matrix: BlockMatrix) -> BlockMatrix:
+    """The same matrix as the persisted product ``matrix @ I`` of a multiply (computed here).
+
+    Its blocks live nowhere but in Spark: no strategy can read them from the driver or a file.
+    The identity is CSR, so the product's blocks are exactly the operand's.
+    """
+    n = matrix.shape[1]
+    eye = BlockMatrix.from_numpy(matrix.blocks.context, sp.identity(n, format="csr"),
+                                 matrix.cols_per_block, matrix.cols_per_block,
+                                 num_partitions=matrix.blocks.getNumPartitions())
+    product = matrix.multiply(eye, strategy="inner").persist()
+    product.blocks.count()
+    matrix.unpersist()
+    return product
+
+
+# ------------------------------------------------------------------------ file to file cases
+NUMPY_MULTIPLY = """
+import sys, h5py
+(a_path, a_name), (b_path, b_name), (c_path, c_name) = (s.split("::") for s in sys.argv[1:4])
+with h5py.File(a_path, "r") as f:
+    a = f[a_name][()]
+with h5py.File(b_path, "r") as f:
+    b = f[b_name][()]
+c = a @ b
+del a, b
+with h5py.File(c_path, "a") as f:
+    if c_name in f:
+        del f[c_name]
+    f.create_dataset(c_name, data=c)
+"""
+
+NUMPY_GRAM = """
+import sys, h5py
+path, name, out = sys.argv[1:4]
+with h5py.File(path, "r") as f:
+    x = f[name][()]
+y = x @ x.T
+del x
+with h5py.File(path, "a") as f:
+    if out in f:
+        del f[out]
+    f.create_dataset(out, data=y)
+"""
+
+
+def ensure_input(path: Path, dataset: str, shape, chunks, seed: int) -> None:
+    """Generate ``path::dataset`` (seeded, block by block) unless it is already there."""
+    if path.exists():
+        with h5py.File(path, "r") as f:
+            if (dataset in f and f[dataset].shape == tuple(shape)
+                    and f[dataset].chunks == (tuple(chunks) if chunks else None)):
+                return
+        path.unlink()
+    make_sample.write_sample(str(path), dataset, *shape, seed=seed, chunks=chunks)
+
+
+def file_commands(case: FileCase, folder: Path, master: str) -> tuple[dict, list[Path], tuple]:
+    """Each contender's command line, the input files, and where each writes its result."""
+    if case.kind == "gram":
+        x = folder / f"{case.name}.h5"
+        ours = [sys.executable, str(HERE / "gram.py"), f"{x}::/X", f"{x}::/Y_auto",
+                "--overwrite", "--master", master]
+        numpy = [sys.executable, "-c", NUMPY_GRAM, str(x), "/X", "/Y_numpy"]
+        return {"auto": ours, "numpy": numpy}, [x], ((x, "/Y_auto"), (x, "/Y_numpy"))
+    a, b = folder / f"{case.name}-A.h5", folder / f"{case.name}-B.h5"
+    outs = {name: folder / f"{case.name}-C-{name}.h5" for name in ("auto", "numpy")}
+    ours = [sys.executable, str(HERE / "multiply.py"), f"{a}::/A", f"{b}::/B",
+            f"{outs['auto']}::/C", "--block-size", str(case.block), "--overwrite",
+            "--master", master]
+    numpy = [sys.executable, "-c", NUMPY_MULTIPLY, f"{a}::/A", f"{b}::/B",
+             f"{outs['numpy']}::/C"]
+    return ({"auto": ours, "numpy": numpy}, [a, b],
+            ((outs["auto"], "/C"), (outs["numpy"], "/C")))
+
+
+def relative_difference(got: tuple, expected: tuple, band: int = 1024) -> float:
+    """Largest ``|got - expected|`` over ``max |expected|``, read band by band."""
+    with h5py.File(got[0], "r") as fg, h5py.File(expected[0], "r") as fe:
+        g, e = fg[got[1]], fe[expected[1]]
+        diff = scale = 0.0
+        for r0 in range(0, e.shape[0], band):
+            eb = e[r0:r0 + band]
+            diff = max(diff, float(np.abs(g[r0:r0 + band] - eb).max(initial=0.0)))
+            scale = max(scale, float(np.abs(eb).max(initial=0.0)))
+    return diff / max(scale, 1.0)
+
+
+def run_file_case(case: FileCase, args) -> list[dict]:
+    """The job and numpy on one file case, each as whole processes; one row each."""
+    folder = Path(args.data).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    commands, inputs, (ours_out, numpy_out) = file_commands(case, folder, args.master)
+    if case.kind == "gram":
+        ensure_input(inputs[0], "/X", case.a_shape, case.chunks, args.seed)
+    else:
+        ensure_input(inputs[0], "/A", case.a_shape, case.chunks, args.seed)
+        ensure_input(inputs[1], "/B", case.b_shape, case.chunks, args.seed + 1)
+    rows = []
+    for name in ("numpy", "auto"):  # the limit first, as in the other cases
+        if name not in args.contenders:
+            continue
+        runs = []
+        for rep in range(args.repeats):
+            warm_page_cache(*inputs)
+            runs.append(measure(commands[name], folder / f"{case.name}-{name}-{rep}.log"))
+            if runs[-1]["wall_s"] > args.long_run:
+                break
+        times = [r["wall_s"] for r in runs]
+        row = {"case": case.name, "contender": name,
+               "ran": f"{case.kind} job" if name == "auto" else "numpy script",
+               "times_s": [round(t, 4) for t in times], "median_s": statistics.median(times),
+               "runs": len(runs), "peak_rss_bytes": max(r["peak_rss"] for r in runs),
+               "cpu_s_per_run": {"total": round(statistics.mean(r["cpu_s"] for r in runs), 3)},
+               "checked": name == "numpy", "max_abs_error": 0.0,
+               "reference": name == "numpy", "processes": max(r["processes"] for r in runs)}
+        if name == "auto" and "numpy" in args.contenders:
+            row["max_abs_error"] = relative_difference(ours_out, numpy_out)
+            row["checked"] = True
+            if row["max_abs_error"] > 1e-9:
+                raise AssertionError(f"{case.name}: the job's result differs from numpy's "
+                                     f"(relative {row['max_abs_error']:.2e})")
+        rows.append(row)
+        print(f"{case.name:<28} {name:<10} median {row['median_s']:8.3f} s "
+              f"({row['runs']} runs)  peak {format_bytes(row['peak_rss_bytes'])}", flush=True)
+    add_ratios(rows)
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's time over the reference's (``x_numpy``) and MLlib's over it."""
     base = next((r["median_s"] for r in rows if r.get("reference")), None)
     mllib = next((r["median_s"] for r in rows if r["contender"] == "mllib" and "median_s" in r),
                  None)
@@ -360,7 +544,6 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
             continue
         row["x_numpy"] = round(row["median_s"] / base, 3) if base else None
         row["mllib_speedup"] = round(mllib / row["median_s"], 3) if mllib else None
-    return rows
 
 
 def warm_up(sc, contenders) -> None:
@@ -394,7 +577,7 @@ def table(rows: list[dict]) -> str:
                          f"{r.get('refused', '')[:60]}")
             continue
         shuffle = format_bytes(r["shuffle_write_bytes"]) if "shuffle_write_bytes" in r else "-"
-        cpu = r["cpu_s_per_run"]
+        cpu = {kind: r["cpu_s_per_run"].get(kind, float("nan")) for kind in CPU_KINDS}
         lines.append(
             f"{r['case']:<28} {r['contender']:<10} {r['ran']:<10} {r['median_s']:>9.3f} "
             f"{_fmt(r.get('x_numpy'))} {_fmt(r.get('mllib_speedup'))} {shuffle:>11} "
@@ -420,34 +603,48 @@ def main(argv=None) -> int:
     """Run the benchmark; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    sc = spark_context(args.master, app_name="blockmatrix benchmark",
-                       extra_conf={"spark.ui.showConsoleProgress": "false", **args.extra_conf})
-    rng = np.random.default_rng(args.seed)
-    rows = []
     started = time.time()
-    conf = {k: v for k, v in sc.getConf().getAll()
-            if k.startswith(("spark.shuffle", "spark.python", "spark.driver.memory",
-                             "spark.executor.memory", "spark.buffer", "spark.master",
-                             "spark.default.parallelism"))}
+    file_cases = [c for c in args.case_list if isinstance(c, FileCase)]
+    spark_cases = [c for c in args.case_list if not isinstance(c, FileCase)]
     meta = {"command": " ".join(["python", "jobs/benchmark.py", *argv]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
             "repeats": args.repeats, "contenders": args.contenders, "quick": args.quick,
-            "spark_conf": conf, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "cases": [c.__dict__ for c in args.case_list]}
-    try:
-        warm_up(sc, args.contenders)
-        for case in args.case_list:
-            rows.extend(run_case(sc, case, args, rng))
-            if args.out:  # after every case, so a long run that is stopped keeps its figures
-                write_json(args.out, meta, rows, started)
-    finally:
-        sc.stop()
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "cases": [c.__dict__ for c in args.case_list]}
+    rows = []
+    # Whole processes first, while this job has no JVM of its own taking memory.
+    for case in file_cases:
+        rows.extend(run_file_case(case, args))
+        if args.out:  # after every case, so a long run that is stopped keeps its figures
+            write_json(args.out, meta, rows, started)
+    if spark_cases:
+        rows.extend(run_spark_cases(spark_cases, args, meta, rows, started))
     print(table(rows))
     if args.out:
         write_json(args.out, meta, rows, started)
         print(f"wrote {args.out}")
     return 0
+
+
+def run_spark_cases(cases, args, meta: dict, rows_so_far: list, started: float) -> list[dict]:
+    """The in-process cases on this job's own Spark; their rows."""
+    sc = spark_context(args.master, app_name="blockmatrix benchmark",
+                       extra_conf={"spark.ui.showConsoleProgress": "false", **args.extra_conf})
+    meta["spark_conf"] = {k: v for k, v in sc.getConf().getAll()
+                          if k.startswith(("spark.shuffle", "spark.python", "spark.driver.memory",
+                                           "spark.executor.memory", "spark.buffer",
+                                           "spark.master", "spark.default.parallelism"))}
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    try:
+        warm_up(sc, args.contenders)
+        for case in cases:
+            rows.extend(run_case(sc, case, args, rng))
+            if args.out:
+                write_json(args.out, meta, rows_so_far + rows, started)
+    finally:
+        sc.stop()
+    return rows
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ CONTENDERS = {"numpy", "mllib", *strategies_taking("driver"),
               *(s.name for s in STRATEGIES.values() if s.selector)}
 
 
+#: The quick run's file-to-file cases.
+FILE_CASES = {"file-256", "gram-200x1000-chunked"}
+
+
 def run_job(*args, timeout=900):
     return subprocess.run([sys.executable, str(JOB), *args], capture_output=True, text=True,
                           timeout=timeout)
@@ -32,7 +36,8 @@ def run_job(*args, timeout=900):
 @pytest.mark.slow
 def test_quick_benchmark_checks_every_contender(tmp_path):
     out = tmp_path / "bench.json"
-    done = run_job("--quick", "--master", "local[2]", "--out", str(out))
+    done = run_job("--quick", "--master", "local[2]", "--out", str(out), "--data",
+                   str(tmp_path / "data"))
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads(out.read_text())
     meta, rows = data["meta"], data["rows"]
@@ -43,7 +48,16 @@ def test_quick_benchmark_checks_every_contender(tmp_path):
     assert any(c.startswith("sparse-") and c.endswith("-sxd") for c in cases)
     assert any(c.startswith("sparse-") and c.endswith("-sxs") for c in cases)
     assert any(c.startswith("report:") for c in cases)
-    for case in cases:
+    assert {"file-256", "gram-200x1000-chunked", "spark-only-256"} <= set(cases)
+    for case in FILE_CASES:  # whole processes: the job (auto) against a numpy script
+        mine = {r["contender"]: r for r in rows if r["case"] == case}
+        assert set(mine) == {"numpy", "auto"}, case
+        assert mine["numpy"]["reference"] and mine["auto"]["checked"], mine
+        assert mine["auto"]["max_abs_error"] <= 1e-12, mine
+        assert mine["auto"]["ran"].endswith("job") and mine["auto"]["processes"] >= 3, mine
+        assert all(r["peak_rss_bytes"] > 0 and r["cpu_s_per_run"]["total"] > 0
+                   for r in mine.values())
+    for case in set(cases) - FILE_CASES:
         mine = [r for r in rows if r["case"] == case]
         assert {r["ran"] if r["contender"] in ("numpy", "scipy") else r["contender"]
                 for r in mine} == CONTENDERS, case
