@@ -221,7 +221,8 @@ class MultiplyReport:
             return (f"{lay.shape[0]}x{lay.shape[1]} in {lay.rows_per_block}x"
                     f"{lay.cols_per_block} blocks ({len(lay.block_nbytes)} of "
                     f"{lay.num_row_blocks * lay.num_col_blocks} stored, "
-                    f"{format_bytes(lay.nbytes)})")
+                    f"{format_bytes(lay.nbytes)})"
+                    + (f"; {lay.key_collect}" if lay.key_collect else ""))
 
         header = (f"{'strategy':<10} {'shuffles':>8} {'records':>9} {'shuffle bytes':>14} "
                   f"{'read bytes':>11} {'task input':>11} {'task memory':>12} "
@@ -234,7 +235,8 @@ class MultiplyReport:
             f"{self.options.cores} core(s)",
             f"     bound: {format_bytes(self.lower_bound_bytes)} moved at least by a classical "
             f"product spread over {self.options.cores} task(s) of that memory, at most one per "
-            f"block triple (blockmatrix.bounds: Irony-Toledo-Tiskin 2004, Ballard et al. 2012)",
+            f"block triple (blockmatrix.bounds: Irony-Toledo-Tiskin 2004 with Smith et al. 2019's "
+            f"constant, Ballard et al. 2012)",
             f" auto pick: {self.auto_choice}",
             f"       why: {self.auto_reason}",
             rule, header, rule,
