@@ -240,9 +240,13 @@ class MultiplyPlan:
             if layout.source_kind == "file":
                 layout.source.check_unchanged()
 
-    def predicted_seconds(self, cores: int) -> float:
+    def predicted_seconds(self, cores: int, rates: cost.Rates = cost.DEFAULT_RATES) -> float:
         """Predicted wall time on ``cores`` task slots (:func:`.cost.predicted_seconds`)."""
-        return cost.predicted_seconds(self, cores)
+        return cost.predicted_seconds(self, cores, rates)
+
+    def seconds_terms(self, cores: int, rates: cost.Rates) -> dict[str, float]:
+        """The predicted seconds by term; a plan that runs otherwise overrides this alone."""
+        return cost.stage_seconds_terms(self, cores, rates)
 
     def result_layout(self, num_partitions: int) -> BlockLayout | None:
         """Layout of the product when it is known without a job (dense operands), else None.
