@@ -3,16 +3,32 @@
 For ``C (m x n) = A (m x k) B (k x n)`` computed with the ``m n k`` scalar products of the
 classical algorithm (no Strassen), by ``P`` tasks that each hold at most ``M`` words at once:
 
-**Memory-dependent** (Irony, Toledo and Tiskin, "Communication lower bounds for
-distributed-memory matrix multiplication", J. Parallel Distrib. Comput. 64 (2004), Theorem 3.1
-and its proof): a task that performs ``F`` products with ``M`` words of memory communicates at
-least ``F / (2 sqrt(2) sqrt(M)) - M`` words. Summed over the tasks (``sum F = m n k``) the
-*total* words moved are at least::
+**Memory-dependent.** A task that performs ``F`` of the products while holding at most ``M``
+words at once must bring the operands of those products into its memory. Irony, Toledo and
+Tiskin ("Communication lower bounds for distributed-memory matrix multiplication", J. Parallel
+Distrib. Comput. 64 (2004), Theorem 3.1) bound its communication by ``F / (2 sqrt(2) sqrt(M))
+- M`` words. Their constant ``1 / (2 sqrt 2) ~ 0.354`` is loose by a factor ``4 sqrt 2``: Smith,
+Lowery, Langou and van de Geijn ("A tight I/O lower bound for matrix multiplication",
+arXiv:1702.02017, 2019) prove, with the same segment argument counted by fused multiply-adds,
+that a processor with a fast memory of ``S`` words moves at least ``2 F / sqrt(S) - 2 S`` words
+between its fast memory and everything else, and the leading term is attained. A task is such
+a processor (its memory the fast one, the other tasks and the storage the slow one), except
+that it may begin with up to ``M`` words already in memory and end with up to ``M`` words of C
+kept there: prepending those reads and appending those writes makes a sequential trace, so a
+task moves at least ``2 F / sqrt(M) - 4 M`` words. Summed over the tasks (``sum F = m n k``)::
 
-    W_mem = m n k / (2 sqrt(2) sqrt(M)) - P M
+    W_mem = 2 m n k / sqrt(M) - 4 P M
 
-The constant is Irony-Toledo-Tiskin's own, ``1 / (2 sqrt 2) ~ 0.354``; sharper constants exist
-for the sequential two-level model (2, Smith et al. 2019), we keep the distributed-memory one.
+The constant matters where the tasks' memory is small against the operands (``P M`` about
+``|A|``): for ``2^18``-square float64 operands on 256 tasks of 2 GiB, Irony-Toledo-Tiskin's
+constant gives 4.6 ``|A|`` and the memory-independent bound (next) 16 ``|A|``, while no task can
+keep more than ``sqrt(M) x sqrt(M)`` of C at once, so every algorithm moves about
+``2 n^3 / sqrt(M) = 32 |A|``; this one gives 28 ``|A|``.
+
+What ``M`` means: the words a task holds at once, with nothing paged to local disk and read
+back (inputs that wait on disk before their one use count as not yet received). A plan that
+keeps its accumulators on disk (``ooc`` re-reads tiles and counts the re-reads) or whose tasks
+hold more than ``M`` is outside this bound's premise.
 
 **Memory-independent** (Ballard, Demmel, Holtz, Lipshitz and Schwartz, "Strong scaling of
 matrix multiplication algorithms and memory-independent communication lower bounds", SPAA
@@ -57,12 +73,15 @@ from ._checks import check_int
 
 
 def memory_dependent_words(products: float, tasks: int, memory_words: float) -> float:
-    """Irony-Toledo-Tiskin: total words >= ``F / (2 sqrt(2) sqrt(M)) - P M``, ``F = m n k``.
+    """Smith et al. per task: total words >= ``2 F / sqrt(M) - 4 P M``, ``F = m n k``.
 
-    >>> round(memory_dependent_words(1024 ** 3, tasks=1, memory_words=2 ** 10))
-    11862259
+    One task of ``2^10`` words multiplying two 1024^2 matrices: at least ``2^26 - 2^12`` words
+    (a ``32 x 32`` tile of C at a time reads 1024^3 / 32 words of A and as many of B):
+
+    >>> memory_dependent_words(1024 ** 3, tasks=1, memory_words=2 ** 10) == 2 ** 26 - 2 ** 12
+    True
     """
-    return products / (2 * math.sqrt(2) * math.sqrt(memory_words)) - tasks * memory_words
+    return 2 * products / math.sqrt(memory_words) - 4 * tasks * memory_words
 
 
 def memory_independent_words(products: float, held_words: float, tasks: int) -> float:

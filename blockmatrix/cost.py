@@ -21,8 +21,6 @@ reference machine's rates, fitted to the dense and long-inner rows of ``jobs/ben
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -397,56 +395,152 @@ def grid_bytes(grid, rows: np.ndarray, cols: np.ndarray, nbytes: np.ndarray) -> 
 
 
 class TaskLoads:
-    """What each task of a shuffle receives: its input bytes and its largest ``k``-slice.
+    """Per task of a shuffle: input bytes, largest ``k``-slice and accumulator bytes, as arrays.
 
-    A task that takes its inputs one inner index ``k`` at a time (``inner``, ``outer``) holds
-    its accumulators, one ``k``-slice, and at most ``buffer_bytes`` of inputs not yet used (the
-    rest waits on local disk): :meth:`memory`.
+    A task that takes its inputs one inner index ``k`` at a time (``inner``, ``outer``,
+    ``cuboid``) holds its accumulators, one ``k``-slice, and at most ``buffer_bytes`` of inputs
+    not yet used (the rest waits on local disk): :meth:`memory`. Planners hand it whole
+    arrays, never one block at a time: :meth:`deliver` takes deliveries ``(task, k, bytes)``,
+    :meth:`receive` what they already summed per task, :meth:`accumulate` output bytes.
 
     >>> loads = TaskLoads(2)
-    >>> for task, k, size in ((0, 0, 10), (0, 1, 30), (1, 0, 5)):
-    ...     loads.add(task, k, size)
-    >>> loads.input, loads.largest_slice()
-    ([40, 5], [30, 5])
-    >>> loads.memory([100, 0], buffer_bytes=20)
-    [150, 10]
+    >>> loads.deliver(np.array([0, 0, 1, 0]), np.array([0, 1, 0, 1]), np.array([10, 20, 5, 10]))
+    >>> loads.input.tolist(), loads.largest_slice.tolist()
+    ([40.0, 5.0], [30.0, 5.0])
+    >>> loads.accumulate(np.array([0]), np.array([100]))
+    >>> loads.memory(buffer_bytes=20).tolist(), loads.max_memory(20)
+    ([150.0, 10.0], 150)
     """
 
     def __init__(self, num_tasks: int):
-        self.input = [0] * num_tasks
-        self._slices: dict[tuple[int, int], int] = defaultdict(int)
+        self.input = np.zeros(num_tasks)
+        self.largest_slice = np.zeros(num_tasks)
+        self.output = np.zeros(num_tasks)
 
-    def add(self, task: int, k: int, nbytes: int) -> None:
-        """Count ``nbytes`` delivered to ``task`` for inner index ``k``."""
-        self.input[task] += nbytes
-        self._slices[(task, k)] += nbytes
+    def deliver(self, tasks: np.ndarray, ks: np.ndarray, nbytes: np.ndarray) -> None:
+        """Count ``nbytes[n]`` delivered to ``tasks[n]`` for inner index ``ks[n]``.
 
-    def largest_slice(self) -> list[int]:
-        """Bytes of every task's largest ``k``-slice."""
-        out = [0] * len(self.input)
-        for (task, _), size in self._slices.items():
-            out[task] = max(out[task], size)
-        return out
+        Deliveries of one ``(task, k)`` make one slice, however they are split; call once
+        with all of a plan's deliveries (a later call's slices are not merged with these).
+        """
+        if not len(tasks):
+            return
+        n = len(self.input)
+        self.input += np.bincount(tasks, weights=nbytes, minlength=n)
+        slices = sp.csr_matrix((np.asarray(nbytes, np.float64), (tasks, ks)),
+                               shape=(n, int(ks.max()) + 1))  # duplicates summed
+        self.largest_slice = np.maximum(self.largest_slice,
+                                        slices.max(axis=1).toarray().ravel())
 
-    def memory(self, output: Iterable[int], buffer_bytes: int) -> list[int]:
+    def receive(self, tasks: np.ndarray, input_bytes: np.ndarray,
+                largest_slice: np.ndarray) -> None:
+        """Set what ``tasks`` receive, summed per task already (each task listed once)."""
+        self.input[tasks] = input_bytes
+        self.largest_slice[tasks] = largest_slice
+
+    def accumulate(self, tasks: np.ndarray, nbytes: np.ndarray) -> None:
+        """Count ``nbytes[n]`` of accumulators (partial or final blocks) held by ``tasks[n]``."""
+        self.output += np.bincount(tasks, weights=nbytes, minlength=len(self.output))
+
+    def memory(self, buffer_bytes: int) -> np.ndarray:
         """Peak data bytes of every task: accumulators + buffered inputs + one ``k``-slice."""
-        return [out + min(inp, buffer_bytes) + largest for out, inp, largest in
-                zip(output, self.input, self.largest_slice(), strict=True)]
+        return self.output + np.minimum(self.input, buffer_bytes) + self.largest_slice
+
+    def max_input(self) -> int:
+        """The largest task input, bytes."""
+        return int(self.input.max(initial=0))
+
+    def max_memory(self, buffer_bytes: int) -> int:
+        """The largest task's peak memory, bytes (:meth:`memory`)."""
+        return int(self.memory(buffer_bytes).max(initial=0))
+
+    def max_output(self) -> int:
+        """The largest task's accumulators, bytes."""
+        return int(self.output.max(initial=0))
 
 
 # ---------------------------------------------------------------------- seconds
 
 
-def predicted_seconds(plan, cores: int) -> float:
+@dataclass(frozen=True)
+class Rates:
+    """The rates predicted times are computed with; the defaults are this module's constants.
+
+    Parameters
+    ----------
+    network_bytes_per_core_s : float
+        Shuffle throughput per core (:data:`SHUFFLE_BYTES_PER_CORE_S`).
+    disk_bytes_per_core_s : float
+        Rate tasks read the operands' files at, per core (:data:`FILE_READ_BYTES_PER_CORE_S`).
+    dense_flops_per_core_s, sparse_flops_per_core_s : float
+        Block-product rates (:data:`DENSE_FLOPS_PER_CORE_S`, :data:`SPARSE_FLOPS_PER_CORE_S`).
+    broadcast_bytes_per_s, collect_bytes_per_s : float
+        Driver broadcast and collect rates.
+    """
+
+    network_bytes_per_core_s: float = SHUFFLE_BYTES_PER_CORE_S
+    disk_bytes_per_core_s: float = FILE_READ_BYTES_PER_CORE_S
+    dense_flops_per_core_s: float = DENSE_FLOPS_PER_CORE_S
+    sparse_flops_per_core_s: float = SPARSE_FLOPS_PER_CORE_S
+    broadcast_bytes_per_s: float = BROADCAST_BYTES_PER_S
+    collect_bytes_per_s: float = COLLECT_BYTES_PER_S
+
+    def compute_scale(self, plan) -> float:
+        """Factor from the default rates' compute seconds (plans hold those) to these rates'.
+
+        The dense rate's ratio when both operands are dense, else the sparse rate's.
+        """
+        if (self.dense_flops_per_core_s, self.sparse_flops_per_core_s) == \
+                (DENSE_FLOPS_PER_CORE_S, SPARSE_FLOPS_PER_CORE_S):
+            return 1.0  # without asking the layouts whether they are dense (linear in blocks)
+        if plan.left.is_dense and plan.right.is_dense:
+            return DENSE_FLOPS_PER_CORE_S / self.dense_flops_per_core_s
+        return SPARSE_FLOPS_PER_CORE_S / self.sparse_flops_per_core_s
+
+    @property
+    def read_scale(self) -> float:
+        """Factor from the default file-read rate's seconds to these rates'."""
+        return FILE_READ_BYTES_PER_CORE_S / self.disk_bytes_per_core_s
+
+    def seconds(self, plan, cores: int) -> float:
+        """:func:`predicted_seconds` of ``plan`` at these rates."""
+        return predicted_seconds(plan, cores, self)
+
+
+#: The reference machine's rates.
+DEFAULT_RATES = Rates()
+
+
+def predicted_seconds(plan, cores: int, rates: Rates = DEFAULT_RATES) -> float:
     """Predicted wall time of a plan on ``cores`` task slots (see the module's cost model).
 
-    ``plan`` is any :class:`~blockmatrix.plan.MultiplyPlan`.
+    The sum of the plan's terms, :meth:`~blockmatrix.plan.MultiplyPlan.seconds_terms`: a plan
+    that runs otherwise than through Spark's stages (``ooc``) overrides its own terms only.
+
+    >>> a = BlockLayout((200, 200), 100, 100, {(i, j): 80000 for i in (0, 1) for j in (0, 1)})
+    >>> from blockmatrix.strategies import get_strategy
+    >>> from blockmatrix.plan import MultiplyOptions
+    >>> plan = get_strategy("inner").plan(a, a, MultiplyOptions(num_cores=4))
+    >>> predicted_seconds(plan, 4) == plan.predicted_seconds(4) == Rates().seconds(plan, 4)
+    True
+    >>> Rates(network_bytes_per_core_s=1.0).seconds(plan, 4) > 1000
+    True
     """
-    cores = max(1, cores)
+    return float(sum(plan.seconds_terms(max(1, cores), rates).values()))
+
+
+def stage_seconds_terms(plan, cores: int, rates: Rates) -> dict[str, float]:
+    """The terms of a plan run as Spark stages: fixed costs, bytes moved at their rates, compute.
+
+    Compute is ``max(busiest task, all products / cores)`` at the default rates, rescaled.
+    """
     stages = plan.num_shuffles + 1 + (1 if plan.collected_bytes else 0)
-    return (stages * STAGE_SECONDS + plan.num_shuffles * SHUFFLE_SECONDS
-            + plan.shuffle_bytes / (SHUFFLE_BYTES_PER_CORE_S * cores)
-            + plan.collected_bytes / COLLECT_BYTES_PER_S
-            + plan.broadcast_bytes / BROADCAST_BYTES_PER_S
-            + plan.read_bytes / (FILE_READ_BYTES_PER_CORE_S * cores)
-            + max(plan.max_task_compute_seconds, plan.compute_seconds / cores))
+    return {
+        "stages": stages * STAGE_SECONDS + plan.num_shuffles * SHUFFLE_SECONDS,
+        "shuffle": plan.shuffle_bytes / (rates.network_bytes_per_core_s * cores),
+        "collect": plan.collected_bytes / rates.collect_bytes_per_s,
+        "broadcast": plan.broadcast_bytes / rates.broadcast_bytes_per_s,
+        "read": plan.read_bytes / (rates.disk_bytes_per_core_s * cores),
+        "compute": rates.compute_scale(plan) * max(plan.max_task_compute_seconds,
+                                                    plan.compute_seconds / cores),
+    }

@@ -36,10 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import cost
 from ._checks import check_int
 from .bounds import layout_lower_bound_bytes
-from .cost import RECORD_OVERHEAD_BYTES
+from .cost import RECORD_OVERHEAD_BYTES, Rates
 from .errors import InvalidParameterError
 from .layout import BlockLayout, check_multiplicable
 from .plan import MultiplyOptions, MultiplyPlan
@@ -94,57 +93,6 @@ def shuffle_elements(plan: MultiplyPlan, index: int | None = None) -> float:
 # ---------------------------------------------------------------------- rates
 
 
-@dataclass(frozen=True)
-class Rates:
-    """The rates predicted times are computed with; the defaults are :mod:`blockmatrix.cost`'s.
-
-    Parameters
-    ----------
-    network_bytes_per_core_s : float
-        Shuffle throughput per core (:data:`~blockmatrix.cost.SHUFFLE_BYTES_PER_CORE_S`).
-    disk_bytes_per_core_s : float
-        Rate tasks read the operands' files at, per core
-        (:data:`~blockmatrix.cost.FILE_READ_BYTES_PER_CORE_S`).
-    dense_flops_per_core_s, sparse_flops_per_core_s : float
-        Block-product rates (:data:`~blockmatrix.cost.DENSE_FLOPS_PER_CORE_S`, ``SPARSE_...``).
-    broadcast_bytes_per_s, collect_bytes_per_s : float
-        Driver broadcast and collect rates.
-    """
-
-    network_bytes_per_core_s: float = cost.SHUFFLE_BYTES_PER_CORE_S
-    disk_bytes_per_core_s: float = cost.FILE_READ_BYTES_PER_CORE_S
-    dense_flops_per_core_s: float = cost.DENSE_FLOPS_PER_CORE_S
-    sparse_flops_per_core_s: float = cost.SPARSE_FLOPS_PER_CORE_S
-    broadcast_bytes_per_s: float = cost.BROADCAST_BYTES_PER_S
-    collect_bytes_per_s: float = cost.COLLECT_BYTES_PER_S
-
-    def seconds(self, plan: MultiplyPlan, cores: int) -> float:
-        """:func:`blockmatrix.cost.predicted_seconds` of ``plan`` at these rates.
-
-        The plan's compute seconds were predicted at the default rates; they are rescaled by
-        the dense (both operands dense) or the sparse rate's ratio.
-
-        >>> from blockmatrix.layout import BlockLayout
-        >>> a = BlockLayout((200, 200), 100, 100, {(i, j): 80000 for i in (0, 1) for j in (0, 1)})
-        >>> plan = get_strategy("inner").plan(a, a, MultiplyOptions(num_cores=4))
-        >>> Rates().seconds(plan, 4) == plan.predicted_seconds(4)
-        True
-        >>> Rates(network_bytes_per_core_s=1.0).seconds(plan, 4) > 1000
-        True
-        """
-        cores = max(1, cores)
-        dense = plan.left.is_dense and plan.right.is_dense
-        scale = (cost.DENSE_FLOPS_PER_CORE_S / self.dense_flops_per_core_s if dense
-                 else cost.SPARSE_FLOPS_PER_CORE_S / self.sparse_flops_per_core_s)
-        stages = plan.num_shuffles + 1 + (1 if plan.collected_bytes else 0)
-        return (stages * cost.STAGE_SECONDS + plan.num_shuffles * cost.SHUFFLE_SECONDS
-                + plan.shuffle_bytes / (self.network_bytes_per_core_s * cores)
-                + plan.collected_bytes / self.collect_bytes_per_s
-                + plan.broadcast_bytes / self.broadcast_bytes_per_s
-                + plan.read_bytes / (self.disk_bytes_per_core_s * cores)
-                + scale * max(plan.max_task_compute_seconds, plan.compute_seconds / cores))
-
-
 def communication_bytes(plan: MultiplyPlan) -> int:
     """What a plan moves between tasks: shuffled, broadcast and read bytes."""
     return plan.moved_bytes + plan.read_bytes
@@ -195,7 +143,7 @@ class MultiplyReport:
 
     def predicted_seconds(self, name: str) -> float:
         """Plan ``name``'s predicted seconds at the report's rates and cores."""
-        return self.rates.seconds(self.plans[name], self.options.cores)
+        return self.plans[name].predicted_seconds(self.options.cores, self.rates)
 
     def __getitem__(self, name: str) -> MultiplyPlan:
         return self.plans[name]
@@ -221,7 +169,8 @@ class MultiplyReport:
             return (f"{lay.shape[0]}x{lay.shape[1]} in {lay.rows_per_block}x"
                     f"{lay.cols_per_block} blocks ({len(lay.block_nbytes)} of "
                     f"{lay.num_row_blocks * lay.num_col_blocks} stored, "
-                    f"{format_bytes(lay.nbytes)})")
+                    f"{format_bytes(lay.nbytes)})"
+                    + (f"; {lay.key_collect}" if lay.key_collect else ""))
 
         header = (f"{'strategy':<10} {'shuffles':>8} {'records':>9} {'shuffle bytes':>14} "
                   f"{'read bytes':>11} {'task input':>11} {'task memory':>12} "
@@ -234,7 +183,8 @@ class MultiplyReport:
             f"{self.options.cores} core(s)",
             f"     bound: {format_bytes(self.lower_bound_bytes)} moved at least by a classical "
             f"product spread over {self.options.cores} task(s) of that memory, at most one per "
-            f"block triple (blockmatrix.bounds: Irony-Toledo-Tiskin 2004, Ballard et al. 2012)",
+            f"block triple (blockmatrix.bounds: Irony-Toledo-Tiskin 2004 with Smith et al. 2019's "
+            f"constant, Ballard et al. 2012)",
             f" auto pick: {self.auto_choice}",
             f"       why: {self.auto_reason}",
             rule, header, rule,

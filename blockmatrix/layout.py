@@ -21,6 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from .errors import BlockSizeMismatchError, ShapeMismatchError
+from .units import format_bytes
 
 Key = tuple[int, int]
 
@@ -56,6 +57,33 @@ def group_pairs(pairs: Iterable[Key]) -> dict[int, tuple[int, ...]]:
 
 
 @dataclass(frozen=True)
+class KeyCollect:
+    """The one job that collected an RDD operand's block keys to build its layout.
+
+    Parameters
+    ----------
+    keys : int
+        Block keys described (duplicates included).
+    collected_bytes : int
+        Pickled bytes the tasks sent to the driver: per partition, arrays of the keys and
+        block sizes, the dtypes and at most one error; never a block's values.
+    partitions : int
+        Partitions (tasks) of the job.
+
+    >>> str(KeyCollect(keys=4, collected_bytes=2048, partitions=2))
+    'keys collected by 1 job: 4 keys, 2.0 KiB from 2 partitions'
+    """
+
+    keys: int
+    collected_bytes: int
+    partitions: int
+
+    def __str__(self) -> str:
+        return (f"keys collected by 1 job: {self.keys} keys, "
+                f"{format_bytes(self.collected_bytes)} from {self.partitions} partitions")
+
+
+@dataclass(frozen=True)
 class BlockLayout:
     """What planning needs to know of a block matrix: no block data.
 
@@ -79,6 +107,10 @@ class BlockLayout:
     source : HDF5Dataset or DriverArray, optional
         Where the blocks can be read without Spark (:mod:`blockmatrix.sources`); None when
         they exist only in Spark.
+    key_collect : KeyCollect, optional
+        The job that collected the keys, for an operand known only to Spark (a
+        ``from_blocks`` RDD, a product of sparse operands); None when the keys came without a
+        job (from the driver's array, the file's metadata, a dense product's plan).
     """
 
     shape: tuple[int, int]
@@ -89,6 +121,7 @@ class BlockLayout:
     num_partitions: int = 1
     key_partitions: Mapping[Key, int] | None = field(default=None, repr=False, compare=False)
     source: object = field(default=None, repr=False, compare=False)
+    key_collect: KeyCollect | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_row_blocks(self) -> int:
@@ -176,7 +209,8 @@ class BlockLayout:
                            self.dtype, self.num_partitions,
                            None if self.key_partitions is None else
                            {(j, i): p for (i, j), p in self.key_partitions.items()},
-                           None if self.source is None else self.source.transpose())
+                           None if self.source is None else self.source.transpose(),
+                           self.key_collect)
 
 
 def shape_only(shape: tuple[int, int], rows_per_block: int, cols_per_block: int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from collections import Counter
 from functools import partial
 
@@ -29,6 +30,7 @@ from .interop import mllib
 from .io import hdf5
 from .layout import (
     BlockLayout,
+    KeyCollect,
     block_extent,
     blocks_along,
     check_multiplicable,
@@ -350,20 +352,27 @@ class BlockMatrix:
     def layout(self) -> BlockLayout:
         """Block keys, block byte sizes and dtype; runs one small job the first time if unknown.
 
-        Duplicate block indices are counted once with their sizes summed.
+        The job sends the driver, per partition, arrays of the block keys and byte sizes
+        (:func:`_describe_partition`), never a block's values; its size is on the layout
+        (:attr:`BlockLayout.key_collect`) and in the plan's and ``explain_multiply``'s
+        printouts. Duplicate block indices are counted once with their sizes summed.
         """
         if self._layout is None:
-            described = self._blocks.map(_describe_block).collect()
+            parts = self._blocks.mapPartitions(_describe_partition).collect()
             sizes: Counter = Counter()
-            dtypes = []
-            for key, _, _, dtype, size, error in described:
+            for rows, cols, nbytes, _, error, _ in parts:
                 if error:
-                    raise BlockTypeError(f"block {key}: {error}")
-                sizes[key] += size
-                dtypes.append(np.dtype(dtype))
+                    raise (BlockTypeError(f"block {error[0]}: {error[1]}") if error[1]
+                           else _bad_key(error[0]))
+                sizes.update(_summed(rows, cols, nbytes))
+            dtypes = {np.dtype(d) for part in parts for d in part[3]}
             dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
+            collect = KeyCollect(keys=sum(len(p[0]) for p in parts),
+                                 collected_bytes=sum(p[5] for p in parts),
+                                 partitions=len(parts))
             self._layout = BlockLayout(self._shape, self._rows_per_block, self._cols_per_block,
-                                       dict(sizes), dtype, self._blocks.getNumPartitions())
+                                       dict(sizes), dtype, self._blocks.getNumPartitions(),
+                                       key_collect=collect)
         return self._layout
 
     def _shape_only_layout(self) -> BlockLayout:
@@ -391,9 +400,7 @@ class BlockMatrix:
         described = self._blocks.map(_describe_block).collect()
         for key, is_index, shape, _, _, error in described:
             if not is_index:
-                raise InvalidBlockError(
-                    f"block key {key!r} is not a pair of integers (i, j): key blocks by "
-                    f"(block_row, block_col)")
+                raise _bad_key(key)
             if error:
                 raise BlockTypeError(f"block {key}: {error}")
             self._check_block_shape(key, shape)
@@ -590,6 +597,42 @@ def _parallelize_placed(sc, items: list, num_slices: int, key_of):
 
 
 # ---------------------------------------------------------------------- executor side
+
+
+def _bad_key(key) -> InvalidBlockError:
+    return InvalidBlockError(f"block key {key!r} is not a pair of integers (i, j): key blocks "
+                             f"by (block_row, block_col)")
+
+
+def _describe_partition(items):
+    """One record per partition: key and size arrays, dtypes, first error, pickled size.
+
+    Executor side. Arrays keep what the driver receives to about 24 bytes a block (a tuple
+    per block costs several times that); the last field is the record's own pickled size
+    (without it), what the layout reports as collected.
+    """
+    rows, cols, nbytes, dtypes, error = [], [], [], set(), None
+    for item in items:
+        key, key_ok, _, dtype, size, problem = _describe_block(item)
+        if error is None and (problem or not key_ok):
+            error = (key, problem)  # problem None: the key is not a pair of integers
+        if not key_ok:
+            continue
+        rows.append(key[0])
+        cols.append(key[1])
+        nbytes.append(size)
+        dtypes.add(dtype)
+    record = (np.array(rows, np.int64), np.array(cols, np.int64), np.array(nbytes, np.int64),
+              sorted(dtypes), error)
+    yield record + (len(pickle.dumps(record, pickle.HIGHEST_PROTOCOL)),)
+
+
+def _summed(rows: np.ndarray, cols: np.ndarray, nbytes: np.ndarray) -> Counter:
+    """``{(i, j): bytes}`` of one partition, duplicates summed."""
+    out: Counter = Counter()
+    for i, j, n in zip(rows.tolist(), cols.tolist(), nbytes.tolist(), strict=True):
+        out[(i, j)] += n
+    return out
 
 
 def _describe_block(item):

@@ -240,9 +240,13 @@ class MultiplyPlan:
             if layout.source_kind == "file":
                 layout.source.check_unchanged()
 
-    def predicted_seconds(self, cores: int) -> float:
+    def predicted_seconds(self, cores: int, rates: cost.Rates = cost.DEFAULT_RATES) -> float:
         """Predicted wall time on ``cores`` task slots (:func:`.cost.predicted_seconds`)."""
-        return cost.predicted_seconds(self, cores)
+        return cost.predicted_seconds(self, cores, rates)
+
+    def seconds_terms(self, cores: int, rates: cost.Rates) -> dict[str, float]:
+        """The predicted seconds by term; a plan that runs otherwise overrides this alone."""
+        return cost.stage_seconds_terms(self, cores, rates)
 
     def result_layout(self, num_partitions: int) -> BlockLayout | None:
         """Layout of the product when it is known without a job (dense operands), else None.
@@ -259,12 +263,8 @@ class MultiplyPlan:
     def __str__(self) -> str:
         lines = [
             f"  strategy: {self.strategy}",
-            f"  A: {self.left.shape[0]}x{self.left.shape[1]} in "
-            f"{self.left.rows_per_block}x{self.left.cols_per_block} blocks "
-            f"({len(self.left.block_nbytes)} stored, {format_bytes(self.left.nbytes)})",
-            f"  B: {self.right.shape[0]}x{self.right.shape[1]} in "
-            f"{self.right.rows_per_block}x{self.right.cols_per_block} blocks "
-            f"({len(self.right.block_nbytes)} stored, {format_bytes(self.right.nbytes)})",
+            f"  A: {_describe(self.left)}",
+            f"  B: {_describe(self.right)}",
             f"  shuffles: {self.num_shuffles}",
         ]
         for s in self.shuffles:
@@ -280,3 +280,11 @@ class MultiplyPlan:
         if self.reason:
             lines.append(f"  reason: {self.reason}")
         return "\n".join(lines)
+
+
+def _describe(layout: BlockLayout) -> str:
+    """One operand for a plan's printout, with the key collect that built its layout if any."""
+    return (f"{layout.shape[0]}x{layout.shape[1]} in {layout.rows_per_block}x"
+            f"{layout.cols_per_block} blocks ({len(layout.block_nbytes)} stored, "
+            f"{format_bytes(layout.nbytes)})"
+            + (f"; {layout.key_collect}" if layout.key_collect else ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from blockmatrix.cost import RECORD_OVERHEAD_BYTES
@@ -14,6 +15,8 @@ from blockmatrix.errors import (
     UnknownStrategyError,
 )
 from blockmatrix.explain import (
+    Rates,
+    explain_layouts,
     explain_multiply,
     seed_inner_elements,
     seed_outer_elements,
@@ -23,6 +26,7 @@ from blockmatrix.explain import (
 from blockmatrix.layout import BlockLayout, split_evenly
 from blockmatrix.partitioner import MatrixMultPartitioner
 from blockmatrix.plan import MultiplyOptions
+from blockmatrix.sources import HDF5Dataset
 from blockmatrix.strategies import auto as auto_strategy
 from blockmatrix.strategies import candidate_strategies, multiplying_strategies
 from blockmatrix.strategies._common import RIGHT
@@ -312,3 +316,22 @@ def test_broadcast_delivery_follows_the_operands_source(tmp_path):
         spark_only.predicted_seconds(2) - 0.1 - a.nbytes / 143e6)
     assert "read by every task from its file" in file.note
     assert "from the driver's own array" in driver.note
+
+
+def test_the_report_predicts_every_plan_as_the_plan_does_ooc_too():
+    # one function predicts seconds for plans and reports: ooc's terms (a stage and the busiest
+    # core) used to be the plan's own while the report costed it as Spark stages
+    def in_file(name, rows, cols):
+        lay = dense_layout(rows, cols, 500, 500)
+        return dataclasses.replace(lay, source=HDF5Dataset(
+            "/nowhere.h5", name, (rows, cols), np.dtype("float64"), (1, 1)))
+
+    a, b = in_file("/A", 4000, 3000), in_file("/B", 3000, 2500)
+    options = MultiplyOptions(num_partitions=3, num_cores=3)  # tiles that do not deal evenly
+    report = explain_layouts(a, b, None, options)
+    assert not report["ooc"].unavailable
+    for name, plan in report.plans.items():
+        assert report.predicted_seconds(name) == plan.predicted_seconds(3)
+    slow_disk = explain_layouts(a, b, None, options, Rates(disk_bytes_per_core_s=1e6))
+    assert slow_disk.predicted_seconds("ooc") > 100 * report.predicted_seconds("ooc")
+    assert slow_disk.predicted_seconds("cuboid") == report.predicted_seconds("cuboid")

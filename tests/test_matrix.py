@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from conftest import assert_eq
 from pyspark.core.rdd import Partitioner
 
-from blockmatrix import BlockMatrix, GridPartitioner, _spill
+from blockmatrix import BlockMatrix, GridPartitioner, _spill, explain_multiply
 from blockmatrix.errors import (
     BlockSizeMismatchError,
     BlockTypeError,
@@ -174,6 +174,47 @@ def test_validate_accepts_a_good_matrix(sc):
 def test_validate_rejects(sc, items, error, match):
     with pytest.raises(error, match=match):
         _from(sc, items, (3, 3), 2, 2).validate()
+
+
+# ---------------------------------------------------------------- planning from Spark
+
+
+def test_the_layout_of_an_rdd_is_one_small_reported_job(sc):
+    # 48 blocks of 64 x 64 float64 (32 KiB each, 1.5 MiB in all) known only to Spark: one job
+    # collects their keys and sizes, a few hundred bytes, never a block's values
+    a = rng.standard_normal((384, 512))
+    A = BlockMatrix.from_blocks(BlockMatrix.from_numpy(sc, a, 64, 64, 3).blocks, a.shape, 64, 64)
+    with record(sc, "layout") as m:
+        layout = A.layout()
+    assert len(m.job_ids) == 1
+    collect = layout.key_collect
+    assert (collect.keys, collect.partitions) == (48, 3)
+    assert 0 < collect.collected_bytes < 64 * collect.keys + 1024 * collect.partitions
+    assert collect.collected_bytes < a.nbytes / 500
+    held = BlockMatrix.from_numpy(sc, a, 64, 64).layout()
+    assert dict(layout.block_nbytes) == dict(held.block_nbytes) and held.key_collect is None
+    assert layout.transpose().key_collect == collect
+    # shown in explain_multiply's report and in the plan's printout
+    report = str(explain_multiply(A, A.T, strategy="inner"))
+    assert report.count("keys collected by 1 job: 48 keys") == 2
+    assert "keys collected by 1 job: 48 keys" in str(A.multiply(A.T, strategy="inner").plan)
+
+
+def test_a_sparse_product_collects_its_keys_when_planned_on(sc):
+    # a product of CSR operands has no layout until a job describes it: one collect, reported
+    a = sp.random(60, 40, density=0.2, random_state=7, format="csr")
+    A = BlockMatrix.from_numpy(sc, a, 10, 10, 2)
+    C = A.multiply(A.T, strategy="inner")
+    with record(sc, "product layout") as m:
+        layout = C.layout()
+    assert len(m.job_ids) == 1
+    assert layout.key_collect.keys == len(layout.block_nbytes) == 36
+    assert str(layout.key_collect) in str(explain_multiply(C, C, strategy="inner"))
+
+
+def test_a_bad_key_is_refused_when_the_layout_is_built(sc):
+    with pytest.raises(InvalidBlockError, match="not a pair of integers"):
+        _from(sc, [("a", np.ones((2, 2)))], (3, 3), 2, 2).layout()
 
 
 # ---------------------------------------------------------------- algebra

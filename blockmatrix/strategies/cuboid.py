@@ -54,6 +54,7 @@ from ..cost import (
     INDEX_BYTES,
     RECORD_OVERHEAD_BYTES,
     ProductModel,
+    TaskLoads,
     block_fill,
     result_itemsize,
     task_seconds,
@@ -329,18 +330,17 @@ def _plan_for(pat: _Patterns, left: BlockLayout, right: BlockLayout, options: Mu
     records = int((a_count @ b_has).sum() + (a_has @ b_count).sum())
     routed = float((a_bytes @ b_has).sum() + (a_has @ b_bytes).sum())
 
-    task_input = np.zeros((R, Q, P))
-    largest_slice = np.zeros((R, Q, P))
+    # Task t = p + P q + P Q r: a (Q, P) array of inner slab r, raveled, is tasks r P Q + ...
+    loads = TaskLoads(num_tasks)
     for r in range(R):
         ks_r = slice(r * ks, min((r + 1) * ks, pat.K))
         # slab k of cuboid (p, q, r): A's blocks of (p, k) if B's (k, q) holds one, and back
         piece = (a_bytes[:, ks_r, None] * b_has[None, ks_r, :]
                  + a_has[:, ks_r, None] * b_bytes[None, ks_r, :])  # P x k x Q
-        task_input[r] = piece.sum(axis=1).T
-        largest_slice[r] = piece.max(axis=1, initial=0.0).T
+        loads.receive(np.arange(r * P * Q, (r + 1) * P * Q), piece.sum(axis=1).T.ravel(),
+                      piece.max(axis=1, initial=0.0).T.ravel())
 
     # Accumulators: the product blocks of (p, q) that slab r contributes to.
-    task_output = np.zeros((R, Q, P))
     partials = partial_bytes = 0
     a_csc = pat.a_count.tocsc()
     b_csr = pat.b_count.tocsr()
@@ -348,21 +348,22 @@ def _plan_for(pat: _Patterns, left: BlockLayout, right: BlockLayout, options: Mu
         ks_r = slice(r * ks, min((r + 1) * ks, pat.K))
         counts = (a_csc[:, ks_r] @ b_csr[ks_r, :]).tocoo()
         sizes = _partial_bytes(left, right, counts)
-        np.add.at(task_output[r], (counts.col // cs, counts.row // rs), sizes)
+        loads.accumulate(counts.row // rs + P * (counts.col // cs) + P * Q * r, sizes)
         partials += counts.nnz
         partial_bytes += sizes.sum() + RECORD_OVERHEAD_BYTES * counts.nnz
-    memory = task_output + np.minimum(task_input, options.task_buffer_bytes) + largest_slice
 
     shuffles = [ShuffleEstimate("route blocks to cuboids", records, int(routed))] \
         if records else []
-    max_input, max_memory, max_output = task_input.max(), memory.max(), task_output.max()
+    max_input, max_memory, max_output = (loads.max_input(),
+                                         loads.max_memory(options.task_buffer_bytes),
+                                         loads.max_output())
     if R > 1:
         shuffles.append(ShuffleEstimate("sum partial blocks over inner slabs", partials,
                                         int(partial_bytes)))
         final = _dense(ind_i.T @ sp.csr_matrix(
             (_partial_bytes(left, right, pat.c_count), (pat.c_count.row, pat.c_count.col)),
             shape=pat.c_count.shape) @ ind_j)  # P x Q bytes of the summed blocks
-        reduce_input = task_output.sum(axis=0).T  # P x Q
+        reduce_input = loads.output.reshape(R, P * Q).sum(axis=0)  # per (p, q)
         max_input = max(max_input, reduce_input.max(initial=0.0))
         max_memory = max(max_memory, final.max(initial=0.0))
         max_output = max(max_output, final.max(initial=0.0))

@@ -30,7 +30,13 @@ from itertools import chain
 import numpy as np
 import scipy.sparse as sp
 
-from ..cost import RECORD_OVERHEAD_BYTES, ProductModel, result_itemsize, task_seconds
+from ..cost import (
+    RECORD_OVERHEAD_BYTES,
+    ProductModel,
+    TaskLoads,
+    result_itemsize,
+    task_seconds,
+)
 from ..layout import BlockLayout, check_multiplicable
 from ..metrics import file_read_counter
 from ..partitioner import GridPartitioner
@@ -175,9 +181,7 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Inn
     itemsize = result_itemsize(left, right)
     rows_i = left.extents(np.arange(max(left.num_row_blocks, 1)), 0)
     cols_j = right.extents(np.arange(max(right.num_col_blocks, 1)), 1)
-    task_input = np.zeros(num_tasks)
-    largest_slice = np.zeros(num_tasks)
-    task_output = np.zeros(num_tasks)
+    loads = TaskLoads(num_tasks)
     busiest = []
     partials = 0
     model = ProductModel(left, right)
@@ -193,32 +197,30 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Inn
         meets_b_s, meets_a_s = keep @ meets_b, keep @ meets_a
         tasks = (task_grid + sigma).ravel(order="C")
         received = (a_weights @ meets_b_s).toarray() + (meets_a_s.T @ b_weights).toarray()
-        task_input[tasks] = received.ravel(order="C")
-        task_slice = _largest_slices(a_weights, meets_b_s, meets_a_s, b_weights)
-        largest_slice[tasks] = task_slice.ravel(order="C")
+        loads.receive(tasks, received.ravel(order="C"),
+                      _largest_slices(a_weights, meets_b_s, meets_a_s, b_weights)
+                      .ravel(order="C"))
         # The result blocks this stripe holds a partial of, and their (dense) bytes.
         out = sp.coo_matrix((pattern_a @ keep) @ pattern_b)
         out_tasks = (out.row // grid.rows_per_part + (out.col // grid.cols_per_part) * R) * s \
             + sigma
-        task_output += np.bincount(out_tasks, weights=rows_i[out.row] * cols_j[out.col]
-                                   * itemsize, minlength=num_tasks)
+        loads.accumulate(out_tasks, rows_i[out.row] * cols_j[out.col] * itemsize)
         partials += out.nnz
         seconds = model.seconds_by_result(stripe)
         busiest.append(((seconds.row // grid.rows_per_part
                          + (seconds.col // grid.cols_per_part) * R) * s + sigma, seconds.data))
-    memory = task_output + np.minimum(task_input, options.task_buffer_bytes) + largest_slice
     shuffles = [] if a_in_file and b_in_file else [
         ShuffleEstimate("route blocks to result partitions", records, shuffled)]
     if s > 1:
         shuffles.append(ShuffleEstimate("sum partial blocks over mid splits", partials,
-                                        int(task_output.sum()) + partials * RECORD_OVERHEAD_BYTES))
+                                        int(loads.output.sum()) + partials * RECORD_OVERHEAD_BYTES))
     tasks_of, seconds_of = (np.concatenate(parts) for parts in zip(*busiest, strict=True))
     return InnerPlan(
         strategy="inner", left=left, right=right, grid=grid, num_tasks=num_tasks,
         shuffles=tuple(shuffles),
-        max_task_input_bytes=int(task_input.max(initial=0)),
-        max_task_memory_bytes=int(memory.max(initial=0)),
-        max_task_output_bytes=int(task_output.max(initial=0)),
+        max_task_input_bytes=loads.max_input(),
+        max_task_memory_bytes=loads.max_memory(options.task_buffer_bytes),
+        max_task_output_bytes=loads.max_output(),
         flops=model.flops, compute_seconds=model.total_seconds(),
         max_task_compute_seconds=task_seconds(seconds_of, tasks_of.astype(np.int64)),
         read_bytes=read, num_mid_splits=s,

@@ -104,9 +104,20 @@ class OocPlan(MultiplyPlan):
                 f"core {t.balance:.2f}x the mean), slabs of {t.slab}; reads "
                 f"{format_bytes(self.read_bytes)} from the files, no shuffle")
 
-    def predicted_seconds(self, cores: int) -> float:
-        """One stage plus the busiest core's compute and reads (planned for ``cores``)."""
-        return cost.STAGE_SECONDS + self.busiest_core_seconds
+    def seconds_terms(self, cores: int, rates: cost.Rates) -> dict[str, float]:
+        """One stage plus the busiest core's compute and reads, the tiles dealt to ``cores``.
+
+        At the default rates and the planned cores that is :attr:`busiest_core_seconds`;
+        otherwise the tiles are dealt again with their compute and reads rescaled.
+        """
+        busiest = self.busiest_core_seconds
+        scales = (rates.compute_scale(self), rates.read_scale)
+        planned = self.tiles is None or (scales == (1.0, 1.0)
+                                         and cores == self.tiles.concurrent_tasks)
+        if not planned:
+            busiest = busiest_core_work(
+                tile_seconds(self.tiles, self.left.shape[1], *scales), cores)[0]
+        return {"stages": cost.STAGE_SECONDS, "busiest core": busiest}
 
     def __str__(self) -> str:
         return "\n".join([super().__str__(),
@@ -141,9 +152,7 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Ooc
                                right.cols_per_block, cores, slab, dtype.itemsize, budget)
     tiles = plan_product((m, k, p), dtype, tile, slab, cores)
     itemsize = dtype.itemsize
-    per_tile = [t.flops(k) / cost.DENSE_FLOPS_PER_CORE_S
-                + t.read_elements(k) * itemsize / HDF5_READ_BYTES_PER_CORE_S for t in tiles.tiles]
-    busiest, _ = busiest_core_work(per_tile, cores)
+    busiest, _ = busiest_core_work(tile_seconds(tiles, k), cores)
     largest = max(tiles.tiles, key=lambda t: t.rows * t.cols, default=None)
     return OocPlan(
         strategy="ooc", left=left, right=right, grid=result_grid(left, right,
@@ -159,6 +168,15 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Ooc
         tiles=tiles, read_bytes=tiles.read_bytes,
         read_seconds=tiles.read_bytes / HDF5_READ_BYTES_PER_CORE_S,
         busiest_core_seconds=busiest)
+
+
+def tile_seconds(tiles: ProductPlan, k: int, compute_scale: float = 1.0,
+                 read_scale: float = 1.0) -> list[float]:
+    """Every tile's compute at the dense rate plus its reads at the HDF5 rate, rescaled."""
+    itemsize = np.dtype(tiles.dtype).itemsize
+    return [compute_scale * t.flops(k) / cost.DENSE_FLOPS_PER_CORE_S
+            + read_scale * t.read_elements(k) * itemsize / HDF5_READ_BYTES_PER_CORE_S
+            for t in tiles.tiles]
 
 
 def operand_of_source(source) -> Operand:

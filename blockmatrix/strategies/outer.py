@@ -69,28 +69,30 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Out
                     else min(len(active), options.num_partitions))
     ranks = {k: r for r, k in enumerate(active)}
 
+    # Every active k goes, with A's column k and B's row k, to task rank(k) mod num_tasks.
+    ks = np.array(active, dtype=np.int64)
+    counts = np.array([len(sl[k].index) for k in active for sl in (a_slices, b_slices)],
+                      dtype=np.int64)
+    slice_bytes = np.array([int(sl[k].nbytes.sum()) for k in active
+                            for sl in (a_slices, b_slices)], dtype=np.int64)
     loads = TaskLoads(num_tasks)
-    records = 0
-    for k in active:
-        task = ranks[k] % num_tasks
-        for sl in (a_slices[k], b_slices[k]):
-            loads.add(task, k, int(sl.nbytes.sum()) + RECORD_OVERHEAD_BYTES * len(sl.index))
-            records += len(sl.index)
+    loads.deliver(np.repeat(np.arange(len(active)) % num_tasks, 2), np.repeat(ks, 2),
+                  slice_bytes + RECORD_OVERHEAD_BYTES * counts)
+    records = int(counts.sum())
 
     # Partial products, accumulated per (task, i, j); the final blocks per (i, j).
     ak = left.key_array[1]
     task_of_block = np.array([ranks.get(int(k), 0) % num_tasks for k in ak], dtype=np.int64)
     sums = grouped_sums(left, right, task_of_block, num_tasks)
-    task_output = sums.group_bytes.astype(np.int64).tolist()
+    loads.accumulate(np.arange(num_tasks), sums.group_bytes.astype(np.int64))
     partial_records = int(sums.group_blocks.sum())
     partial_bytes = int(sums.group_bytes.sum()) + RECORD_OVERHEAD_BYTES * partial_records
 
     grid = result_grid(left, right, options.num_partitions)
     reduce_output = grid_bytes(grid, *result_blocks(left, right))
 
-    memory = loads.memory(task_output, options.task_buffer_bytes)
     shuffles = (
-        ShuffleEstimate("join A columns and B rows on k", records, sum(loads.input)),
+        ShuffleEstimate("join A columns and B rows on k", records, int(loads.input.sum())),
         ShuffleEstimate("reduce partial products by (i, j)", partial_records, partial_bytes),
     )
     model = ProductModel(left, right)
@@ -100,9 +102,10 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Out
     return OuterPlan(
         strategy="outer", left=left, right=right, grid=grid,
         num_tasks=max(num_tasks, grid.num_partitions), shuffles=shuffles,
-        max_task_input_bytes=max(loads.input + [max(reduce_output, default=0)]),
-        max_task_memory_bytes=max(memory + reduce_output),
-        max_task_output_bytes=max(task_output + reduce_output),
+        max_task_input_bytes=max([loads.max_input()] + reduce_output),
+        max_task_memory_bytes=max([loads.max_memory(options.task_buffer_bytes)]
+                                  + reduce_output),
+        max_task_output_bytes=max([loads.max_output()] + reduce_output),
         flops=model.flops, compute_seconds=model.total_seconds(),
         max_task_compute_seconds=task_seconds(by_inner, k_tasks),
         ranks=ranks, join_tasks=num_tasks)
