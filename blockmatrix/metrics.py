@@ -202,7 +202,18 @@ def _collect(sc, group: str, metrics: SparkMetrics, timeout_s: float) -> None:
             stage_ids.update(info.stageIds)
     deadline = time.monotonic() + timeout_s
     while True:
-        stages = [_latest_attempt(_get_stage(sc, stage_id)) for stage_id in sorted(stage_ids)]
+        try:
+            stages = [_latest_attempt(_get_stage(sc, stage_id, max(1.0, deadline -
+                                                                   time.monotonic())))
+                      for stage_id in sorted(stage_ids)]
+        except (TimeoutError, urllib.error.URLError) as exc:
+            # The UI server shares the driver's JVM: on a loaded machine it answers late.
+            if time.monotonic() > deadline:
+                raise MetricsUnavailableError(
+                    f"Spark's UI ({sc.uiWebUrl}) did not answer within {timeout_s:g} s ({exc}): "
+                    f"pass a longer timeout_s to blockmatrix.metrics.record") from exc
+            time.sleep(0.5)
+            continue
         if all(s is not None and s.status in _FINAL_STAGE_STATES for s in stages) \
                 or time.monotonic() > deadline:
             break
@@ -216,7 +227,7 @@ def _latest_attempt(attempts: list[dict]) -> StageMetrics | None:
     return StageMetrics.from_rest(max(attempts, key=lambda d: d.get("attemptId", 0)))
 
 
-def _get_stage(sc, stage_id: int) -> list[dict]:
+def _get_stage(sc, stage_id: int, timeout_s: float) -> list[dict]:
     base = sc.uiWebUrl
     if not base:
         raise MetricsUnavailableError(
@@ -224,7 +235,7 @@ def _get_stage(sc, stage_id: int) -> list[dict]:
             "read: set spark.ui.enabled=true to use blockmatrix.metrics")
     url = f"{base}/api/v1/applications/{sc.applicationId}/stages/{stage_id}"
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
