@@ -47,7 +47,46 @@ def check_ran(result) -> None:
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+EVERY_STRATEGY = """
+import sys
+
+import h5py
+import numpy as np
+from pyspark import SparkContext
+
+from blockmatrix import STRATEGIES, BlockMatrix
+
+path = sys.argv[1]
+sc = SparkContext.getOrCreate()
+with h5py.File(path, "r") as f:
+    expected = f["A"][()] @ f["B"][()]
+A = BlockMatrix.from_hdf5(sc, path, "/A", 100, 100)
+B = BlockMatrix.from_hdf5(sc, path, "/B", 100, 100)
+for name in sorted(STRATEGIES):
+    product = A.multiply(B, strategy=name)
+    got = product.to_numpy()
+    error = float(np.abs(got - expected).max()) / max(1.0, float(np.abs(expected).max()))
+    print(f"{name} ran {product.plan.strategy}: error {error:.1e}")
+sc.stop()
+"""
+
+
+def test_every_strategy_in_one_application(standalone_cluster, operands, tmp_path):  # noqa: F811
+    """Every registered strategy on operands the executors read from the file (one app)."""
+    folder, _, _ = operands
+    app = tmp_path / "every_strategy.py"
+    app.write_text(EVERY_STRATEGY)
+    result = spark_submit(standalone_cluster, app, f"{folder}/in.h5")
+    check_ran(result)
+    errors = {line.split()[0]: float(line.rsplit(" ", 1)[1])
+              for line in result.stdout.splitlines() if ": error " in line}
+    assert set(errors) == set(STRATEGIES), result.stdout
+    assert max(errors.values()) < 1e-12, errors
+
+
+#: The job itself under spark-submit: through Spark and the driver's writer (inner), and file to
+#: file (auto, which runs ooc); every strategy runs in test_every_strategy_in_one_application.
+@pytest.mark.parametrize("strategy", ["auto", "inner"])
 def test_multiply_job_on_the_cluster(standalone_cluster, operands, tmp_path, strategy):  # noqa: F811
     folder, a, b = operands
     out = tmp_path / "C.h5"
