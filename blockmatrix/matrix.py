@@ -307,17 +307,15 @@ class BlockMatrix:
                                  overwrite=overwrite)
             return len(result.computed) + len(result.reused)
         hdf5.check_output(path, dataset, overwrite=overwrite)
-        write = partial(hdf5.write_blocks, shape=self._shape, dtype=self.dtype,
-                        rows_per_block=self._rows_per_block, cols_per_block=self._cols_per_block)
+        producer = "blockmatrix BlockMatrix.to_hdf5" + (
+            f" of a product (strategy {self._plan.strategy})" if self._plan is not None else "")
+        # Staged beside the output, published when complete (hdf5.write_output): the file is
+        # opened only after every block arrived, so it may be a file the tasks read.
         with self._computed_in_parallel() as blocks:
-            if os.path.abspath(path) not in self._input_files:
-                return write(path, dataset, blocks=blocks.toLocalIterator(), overwrite=overwrite)
-            # The tasks read this very file: never write it while they run. Stage the result
-            # in a private file beside it, then copy it in once no task reads any more.
-            with hdf5.staging_file(path) as staged:
-                count = write(staged, dataset, blocks=blocks.toLocalIterator())
-                hdf5.copy_dataset(staged, path, dataset, overwrite=overwrite)
-            return count
+            return hdf5.write_output(path, dataset, self._shape, self.dtype,
+                                     blocks.toLocalIterator(), self._rows_per_block,
+                                     self._cols_per_block, overwrite=overwrite,
+                                     producer=producer)
 
     @contextlib.contextmanager
     def _computed_in_parallel(self):
