@@ -38,7 +38,7 @@ from .layout import (
     split_evenly,
 )
 from .partitioner import GridPartitioner
-from .plan import MultiplyOptions, MultiplyPlan
+from .plan import MultiplyOptions, MultiplyPlan, check_blocks_fit
 from .sources import DriverArray, HDF5Dataset, file_stamp
 from .sparkconf import multiply_defaults
 from .strategies import get_strategy
@@ -529,6 +529,8 @@ class BlockMatrix:
         chosen = get_strategy(strategy)
         plan = chosen.plan(self.layout(), other.layout(), options)
         plan.check_runnable()
+        if plan.strategy != "ooc":  # ooc reads tiles from the files, never whole blocks
+            check_blocks_fit(plan.left, plan.right, options.budget_bytes)
         blocks = chosen.execute(plan, self._blocks, other._blocks, options)
         result = BlockMatrix(blocks, plan.result_shape, self._rows_per_block,
                              other._cols_per_block, plan=plan,
