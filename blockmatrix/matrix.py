@@ -282,7 +282,10 @@ class BlockMatrix:
         """Write into ``path::dataset``, streaming partitions to one writer on the driver.
 
         The driver holds one partition at a time. An existing dataset is replaced only with
-        ``overwrite=True``; the check runs before anything is written.
+        ``overwrite=True``; the check, and that of the free space, runs before any job. The
+        output is staged and published in one step once complete
+        (:func:`blockmatrix.io.hdf5.write_output`): a killed write never leaves a dataset
+        that looks complete, and the next write cleans what it left.
 
         ``X @ X.T`` of a floating-point X read by :meth:`from_hdf5` is recognised: it is
         computed by :func:`blockmatrix.ooc.gram_hdf5` straight from X's file (tiles on or
@@ -307,6 +310,7 @@ class BlockMatrix:
                                  overwrite=overwrite)
             return len(result.computed) + len(result.reused)
         hdf5.check_output(path, dataset, overwrite=overwrite)
+        hdf5.check_output_space(path, dataset, self._shape, self.dtype)  # before any job
         producer = "blockmatrix BlockMatrix.to_hdf5" + (
             f" of a product (strategy {self._plan.strategy})" if self._plan is not None else "")
         # Staged beside the output, published when complete (hdf5.write_output): the file is

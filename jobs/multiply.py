@@ -105,6 +105,8 @@ def check_request(args):
                 f"operands; here {args.strategy}, A {a_dtype}, B {b_dtype}): run without "
                 f"--resume")
         hdf5.check_output(c_path, c_name, overwrite=args.overwrite, param="C")
+        hdf5.check_output_space(c_path, c_name, (a_shape[0], b_shape[1]),
+                                np.result_type(a_dtype, b_dtype))
         # One writer per output: refuse now if another job holds C's lock (to_hdf5 takes it).
         with output_lock(hdf5.lock_path_of(c_path), c_path, job="multiply"):
             pass

@@ -357,6 +357,18 @@ def check_space(folder: str | os.PathLike, need: int, what: str, param: str = "o
             f"folder")
 
 
+def check_output_space(path: str | os.PathLike, dataset: str, shape: tuple[int, int],
+                       dtype) -> None:
+    """Refuse, before anything runs, an output folder without room for :func:`write_output`.
+
+    A new file needs the staging file; an existing one also the copy made inside it.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    copies = 2 if os.path.exists(path) else 1
+    check_space(folder, dense_nbytes(shape, dtype) * copies,
+                f"writing {dataset} ({shape[0]}x{shape[1]} {np.dtype(dtype).name})")
+
+
 def is_disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:
     """Whether the OSError ``exc`` is a full disk (ENOSPC, or a short write on a full folder).
 
@@ -424,7 +436,7 @@ def write_output(path: str, dataset: str, shape: tuple[int, int], dtype: np.dtyp
         # The staging file, and for an existing file a second copy inside it.
         need = nbytes * (2 if exists else 1)
         what = f"writing {dataset} ({shape[0]}x{shape[1]} {np.dtype(dtype).name})"
-        check_space(folder, need, what)
+        check_output_space(path, dataset, shape, dtype)
         staged = staging_file_path(path)
         try:
             count = write_blocks(staged, dataset, shape, dtype, blocks, rows_per_block,
@@ -501,7 +513,34 @@ def create_allocated(f: h5py.File, name: str, shape, dtype) -> h5py.Dataset:
         data = f.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
     data.attrs[INCOMPLETE_ATTR] = 1
     f.flush()
+    reserve_storage(data)
     return data
+
+
+def reserve_storage(data: h5py.Dataset) -> None:
+    """Reserve the disk blocks of a contiguous dataset's storage (``posix_fallocate``).
+
+    HDF5 allocates space by moving the end of its address space; the file system gives blocks
+    only when they are written. Reserved now, a full disk fails here, before any data is
+    written, and never in the middle of the writes or in the closing flush (where HDF5 cannot
+    recover from it).
+
+    Raises
+    ------
+    OSError
+        ``ENOSPC``: the file system cannot hold the dataset.
+    """
+    offset, size = data.id.get_offset(), data.id.get_storage_size()
+    if offset is None or not size or not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(data.file.filename, os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, offset, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _write_chunks(shape: tuple[int, int], rows_per_block: int,

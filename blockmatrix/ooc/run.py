@@ -343,10 +343,21 @@ class OocRun:
             link_into_place(self.staged_path, self.request.output_path)
 
     def _abandon_writer(self) -> None:
-        """Close the writer, if open, leaving Y marked incomplete."""
-        if self.writer is not None:
-            writer, self.writer = self.writer, None
+        """Close the writer, if open, leaving Y marked incomplete (never published)."""
+        if self.writer is None:
+            return
+        writer, self.writer = self.writer, None
+        staged = writer.file.filename == self.staged_path
+        if staged and hdf5.is_disk_full(OSError(), self.request.work_dir):
+            # HDF5 cannot close a file whose last flush fails (it retries at exit and may
+            # crash): the staged file is the run's own and resume starts it again, so give
+            # its blocks back first.
+            os.truncate(self.staged_path, 0)
+        try:
             writer.close(complete=False)
+        except (OSError, RuntimeError):
+            if not staged:
+                raise
 
 
 #: The run of Y = X X^T (the symmetric case of :class:`OocRun`).
