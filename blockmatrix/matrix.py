@@ -257,7 +257,10 @@ class BlockMatrix:
     def to_numpy(self) -> np.ndarray:
         """Collect into a dense ndarray on the driver (absent blocks are zero)."""
         items = self._blocks.collect()
-        dtype = np.result_type(*(b.dtype for _, b in items)) if items else np.float64
+        if items:
+            dtype = np.result_type(*(b.dtype for _, b in items))
+        else:  # no stored block (an all-zero product): the dtype known from construction
+            dtype = self._dtype if self._dtype is not None else np.float64
         out = np.zeros(self._shape, dtype=dtype)
         for (i, j), block in items:
             rows, cols = self._slices(i, j)
