@@ -4,9 +4,10 @@ Hypothesis draws shapes (up to 60 x 60), block sizes (grids of 1 to 3 blocks), d
 dtypes (float32, float64), formats (dense, CSR), operand sources (the driver, HDF5 files) and a
 strategy from the registry (read when the module is collected, so a new strategy is drawn with
 no edit here), sometimes with non-conforming shapes or block sizes, or a memory budget too
-small for the blocks. Each example either computes ``A @ B`` exactly as numpy does (``conftest.assert_eq``), or raises a
-:class:`~blockmatrix.errors.BlockMatrixError` before Spark ran any job for it (the job ids of
-the test's job group before and after); a refusal of a request that was valid is a failure.
+small for the blocks. Each example either computes ``A @ B`` exactly as numpy does
+(``conftest.assert_eq``), or raises a :class:`~blockmatrix.errors.BlockMatrixError` before
+Spark ran any job for it (the job ids of the test's job group before and after); a refusal of a
+request that was valid is a failure.
 
 The examples are derandomized (the same 200 in every run) and share the session's context.
 """
