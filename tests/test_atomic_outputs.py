@@ -105,17 +105,26 @@ def outcome(path: Path, keep: np.ndarray | None) -> str:
         return "complete"
 
 
-@pytest.mark.parametrize("existing", [False, True], ids=["new-file", "existing-file"])
+@pytest.mark.parametrize("existing", [
+    pytest.param(False, id="new-file", marks=pytest.mark.slow),  # the simpler path of the two
+    pytest.param(True, id="existing-file"),
+])
 def test_a_killed_writer_never_leaves_an_output_that_looks_complete(tmp_path, existing):
     keep = np.full((3, 3), 7.0) if existing else None
-    delays = random.Random(14).sample([0.1 * k for k in range(2, 24)], 6)
+    # Seconds after the staging file appeared: the blocks take 1.3 s, then 0.4 s to publish.
+    delays = sorted(random.Random(14).sample([0.1 * k for k in range(19)], 4))
     seen = set()
-    for n, delay in enumerate(sorted(delays)):
+    for n, delay in enumerate(delays):
         path = tmp_path / f"c{n}.h5"
         if existing:
             with h5py.File(path, "w") as f:
                 f["keep"] = keep
         proc = start_writer(path, "hdf5.writer=0.02,hdf5.publish=0.4")
+        deadline = time.monotonic() + 60
+        while not Path(hdf5.staging_file_path(path)).exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -136,6 +145,7 @@ def test_a_killed_writer_never_leaves_an_output_that_looks_complete(tmp_path, ex
 
 
 @pytest.mark.spark
+@pytest.mark.slow  # two Spark starts: 24 s on the loaded reference machine
 def test_a_killed_multiply_job_leaves_no_output_and_the_rerun_writes_it(sc, tmp_path):
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal((48, 30)), rng.standard_normal((30, 40))
@@ -320,6 +330,7 @@ def test_out_of_core_product_that_cannot_fit_is_refused(sc, small_disk, tmp_path
 
 
 @pytest.mark.spark
+@pytest.mark.slow  # two job processes: 36 s on the loaded reference machine
 def test_a_run_that_fills_the_disk_exits_2_and_resumes_once_space_is_freed(small_disk,
                                                                         tmp_path):
     rng = np.random.default_rng(4)
