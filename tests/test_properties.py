@@ -90,6 +90,7 @@ def folder(tmp_path_factory):
     return tmp_path_factory.mktemp("property-operands")
 
 
+@pytest.mark.filterwarnings("ignore::blockmatrix.errors.PerformanceWarning")  # tiny budgets
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
