@@ -2,8 +2,8 @@
 
 Every error subclasses :class:`BlockMatrixError` and one of the builtin types a caller would
 expect (``ValueError``, ``TypeError``, ``FileNotFoundError``, ``FileExistsError``,
-``PermissionError``), so ``except ValueError`` keeps working. Messages name the parameter, show
-the offending values and say how to fix the problem.
+``PermissionError``, ``OSError``), so ``except ValueError`` keeps working. Messages name the
+parameter, show the offending values and say how to fix the problem.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ class OutputExistsError(BlockMatrixError, FileExistsError):
 
 class OutputNotWritableError(BlockMatrixError, PermissionError):
     """The requested output location cannot be written."""
+
+
+class InsufficientSpaceError(BlockMatrixError, OSError):
+    """A folder the run writes in (output, tiles, spill) has less free space than it needs."""
 
 
 class PerformanceWarning(UserWarning):

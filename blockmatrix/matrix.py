@@ -38,7 +38,7 @@ from .layout import (
     split_evenly,
 )
 from .partitioner import GridPartitioner
-from .plan import MultiplyOptions, MultiplyPlan
+from .plan import MultiplyOptions, MultiplyPlan, check_blocks_fit
 from .sources import DriverArray, HDF5Dataset, file_stamp
 from .sparkconf import multiply_defaults
 from .strategies import get_strategy
@@ -257,7 +257,10 @@ class BlockMatrix:
     def to_numpy(self) -> np.ndarray:
         """Collect into a dense ndarray on the driver (absent blocks are zero)."""
         items = self._blocks.collect()
-        dtype = np.result_type(*(b.dtype for _, b in items)) if items else np.float64
+        if items:
+            dtype = np.result_type(*(b.dtype for _, b in items))
+        else:  # no stored block (an all-zero product): the dtype known from construction
+            dtype = self._dtype if self._dtype is not None else np.float64
         out = np.zeros(self._shape, dtype=dtype)
         for (i, j), block in items:
             rows, cols = self._slices(i, j)
@@ -282,7 +285,10 @@ class BlockMatrix:
         """Write into ``path::dataset``, streaming partitions to one writer on the driver.
 
         The driver holds one partition at a time. An existing dataset is replaced only with
-        ``overwrite=True``; the check runs before anything is written.
+        ``overwrite=True``; the check, and that of the free space, runs before any job. The
+        output is staged and published in one step once complete
+        (:func:`blockmatrix.io.hdf5.write_output`): a killed write never leaves a dataset
+        that looks complete, and the next write cleans what it left.
 
         ``X @ X.T`` of a floating-point X read by :meth:`from_hdf5` is recognised: it is
         computed by :func:`blockmatrix.ooc.gram_hdf5` straight from X's file (tiles on or
@@ -307,17 +313,16 @@ class BlockMatrix:
                                  overwrite=overwrite)
             return len(result.computed) + len(result.reused)
         hdf5.check_output(path, dataset, overwrite=overwrite)
-        write = partial(hdf5.write_blocks, shape=self._shape, dtype=self.dtype,
-                        rows_per_block=self._rows_per_block, cols_per_block=self._cols_per_block)
+        hdf5.check_output_space(path, dataset, self._shape, self.dtype)  # before any job
+        producer = "blockmatrix BlockMatrix.to_hdf5" + (
+            f" of a product (strategy {self._plan.strategy})" if self._plan is not None else "")
+        # Staged beside the output, published when complete (hdf5.write_output): the file is
+        # opened only after every block arrived, so it may be a file the tasks read.
         with self._computed_in_parallel() as blocks:
-            if os.path.abspath(path) not in self._input_files:
-                return write(path, dataset, blocks=blocks.toLocalIterator(), overwrite=overwrite)
-            # The tasks read this very file: never write it while they run. Stage the result
-            # in a private file beside it, then copy it in once no task reads any more.
-            with hdf5.staging_file(path) as staged:
-                count = write(staged, dataset, blocks=blocks.toLocalIterator())
-                hdf5.copy_dataset(staged, path, dataset, overwrite=overwrite)
-            return count
+            return hdf5.write_output(path, dataset, self._shape, self.dtype,
+                                     blocks.toLocalIterator(), self._rows_per_block,
+                                     self._cols_per_block, overwrite=overwrite,
+                                     producer=producer)
 
     @contextlib.contextmanager
     def _computed_in_parallel(self):
@@ -531,6 +536,8 @@ class BlockMatrix:
         chosen = get_strategy(strategy)
         plan = chosen.plan(self.layout(), other.layout(), options)
         plan.check_runnable()
+        if plan.strategy != "ooc":  # ooc reads tiles from the files, never whole blocks
+            check_blocks_fit(plan.left, plan.right, options.budget_bytes)
         blocks = chosen.execute(plan, self._blocks, other._blocks, options)
         result = BlockMatrix(blocks, plan.result_shape, self._rows_per_block,
                              other._cols_per_block, plan=plan,

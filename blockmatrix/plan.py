@@ -8,7 +8,10 @@ memory budget, the note it prints, the result grid, the predicted seconds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from . import cost
 from ._checks import check_int
@@ -288,3 +291,31 @@ def _describe(layout: BlockLayout) -> str:
             f"{layout.cols_per_block} blocks ({len(layout.block_nbytes)} stored, "
             f"{format_bytes(layout.nbytes)})"
             + (f"; {layout.key_collect}" if layout.key_collect else ""))
+
+
+def check_blocks_fit(left: BlockLayout, right: BlockLayout, budget_bytes: int) -> None:
+    """Refuse blocks too large for the memory budget, naming the block size that fits.
+
+    The smallest task of any strategy holds a block of A, one of B and one of C.
+
+    >>> a = BlockLayout((100, 100), 50, 50, {})
+    >>> check_blocks_fit(a, a, 1 << 20)
+    >>> check_blocks_fit(a, a, 30_000)
+    Traceback (most recent call last):
+    ...
+    blockmatrix.errors.InvalidParameterError: block sizes (A 50x50, B 50x50): ...
+    """
+    itemsize = max(np.dtype(left.dtype).itemsize, np.dtype(right.dtype).itemsize)
+    r = min(left.rows_per_block, left.shape[0])
+    m = min(left.cols_per_block, left.shape[1])
+    c = min(right.cols_per_block, right.shape[1])
+    need = (r * m + m * c + r * c) * itemsize
+    if need <= budget_bytes:
+        return
+    fit = max(1, math.isqrt(budget_bytes // (3 * itemsize)))
+    raise InvalidParameterError(
+        f"block sizes (A {r}x{m}, B {m}x{c}): a task holds at least one block of A, one of B "
+        f"and one of C ({r}x{c}), {need} bytes in "
+        f"{np.result_type(left.dtype, right.dtype).name}, more than memory_budget_bytes "
+        f"({budget_bytes}): use blocks of at most {fit}x{fit}, or raise memory_budget_bytes "
+        f"to at least {need}")

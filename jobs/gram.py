@@ -83,6 +83,11 @@ def main(argv=None) -> int:
     # the lock again, for the whole run).
     with output_lock(request.lock_path, request.output_path):
         pass
+    if request.complete:  # --resume of a finished run: nothing to do, no Spark
+        print(request.note)
+        return 0
+    if request.note:
+        print(request.note, flush=True)
     start = time.perf_counter()
     sc = spark_context(args.master, app_name="blockmatrix gram")
     try:

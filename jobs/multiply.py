@@ -105,6 +105,11 @@ def check_request(args):
                 f"operands; here {args.strategy}, A {a_dtype}, B {b_dtype}): run without "
                 f"--resume")
         hdf5.check_output(c_path, c_name, overwrite=args.overwrite, param="C")
+        hdf5.check_output_space(c_path, c_name, (a_shape[0], b_shape[1]),
+                                np.result_type(a_dtype, b_dtype))
+        # One writer per output: refuse now if another job holds C's lock (to_hdf5 takes it).
+        with output_lock(hdf5.lock_path_of(c_path), c_path, job="multiply"):
+            pass
         return (a_path, a_name), (b_path, b_name), (c_path, c_name), None
     # Checked before Spark starts: the output, the resume state, another job's lock.
     ooc_request = check_matmul_request((a_path, a_name), (b_path, b_name), c_path, c_name,
@@ -174,6 +179,11 @@ def main(argv=None) -> int:
     a_loc, b_loc, c_loc, ooc_request = check_request(args)
     if ooc_request is None:
         refuse_ooc_flags(args, args.strategy)
+    elif ooc_request.complete:  # --resume of a finished run: nothing to do, no Spark
+        print(ooc_request.note)
+        return 0
+    elif ooc_request.note:
+        print(ooc_request.note, flush=True)
     sc = spark_context(args.master, app_name="blockmatrix multiply")
     try:
         return multiply(sc, args, a_loc, b_loc, c_loc, ooc_request)

@@ -42,6 +42,7 @@ from blockmatrix.errors import (
     BlockTypeError,
     InputChangedError,
     InputNotFoundError,
+    InsufficientSpaceError,
     InvalidBlockError,
     InvalidInputError,
     InvalidParameterError,
@@ -51,6 +52,7 @@ from blockmatrix.errors import (
     UnknownStrategyError,
 )
 from blockmatrix.io import hdf5
+from blockmatrix.ooc import check_gram_request, check_matmul_request
 from blockmatrix.strategies import strategies_taking
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,6 +80,8 @@ def template(tmp_path_factory) -> Path:
         f["Z"] = np.ones((20, 10), dtype=complex)
         f["S"] = np.full((20, 10), b"text")
         f["V"] = np.ones(20)
+        f["BE"] = A.astype(">f8")  # big-endian: not this machine's byte order
+        f["CMP"] = np.zeros((20, 10), dtype=[("re", "f8"), ("im", "f8")])
         f.create_group("G")
     with h5py.File(d / "out.h5", "w") as f:
         f["C"] = np.arange(9.0).reshape(3, 3)
@@ -96,6 +100,9 @@ def folder(template, tmp_path) -> Path:
     """A private copy of the template files."""
     d = tmp_path / "files"
     shutil.copytree(template, d)
+    # The input file under two other names (copytree would copy them as separate files).
+    os.symlink("in.h5", d / "link.h5")
+    os.link(d / "in.h5", d / "hard.h5")
     return d
 
 
@@ -122,6 +129,14 @@ def dup_blocks(sc, d):
 
 def blocks(sc, items, shape, r, c):
     return BlockMatrix.from_blocks(sc.parallelize(items), shape, r, c)
+
+
+def huge_sparse(sc):
+    """A 10^6 x 10^6 matrix with one stored entry: 8 TB once written densely."""
+    import scipy.sparse as sparse
+
+    m = sparse.csr_matrix(([1.0], ([0], [0])), shape=(10**6, 10**6))
+    return BlockMatrix.from_numpy(sc, m, 10**5, 10**5)
 
 
 def touched_after_opening(sc, d):
@@ -202,6 +217,30 @@ LIBRARY_ROWS = [
     ("output file is not HDF5",
      lambda sc, d: BlockMatrix.from_numpy(sc, A, 8, 8).to_hdf5(str(d / "notes.txt"), "/C"),
      InvalidInputError, "exists but is not HDF5", "will not be overwritten"),
+    ("input dataset is big-endian",
+     lambda sc, d: BlockMatrix.from_hdf5(sc, str(d / "in.h5"), "/BE", 8, 8),
+     InvalidInputError, r"has dtype >f8 \(big-endian\), not this machine's byte order",
+     r"astype\('<f8'\)"),
+    ("input dataset is compound",
+     lambda sc, d: BlockMatrix.from_hdf5(sc, str(d / "in.h5"), "/CMP", 8, 8),
+     InvalidInputError, "not a real number type", "float64"),
+    ("blocks beyond the memory budget",
+     lambda sc, d: BlockMatrix.from_numpy(sc, A, 8, 8).multiply(
+         BlockMatrix.from_numpy(sc, B, 8, 8), memory_budget_bytes=1000),
+     InvalidParameterError, r"block sizes \(A 8x8, B 8x8\).*1536 bytes.*memory_budget_bytes "
+     r"\(1000\)", r"blocks of at most 6x6, or raise memory_budget_bytes to at least 1536"),
+    ("output is an input under a symbolic link (out of core)",
+     lambda sc, d: check_matmul_request((str(d / "in.h5"), "/A"), (str(d / "in.h5"), "/B"),
+                                        str(d / "link.h5"), "/A", overwrite=True),
+     InvalidParameterError, r"link\.h5::/A\) is the input dataset A", "choose another output"),
+    ("output is an input under a hard link (gram)",
+     lambda sc, d: check_gram_request(str(d / "in.h5"), "/A", str(d / "hard.h5"), "/A",
+                                      overwrite=True),
+     InvalidParameterError, r"hard\.h5::/A\) is the input dataset X", "choose another output"),
+    ("output folder too small",
+     lambda sc, d: huge_sparse(sc).to_hdf5(str(d / "huge.h5"), "/C"),
+     InsufficientSpaceError, r"output folder '.*files' has .* free and writing /C "
+     r"\(1000000x1000000 float64\) needs 7,629,394.5 MiB", "choose another folder"),
     ("operand is not a BlockMatrix",
      lambda sc, d: BlockMatrix.from_numpy(sc, A, 8, 8) @ B,
      TypeError, "not ndarray", "from_numpy"),
@@ -290,6 +329,16 @@ CLI_ROWS = [
     ("output would replace an input", job(*GOOD[:2], "in.h5::/A", "--block-size", "8",
                                           "--overwrite"),
      "is the input dataset A", "choose another output dataset"),
+    ("output is an input under a symbolic link", job(*GOOD[:2], "link.h5::/B", "--block-size",
+                                                     "8", "--overwrite"),
+     "is the input dataset B (in.h5::/B)", "choose another output dataset"),
+    ("output is an input under a hard link, inner",
+     job(*GOOD[:2], "hard.h5::/A", "--block-size", "8", "--overwrite", "--strategy", "inner"),
+     "is the input dataset A (in.h5::/A)", "choose another output dataset"),
+    ("input dataset is big-endian", job("in.h5::/BE"),
+     "has dtype >f8 (big-endian), not this machine's byte order", "astype('<f8')"),
+    ("input dataset is compound", job("in.h5::/CMP", "in.h5::/CMP"),
+     "not a real number type", "store it as float64"),
     ("output folder is a file", job(c="notes.txt/C.h5::/C"),
      "'notes.txt' does not exist", "choose another path"),
     ("output folder missing", job(c="no/such/folder/C.h5::/C"),

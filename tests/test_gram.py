@@ -24,6 +24,7 @@ from blockmatrix.errors import (
     OutputExistsError,
     OutputNotWritableError,
 )
+from blockmatrix.io.hdf5 import staging_dataset_name
 from blockmatrix.ooc import (
     check_gram_request,
     gram_hdf5,
@@ -228,8 +229,9 @@ def test_the_writer_refuses_a_file_another_process_holds(tmp_path):
         holder.communicate("")
     writer = YWriter(str(path), "/Y", 3, "float64")
     writer.close(complete=False)
-    with h5py.File(path, "r") as f:
-        assert f["Y"].attrs[INCOMPLETE_ATTR] == 1
+    with h5py.File(path, "r") as f:  # an existing file: written under a staging name
+        assert "Y" not in f
+        assert f[staging_dataset_name("/Y")].attrs[INCOMPLETE_ATTR] == 1
 
 
 # ------------------------------------------------------------------------------- the CLI job
@@ -341,8 +343,9 @@ def test_resume_after_kill_while_writing_into_the_input_file(tmp_path):
         return bool(finalizing) and time.monotonic() - finalizing[0] > 1.0
 
     kill_when(job, writing_y)
-    with h5py.File(path, "r") as f:  # the file is readable, X intact, Y marked incomplete
-        assert INCOMPLETE_ATTR in f["Y"].attrs
+    with h5py.File(path, "r") as f:  # the file is readable, X intact, Y not published
+        assert "Y" not in f
+        assert INCOMPLETE_ATTR in f[staging_dataset_name("/Y")].attrs
     assert dataset_sha(path) == sha
     refused = run_job(f"{path}::/X", f"{path}::/Y")
     assert refused.returncode == 2 and "--resume" in refused.stderr, refused.stderr
@@ -356,4 +359,5 @@ def test_resume_after_kill_while_writing_into_the_input_file(tmp_path):
     assert_eq(read(path, "/Y"), x @ x.T)
     with h5py.File(path, "r") as f:
         assert INCOMPLETE_ATTR not in f["Y"].attrs
+        assert staging_dataset_name("/Y") not in f
     assert leftovers(path) == []

@@ -9,8 +9,10 @@ Locations are written ``FILE.h5::/dataset`` on command lines (see :func:`parse_l
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,15 +20,26 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .._testhooks import pause
 from ..errors import (
     InputNotFoundError,
+    InsufficientSpaceError,
     InvalidInputError,
     InvalidParameterError,
     OutputExistsError,
     OutputNotWritableError,
 )
+from .lock import lock_path_of, output_lock
 
 LOCATION_SEPARATOR = "::"
+
+#: Attributes of every published output: its shape, dtype and what produced it.
+SHAPE_ATTR, DTYPE_ATTR, PRODUCER_ATTR = ("blockmatrix_shape", "blockmatrix_dtype",
+                                         "blockmatrix_producer")
+#: Marks a dataset being written (an interrupted write leaves it): never an output.
+INCOMPLETE_ATTR = "blockmatrix_gram_incomplete"
+#: Tag of the staging file and staging dataset names.
+STAGING_TAG = "blockmatrix-staging"
 
 
 def parse_location(spec: str, param: str = "location") -> tuple[str, str]:
@@ -50,6 +63,16 @@ def _check_real_dtype(dtype: np.dtype, where: str) -> None:
         raise InvalidInputError(
             f"{where} has dtype {dtype}, which is not a real number type: "
             f"store it as float64 or float32 (complex, string and compound data are not supported)")
+
+
+def _check_native_order(dtype: np.dtype, where: str) -> None:
+    if not dtype.isnative:
+        order = "big" if dtype.byteorder == ">" else "little"
+        native = dtype.newbyteorder("=")
+        raise InvalidInputError(
+            f"{where} has dtype {dtype.str} ({order}-endian), not this machine's byte order "
+            f"({native.str}): convert it first, e.g. with h5py "
+            f"dst[...] = src[...].astype('{native.str}')")
 
 
 def inspect_input(path: str | os.PathLike, dataset: str, param: str = "input",
@@ -104,6 +127,11 @@ def inspect_input(path: str | os.PathLike, dataset: str, param: str = "input",
                 f"give a 2-D dataset")
         dtype = obj.dtype
         _check_real_dtype(dtype, location)
+        _check_native_order(dtype, location)
+        if INCOMPLETE_ATTR in obj.attrs:
+            raise InvalidInputError(
+                f"{location} is marked incomplete (its writer was interrupted): finish that "
+                f"run (--resume) or write the dataset again before reading it")
         if float_only and dtype.kind != "f":
             raise InvalidInputError(
                 f"{location} has dtype {dtype}, not a floating-point type: "
@@ -200,11 +228,12 @@ def read_blocks(keys: Iterable[tuple[int, int]], path: str, dataset: str,
 
 def write_blocks(path: str, dataset: str, shape: tuple[int, int], dtype: np.dtype,
                  blocks: Iterable[tuple[tuple[int, int], object]], rows_per_block: int,
-                 cols_per_block: int, overwrite: bool = False) -> int:
+                 cols_per_block: int, overwrite: bool = False, producer: str = "") -> int:
     """Stream ``((i, j), block)`` pairs into a new dataset (driver side, the single writer).
 
     Blocks that never arrive stay at the dataset's fill value, zero. Sparse blocks are written
-    densely, block by block. Call :func:`check_output` first when the request comes from a user.
+    densely, block by block. The dataset is written under its name at once: use
+    :func:`write_output` for a user's output, which stages and publishes it.
 
     Returns
     -------
@@ -222,11 +251,296 @@ def write_blocks(path: str, dataset: str, shape: tuple[int, int], dtype: np.dtyp
         out = f.create_dataset(dataset, shape=shape, dtype=dtype, fillvalue=0,
                                chunks=_write_chunks(shape, rows_per_block, cols_per_block))
         for (i, j), block in blocks:
+            pause("hdf5.writer")
             rows, cols = block_slices(i, j, shape, rows_per_block, cols_per_block)
             dense = block.toarray() if hasattr(block, "toarray") else block
             out[rows, cols] = dense
             written += 1
+        mark_published(out, producer)
     return written
+
+
+# ------------------------------------------------------------- staged, atomic outputs
+
+
+def staging_file_path(path: str | os.PathLike) -> str:
+    """The staging file of a new output file, beside it (one per output: the lock guards it).
+
+    >>> staging_file_path("/data/c.h5")
+    '/data/.c.h5.blockmatrix-staging.h5'
+    """
+    folder, base = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{base}.{STAGING_TAG}.h5")
+
+
+def staging_dataset_name(dataset: str) -> str:
+    """The name a dataset is written under, in its own group, until it is complete.
+
+    >>> staging_dataset_name("/grp/C")
+    '/grp/.C.blockmatrix-staging'
+    """
+    parent, name = posixpath.split("/" + dataset.strip("/"))
+    return posixpath.join(parent, f".{name}.{STAGING_TAG}")
+
+
+def mark_published(data: h5py.Dataset, producer: str = "") -> None:
+    """Record what ``data`` is and what produced it, and clear its incomplete mark."""
+    data.attrs[SHAPE_ATTR] = np.asarray(data.shape, dtype=np.int64)
+    data.attrs[DTYPE_ATTR] = np.dtype(data.dtype).str
+    data.attrs[PRODUCER_ATTR] = producer or "blockmatrix"
+    if INCOMPLETE_ATTR in data.attrs:
+        del data.attrs[INCOMPLETE_ATTR]
+
+
+def publish_dataset(f: h5py.File, staged: str, dataset: str) -> None:
+    """Put the complete staged dataset under its name: the old one goes, one link move.
+
+    HDF5 cannot move a link over another, so an old dataset is unlinked first: a kill between
+    the two leaves no dataset under the name (never a partial one) and the staged one complete.
+    """
+    pause("hdf5.publish")
+    if dataset in f:
+        del f[dataset]
+    f.require_group(posixpath.dirname(dataset) or "/")
+    f.move(staged, dataset)
+    f.flush()
+
+
+def clean_leftovers(path: str | os.PathLike, dataset: str) -> list[str]:
+    """Remove what an interrupted writer of ``path::dataset`` left; say what was removed.
+
+    The staging file beside ``path`` and the staging dataset inside it are never an output:
+    call this holding the output's lock, so that no live writer owns them.
+    """
+    removed = []
+    staged = staging_file_path(path)
+    if os.path.exists(staged):
+        os.unlink(staged)
+        removed.append(staged)
+    if os.path.isfile(path):
+        name = staging_dataset_name(dataset)
+        try:
+            with h5py.File(path, "r") as f:
+                present = name in f
+        except OSError:
+            present = False
+        if present:
+            with h5py.File(path, "a") as f:
+                del f[name]
+            removed.append(f"{path}::{name}")
+    return removed
+
+
+def dense_nbytes(shape: tuple[int, ...], dtype) -> int:
+    """Bytes of a dense array of ``shape`` and ``dtype``."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def format_mib(nbytes: float) -> str:
+    """``nbytes`` in MiB, one decimal."""
+    return f"{nbytes / 2**20:,.1f} MiB"
+
+
+def check_space(folder: str | os.PathLike, need: int, what: str, param: str = "output") -> None:
+    """Refuse, before writing, a folder with less free space than ``need`` bytes.
+
+    Raises
+    ------
+    InsufficientSpaceError
+        ``folder`` has less than ``need`` bytes free.
+    """
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise InsufficientSpaceError(
+            f"{param} folder {str(folder)!r} has {format_mib(free)} free and {what} needs "
+            f"{format_mib(need)} there: free {format_mib(need - free)} or choose another "
+            f"folder")
+
+
+def check_output_space(path: str | os.PathLike, dataset: str, shape: tuple[int, int],
+                       dtype) -> None:
+    """Refuse, before anything runs, an output folder without room for :func:`write_output`.
+
+    A new file needs the staging file; an existing one also the copy made inside it.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    copies = 2 if os.path.exists(path) else 1
+    check_space(folder, dense_nbytes(shape, dtype) * copies,
+                f"writing {dataset} ({shape[0]}x{shape[1]} {np.dtype(dtype).name})")
+
+
+def is_disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:
+    """Whether the OSError ``exc`` is a full disk (ENOSPC, or a short write on a full folder).
+
+    numpy's short writes carry no errno, so a folder with (almost) no space left counts too.
+    """
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno == errno.ENOSPC or "No space left" in str(exc):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+def disk_full(folder: str | os.PathLike, need: int, what: str,
+              param: str = "output") -> InsufficientSpaceError:
+    """The one-line error of a write that ran out of space in ``folder``."""
+    free = shutil.disk_usage(folder).free
+    return InsufficientSpaceError(
+        f"{param} folder {str(folder)!r} ran out of space ({format_mib(free)} free) while "
+        f"{what} needed {format_mib(need)} there; nothing was published: free space or "
+        f"choose another folder, and run again")
+
+
+def write_output(path: str, dataset: str, shape: tuple[int, int], dtype: np.dtype,
+                 blocks: Iterable[tuple[tuple[int, int], object]], rows_per_block: int,
+                 cols_per_block: int, overwrite: bool = False, producer: str = "",
+                 job: str = "to_hdf5") -> int:
+    """Write a user's output atomically: staged, then published in one step when complete.
+
+    Holds the output's lock (:func:`~blockmatrix.io.lock.output_lock`) throughout, and first
+    removes what an interrupted writer left (:func:`clean_leftovers`). The blocks go into a
+    staging file beside ``path``; once all are written, a new output file is linked into
+    place (one ``link``), and an existing one receives the data under a staging name (space
+    allocated and flushed first, then raw writes only) moved to its own name in one link move
+    (:func:`publish_dataset`). Killed at any point, it leaves no dataset under the name that
+    is not complete: at most the staging file and a staging dataset, which the next write
+    removes. The published dataset records its shape, dtype and ``producer``.
+
+    ``blocks`` may be computed while they are written (a Spark job's ``toLocalIterator``): the
+    file at ``path`` is opened only after the last block arrived, so it may be an input.
+
+    Raises
+    ------
+    OutputExistsError
+        The dataset exists and ``overwrite`` is False (checked again under the lock).
+    OutputNotWritableError
+        Another job holds the output's lock.
+    InsufficientSpaceError
+        The output folder has less free space than the staging file and the output need, or
+        ran out of it while writing; nothing was published.
+
+    Returns
+    -------
+    int
+        The number of blocks written.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    nbytes = dense_nbytes(shape, dtype)
+    with output_lock(lock_path_of(path), path, job=job):
+        check_output(path, dataset, overwrite=overwrite)
+        clean_leftovers(path, dataset)
+        exists = os.path.exists(path)
+        # The staging file, and for an existing file a second copy inside it.
+        need = nbytes * (2 if exists else 1)
+        what = f"writing {dataset} ({shape[0]}x{shape[1]} {np.dtype(dtype).name})"
+        check_output_space(path, dataset, shape, dtype)
+        staged = staging_file_path(path)
+        try:
+            count = write_blocks(staged, dataset, shape, dtype, blocks, rows_per_block,
+                                 cols_per_block, producer=producer)
+            if exists:
+                transplant(staged, path, dataset, producer)
+            else:
+                pause("hdf5.publish")
+                link_new_file(staged, path)
+        except OSError as exc:
+            if isinstance(exc, InsufficientSpaceError) or not is_disk_full(exc, folder):
+                raise
+            raise disk_full(folder, need, what) from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
+    return count
+
+
+def link_new_file(staged: str, path: str) -> None:
+    """Put the staged new output file in place atomically, never replacing a file."""
+    try:
+        os.link(staged, path)
+    except FileExistsError:
+        raise OutputExistsError(
+            f"output file {path!r} was created by someone else during the run: the "
+            f"result is kept in {staged!r}") from None
+    except OSError:
+        if os.path.exists(path):
+            raise
+        os.rename(staged, path)
+        return
+    os.unlink(staged)
+
+
+#: Bytes copied per step from a staging file into an existing output file.
+TRANSPLANT_BAND_BYTES = 32 << 20
+
+
+def transplant(source_path: str, target_path: str, dataset: str, producer: str = "") -> None:
+    """Copy the complete ``dataset`` of the staging file into an existing file, atomically.
+
+    The copy is made under :func:`staging_dataset_name`, contiguous with its space allocated
+    and the file flushed at creation, so that the copy itself is raw writes only (a kill
+    leaves a consistent file); then :func:`publish_dataset` moves it to its name.
+    """
+    staged_name = staging_dataset_name(dataset)
+    with h5py.File(source_path, "r") as src, h5py.File(target_path, "a") as dst:
+        data = src[dataset]
+        if staged_name in dst:
+            del dst[staged_name]
+        out = create_allocated(dst, staged_name, data.shape, data.dtype)
+        rows = max(1, TRANSPLANT_BAND_BYTES // max(1, data.shape[1] * data.dtype.itemsize))
+        for r0 in range(0, data.shape[0], rows):
+            pause("hdf5.writer")
+            out[r0:r0 + rows] = data[r0:r0 + rows]
+        mark_published(out, producer)
+        dst.flush()
+        publish_dataset(dst, staged_name, dataset)
+
+
+def create_allocated(f: h5py.File, name: str, shape, dtype) -> h5py.Dataset:
+    """A contiguous dataset with all its space allocated at once and marked incomplete.
+
+    The file is flushed here: afterwards, writing the data changes none of its metadata.
+    """
+    f.require_group(posixpath.dirname(name) or "/")
+    if 0 in tuple(shape):
+        data = f.create_dataset(name, shape=shape, dtype=dtype)
+    else:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        data = f.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
+    data.attrs[INCOMPLETE_ATTR] = 1
+    f.flush()
+    reserve_storage(data)
+    return data
+
+
+def reserve_storage(data: h5py.Dataset) -> None:
+    """Reserve the disk blocks of a contiguous dataset's storage (``posix_fallocate``).
+
+    HDF5 allocates space by moving the end of its address space; the file system gives blocks
+    only when they are written. Reserved now, a full disk fails here, before any data is
+    written, and never in the middle of the writes or in the closing flush (where HDF5 cannot
+    recover from it).
+
+    Raises
+    ------
+    OSError
+        ``ENOSPC``: the file system cannot hold the dataset.
+    """
+    offset, size = data.id.get_offset(), data.id.get_storage_size()
+    if offset is None or not size or not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(data.file.filename, os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, offset, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _write_chunks(shape: tuple[int, int], rows_per_block: int,
@@ -244,33 +558,3 @@ def _write_chunks(shape: tuple[int, int], rows_per_block: int,
     while rows * cols * 8 > 4 << 20 and rows > 1:
         rows = (rows + 1) // 2
     return rows, cols
-
-
-@contextlib.contextmanager
-def staging_file(path: str | os.PathLike) -> Iterator[str]:
-    """A private temporary HDF5 path beside ``path``, removed on exit whatever happens."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, staged = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".staging.h5",
-                                  dir=folder)
-    os.close(fd)
-    os.unlink(staged)
-    try:
-        yield staged
-    finally:
-        if os.path.exists(staged):
-            os.unlink(staged)
-
-
-def copy_dataset(source_path: str, target_path: str, dataset: str,
-                 overwrite: bool = False) -> None:
-    """Copy ``dataset`` from one HDF5 file into another (replacing it only with ``overwrite``)."""
-    with h5py.File(source_path, "r") as src, h5py.File(target_path, "a") as dst:
-        if dataset in dst:
-            if not overwrite:
-                raise OutputExistsError(
-                    f"output dataset {dataset!r} already exists in {target_path!r}: pass "
-                    f"overwrite=True to replace it")
-            del dst[dataset]
-        parent = posixpath.dirname(dataset) or "/"
-        dst.require_group(parent)
-        src.copy(src[dataset], dst[parent], name=posixpath.basename(dataset))

@@ -32,6 +32,7 @@ import numpy as np
 
 from .._testhooks import pause
 from ..errors import PerformanceWarning
+from ..io.hdf5 import is_disk_full
 from .tiles import Tile
 from .workdir import note_path, save_tile, write_progress_note
 
@@ -177,7 +178,8 @@ def accumulate_slabs(readers, tile: Tile, acc: np.ndarray, k: int, slab: int, ke
         pause("gram.slab")
         now = time.monotonic()
         if progress_path is not None and now - last_note >= TASK_PROGRESS_INTERVAL:
-            write_progress_note(progress_path, s + 1, n_slabs)
+            with contextlib.suppress(OSError):  # a note is advice: a full disk must not fail it
+                write_progress_note(progress_path, s + 1, n_slabs)
             last_note = now
     return read_s, compute_s
 
@@ -307,7 +309,14 @@ def compute_tile(tile: Tile, *, dtype: str, slab: int, threads: int, work_dir: s
         # Returned, not raised: a failed task makes Spark log its traceback on stderr, and the
         # user is owed one line (the driver raises it, see run.OocRun._compute).
         return {"i": tile.i, "j": tile.j, "error": str(exc)[len(READ_ERROR_MARK):]}
-    save_tile(acc, work_dir, tile)
+    try:
+        save_tile(acc, work_dir, tile)
+    except OSError as exc:
+        if not is_disk_full(exc, work_dir):
+            raise
+        # One line for the driver (see TaskReadError): the tile folder is full.
+        return {"i": tile.i, "j": tile.j, "disk_full": True,
+                "error": f"no space left in {work_dir} for tile {tile.name}"}
     with contextlib.suppress(OSError):
         os.unlink(progress_path)
     return {"i": tile.i, "j": tile.j, "read_s": read_s, "compute_s": compute_s,

@@ -69,6 +69,11 @@ class OocRequest:
     stamps : tuple
         ``(size, mtime_ns)`` of each operand's file as the caller saw it, checked again just
         before the tasks start (empty: checked at planning only).
+    complete : bool
+        ``resume`` found no interrupted run but the output this request produces, complete:
+        there is nothing to do.
+    note : str
+        One line for the user about what ``resume`` found (empty when nothing to say).
     """
 
     operands: tuple
@@ -86,6 +91,8 @@ class OocRequest:
     lock_path: str
     state: dict | None = None
     stamps: tuple = ()
+    complete: bool = False
+    note: str = ""
 
     @property
     def symmetric(self) -> bool:
@@ -118,6 +125,11 @@ class OocRequest:
         return sorted({op.path for op in self.operands})
 
     @property
+    def request_json(self) -> str:
+        """What produced the output, as recorded in its attributes (see :func:`request_of`)."""
+        return request_of(self.operands, self.shape, self.dtype)
+
+    @property
     def output_location(self) -> str:
         """``FILE::/dataset`` of the output."""
         return f"{self.output_path}::{self.output_dataset}"
@@ -140,6 +152,30 @@ def input_stamp(path: str) -> list[int]:
     """Size and modification time of an input: a resumed run refuses a changed one."""
     st = os.stat(path)
     return [st.st_size, st.st_mtime_ns]
+
+
+def request_of(operands, shape, dtype) -> str:
+    """The JSON a published output records of the request that produced it."""
+    return json.dumps({"kind": "gram" if len(operands) == 1 else "matmul",
+                       "inputs": _inputs_of(operands), "shape": [int(v) for v in shape],
+                       "dtype": np.dtype(dtype).name}, sort_keys=True)
+
+
+def published_request(output_path: str, output_dataset: str) -> str | None:
+    """The request JSON recorded by a complete published output, or None."""
+    import h5py
+
+    from .writer import REQUEST_ATTR
+
+    try:
+        with h5py.File(output_path, "r") as f:
+            data = f.get(output_dataset)
+            if not isinstance(data, h5py.Dataset) or hdf5.INCOMPLETE_ATTR in data.attrs:
+                return None
+            value = data.attrs.get(REQUEST_ATTR)
+    except OSError:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def read_state(work_dir: str) -> dict | None:
@@ -208,11 +244,21 @@ def _request(operands, shape, dtype, chunks, output_path, output_dataset, tile, 
         os.path.samefile(op.path, output_path) for op in operands)
     work_dir, lock_path = work_paths(output_path, output_dataset)
     state = read_state(work_dir) if resume else None
+    complete, note = False, ""
     if state is not None:
         check_state(state, operands, output_path, shape, dtype, tile, slab)
         tile, slab = state["tile"], state["slab"]
         overwrite = overwrite or state.get("overwrite", False) or state.get("y_ours", False)
-    _check_output(output_path, output_dataset, overwrite, resume, work_dir)
+    elif resume:
+        complete, note = _resume_without_state(operands, shape, dtype, output_path,
+                                               output_dataset, work_dir)
+    elif not overwrite and read_state(work_dir) is not None:
+        raise OutputExistsError(
+            f"output {output_path}::{output_dataset}: an interrupted run of it left its work "
+            f"in {work_dir!r}: pass --resume (resume=True) to finish it, or --overwrite "
+            f"(overwrite=True) to start over")
+    if not complete:
+        _check_output(output_path, output_dataset, overwrite, resume, work_dir)
     return OocRequest(
         operands=tuple(operands), output_path=str(output_path), output_dataset=output_dataset,
         shape=tuple(shape), dtype=np.dtype(dtype).name,
@@ -220,7 +266,44 @@ def _request(operands, shape, dtype, chunks, output_path, output_dataset, tile, 
         tile=int(tile) if tile is not None else None,
         slab=int(slab if slab is not None else DEFAULT_SLAB), resume=resume,
         overwrite=overwrite, same_file=same_file, work_dir=work_dir, lock_path=lock_path,
-        state=state, stamps=tuple(stamps))
+        state=state, stamps=tuple(stamps), complete=complete, note=note)
+
+
+def _resume_without_state(operands, shape, dtype, output_path: str, output_dataset: str,
+                          work_dir: str) -> tuple[bool, str]:
+    """What ``resume`` means when no interrupted run is found: ``(complete, note)``.
+
+    The output this very request produced, complete, means the run is finished: nothing to
+    do. No output means no earlier run: the run starts from the beginning, and says so.
+    """
+    location = f"{output_path}::{output_dataset}"
+    recorded = published_request(output_path, output_dataset)
+    if recorded is not None and recorded == request_of(operands, shape, dtype):
+        return True, (f"{location} is complete (a finished run of this request produced it): "
+                      f"nothing to do")
+    if os.path.exists(output_path) and recorded is None and _has_dataset(output_path,
+                                                                        output_dataset):
+        raise OutputExistsError(
+            f"resume: {location} exists but was not produced by a finished run of this request "
+            f"(no record of it, and no interrupted run in {work_dir!r}): pass --overwrite to "
+            f"replace it, or choose another output")
+    if recorded is not None:
+        raise OutputExistsError(
+            f"resume: {location} was produced by another request ({recorded}), and no "
+            f"interrupted run is in {work_dir!r}: pass --overwrite to replace it, or choose "
+            f"another output")
+    return False, (f"resume: no earlier run of {location} was found (no work folder "
+                   f"{work_dir!r}): starting from the beginning")
+
+
+def _has_dataset(path: str, dataset: str) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return dataset in f
+    except OSError:
+        return False
 
 
 def check_gram_request(input_path: str, input_dataset: str, output_path: str,

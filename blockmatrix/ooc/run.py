@@ -21,7 +21,10 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..errors import InputChangedError, InvalidInputError
+from ..io import hdf5
 from .kernels import READ_ERROR_MARK, compute_tile, warn_if_blas_unpinned
 from .request import OocRequest, input_stamp, plan_request, start_state, write_state
 from .tiles import GramPlan, Operand, ProductPlan
@@ -95,6 +98,8 @@ class GramResult:
     compute_seconds: float = 0.0
     write_seconds: float = 0.0
     task_stats: list = field(default_factory=list)
+    complete: bool = False
+    note: str = ""
 
     @property
     def gflops(self) -> float:
@@ -104,6 +109,8 @@ class GramResult:
 
     def __str__(self) -> str:
         """A short summary of the run."""
+        if self.complete:
+            return self.note
         read = sum(s["read_s"] for s in self.task_stats)
         comp = sum(s["compute_s"] for s in self.task_stats)
         return (f"wrote {self.output} in {self.seconds:.2f} s ({self.gflops:.1f} GFLOP/s): "
@@ -179,17 +186,20 @@ class OocRun:
         self._start = time.perf_counter()
         result = GramResult(plan=self.plan, output=self.request.output_location,
                             reused=sorted(self.plan.done))
-        if not os.path.exists(self.request.output_path):
-            # A new output file is written while the tasks run, then linked into place.
-            self.writer = YWriter(self.staged_path, self.request.output_dataset,
-                                  self.plan.out_shape, self.plan.dtype, "w-",
-                                  symmetric=self.plan.symmetric)
         try:
+            if not os.path.exists(self.request.output_path):
+                # A new output file is written while the tasks run, then linked into place.
+                self.writer = self._writer(self.staged_path, "w-")
             stats = self._compute()
             result.task_stats = sorted(stats, key=lambda s: (s["i"], s["j"]))
             result.computed = [(s["i"], s["j"]) for s in result.task_stats]
             result.compute_seconds = self._elapsed()
             self._finish()
+        except OSError as exc:
+            self._abandon_writer()
+            if not hdf5.is_disk_full(exc, self.request.work_dir):
+                raise
+            raise self._disk_full() from None
         except BaseException:
             self._abandon_writer()
             raise
@@ -197,6 +207,20 @@ class OocRun:
         result.write_seconds = result.seconds - result.compute_seconds
         shutil.rmtree(self.request.work_dir, ignore_errors=True)
         return result
+
+    def _writer(self, path: str, mode: str) -> YWriter:
+        kind = "gram X X^T" if self.request.symmetric else "out-of-core matmul A @ B"
+        return YWriter(path, self.request.output_dataset, self.plan.out_shape, self.plan.dtype,
+                       mode, symmetric=self.plan.symmetric,
+                       producer=f"blockmatrix {kind} of {self.request.input_location}",
+                       request=self.request.request_json)
+
+    def _disk_full(self):
+        """The one-line error of a run that ran out of space beside its output."""
+        return hdf5.disk_full(
+            os.path.dirname(os.path.abspath(self.request.output_path)), space_needed(self.plan),
+            f"{self.request.output_location} (finished tiles, kept for --resume, and the "
+            f"output)", param="output and tile")
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self._start
@@ -238,6 +262,8 @@ class OocRun:
             except Exception as exc:  # Spark's error, with the task's traceback in its text
                 self._explain_failure(exc)
                 raise
+        if any(s.get("disk_full") for s in stats):
+            raise self._disk_full()
         failed = [s["error"] for s in stats if "error" in s]
         if failed:
             self._explain_failure(None)
@@ -309,9 +335,7 @@ class OocRun:
         write_state(self.request.work_dir, self.state)
         staged = self.writer is not None
         if not staged:
-            self.writer = YWriter(self.request.output_path, self.request.output_dataset,
-                                  self.plan.out_shape, self.plan.dtype, "a",
-                                  symmetric=self.plan.symmetric)
+            self.writer = self._writer(self.request.output_path, "a")
         self._write(set(self.tiles) - self.written)
         writer, self.writer = self.writer, None
         writer.close()
@@ -319,14 +343,38 @@ class OocRun:
             link_into_place(self.staged_path, self.request.output_path)
 
     def _abandon_writer(self) -> None:
-        """Close the writer, if open, leaving Y marked incomplete."""
-        if self.writer is not None:
-            writer, self.writer = self.writer, None
+        """Close the writer, if open, leaving Y marked incomplete (never published)."""
+        if self.writer is None:
+            return
+        writer, self.writer = self.writer, None
+        staged = writer.file.filename == self.staged_path
+        if staged and hdf5.is_disk_full(OSError(), self.request.work_dir):
+            # HDF5 cannot close a file whose last flush fails (it retries at exit and may
+            # crash): the staged file is the run's own and resume starts it again, so give
+            # its blocks back first.
+            os.truncate(self.staged_path, 0)
+        try:
             writer.close(complete=False)
+        except (OSError, RuntimeError):
+            if not staged:
+                raise
 
 
 #: The run of Y = X X^T (the symmetric case of :class:`OocRun`).
 GramRun = OocRun
+
+
+def space_needed(plan) -> int:
+    """Bytes a run still writes beside its output: its tiles to compute and the output.
+
+    Both are on disk at once at the end: the tiles are removed only once the output is in
+    place (a new output is staged in the work folder, an existing file's output in a staging
+    dataset beside the old one).
+    """
+    itemsize = np.dtype(plan.dtype).itemsize
+    tiles = sum(t.rows * t.cols for t in plan.todo) * itemsize
+    rows, cols = plan.out_shape
+    return int(tiles + rows * cols * itemsize)
 
 
 def spark_slots(sc) -> tuple[int, int]:
@@ -366,8 +414,14 @@ def run_request(sc, request: OocRequest, progress: Callable[[GramProgress], None
     job = "gram" if request.symmetric else "out-of-core multiply"
     with output_lock(request.lock_path, request.output_path, job=job):
         plan = plan_request(request, slots, threads)
+        if request.complete:
+            return GramResult(plan=plan, output=request.output_location, complete=True,
+                              note=request.note)
         if on_plan is not None:
             on_plan(plan)
+        hdf5.check_space(os.path.dirname(os.path.abspath(request.output_path)),
+                         space_needed(plan), f"{request.output_location} (its tiles and the "
+                         f"output)", param="output and tile")
         warn_if_blas_unpinned(plan.threads_per_task)
         request.check_inputs_unchanged()
         state = start_state(request, plan)

@@ -19,13 +19,12 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock, Timeout
 
-from ..errors import OutputNotWritableError
+from ..io.lock import lock_path_of, output_lock
 from .tiles import Tile
 
 __all__ = [
@@ -50,58 +49,7 @@ def work_paths(output_path: str, output_dataset: str) -> tuple[str, str]:
     """
     folder, base = os.path.split(os.path.abspath(output_path))
     tag = output_dataset.strip("/").replace("/", "__")
-    return (os.path.join(folder, f".{base}.{tag}.gram-work"),
-            os.path.join(folder, f".{base}.gram-lock"))
-
-
-# ------------------------------------------------------------------------------- the lock
-
-@contextlib.contextmanager
-def output_lock(lock_path: str, output_path: str, job: str = "gram") -> Iterator[None]:
-    """Hold an exclusive lock for the output file, or refuse at once.
-
-    The lock is a :class:`filelock.FileLock` (``flock`` on Unix) on ``lock_path``, which holds
-    the owner's pid for the refusal message. A killed job's lock is released by the kernel, so
-    a stale lock file never blocks. The file is removed on release, before the lock is let go:
-    a job that opened the file meanwhile then finds it unlinked when it gets the lock, and
-    filelock does not count that as holding it.
-
-    ``job`` names the kind of job in the refusal ("another gram job").
-
-    Raises
-    ------
-    OutputNotWritableError
-        Another job holds the lock.
-    """
-    # on_acquired also rules out filelock's fallback to a lock-free "soft" marker where the
-    # file system has no flock: two jobs on one output must never both proceed.
-    lock = FileLock(lock_path, mode=0o644, blocking=False, on_acquired=_write_owner)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise OutputNotWritableError(
-            f"output file {output_path!r} is being written by another {job} job"
-            f"{_lock_owner(lock_path)}: wait for it to finish, or choose another output "
-            f"file") from None
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
-        lock.release()
-
-
-def _write_owner(fd: int) -> None:
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-
-
-def _lock_owner(lock_path: str) -> str:
-    try:
-        pid = Path(lock_path).read_text().strip()
-    except OSError:
-        return ""
-    return f" (pid {pid})" if pid.isdigit() else ""
+    return os.path.join(folder, f".{base}.{tag}.gram-work"), lock_path_of(output_path)
 
 
 # ---------------------------------------------------------------------- written by tasks
@@ -123,8 +71,13 @@ def save_tile(acc: np.ndarray, work_dir: str, tile: Tile) -> str:
     """Write a finished tile under a temporary name, then rename it into place."""
     final = os.path.join(work_dir, tile.name)
     tmp = f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        np.lib.format.write_array(f, acc, allow_pickle=False)
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array(f, acc, allow_pickle=False)
+    except OSError:
+        with contextlib.suppress(OSError):  # a full disk: give its space back at once
+            os.unlink(tmp)
+        raise
     os.replace(tmp, final)
     return final
 

@@ -4,27 +4,39 @@ The driver is the only writer of the output (Y = X X^T, or C = A @ B). When the 
 new, it streams tiles into a private file in the work folder while the tasks run and, at the
 end, links that file into place (atomically, :func:`link_into_place`). When the output file
 exists (in particular when it is an input file), it is opened for writing once, after every
-task has finished reading the inputs, and the tiles are streamed into it (for Y, mirrored below
-the diagonal). A kill during that final step
-is recovered by ``resume=True``, which writes the same tiles again.
+task has finished reading the inputs, and the tiles are streamed into a staging dataset in it
+(for Y, mirrored below the diagonal), moved to the output's name once complete
+(:func:`~blockmatrix.io.hdf5.publish_dataset`). Either way the output never exists under its
+name before it is complete, and records its shape, dtype and what produced it. A kill during
+the final step is recovered by ``resume=True``, which writes the same tiles again.
 """
 
 from __future__ import annotations
-
-import os
-import posixpath
 
 import h5py
 import numpy as np
 
 from .._testhooks import pause
-from ..errors import OutputExistsError, OutputNotWritableError
+from ..errors import OutputNotWritableError
+from ..io.hdf5 import (
+    INCOMPLETE_ATTR,
+    create_allocated,
+    link_new_file,
+    mark_published,
+    publish_dataset,
+    staging_dataset_name,
+)
 from .tiles import WRITE_BAND_BYTES, Tile
 from .workdir import npy_header
 
-__all__ = ["INCOMPLETE_ATTR", "YWriter", "link_into_place"]
+__all__ = ["INCOMPLETE_ATTR", "REQUEST_ATTR", "YWriter", "link_into_place"]
 
-INCOMPLETE_ATTR = "blockmatrix_gram_incomplete"
+#: Attribute of a published output holding the request that produced it, as JSON (what a
+#: ``--resume`` of a finished run compares with its own request).
+REQUEST_ATTR = "blockmatrix_request"
+
+#: A new output file is linked into place, never replacing a file.
+link_into_place = link_new_file
 
 
 class YWriter:
@@ -33,7 +45,9 @@ class YWriter:
     Y is contiguous and allocated when created (no fill), and marked with the attribute
     ``blockmatrix_gram_incomplete`` until :meth:`close` removes it; so after the creation
     (which is flushed at once) writing tiles never changes the file's metadata, and a kill
-    while tiles are being written leaves a consistent file whose Y is marked incomplete.
+    while tiles are being written leaves a consistent file whose Y is marked incomplete. In an
+    existing file (``mode="a"``) Y is written under
+    :func:`~blockmatrix.io.hdf5.staging_dataset_name` and moved to its name by :meth:`close`.
 
     Parameters
     ----------
@@ -48,11 +62,18 @@ class YWriter:
     symmetric : bool, optional
         Whether tiles are mirrored below the diagonal (Y = X X^T); default: when ``n`` is an
         int.
+    producer : str
+        What produced Y, recorded in its attributes.
+    request : str
+        The request that produced Y, as JSON, recorded in its attributes.
     """
 
     def __init__(self, path: str, dataset: str, n, dtype, mode: str = "a", *,
-                 symmetric: bool | None = None):
+                 symmetric: bool | None = None, producer: str = "", request: str = ""):
         self.dtype = np.dtype(dtype)
+        self.dataset = dataset
+        self.name = dataset if mode == "w-" else staging_dataset_name(dataset)
+        self.producer, self.request = producer, request
         self.symmetric = isinstance(n, int | np.integer) if symmetric is None else symmetric
         n = (int(n), int(n)) if isinstance(n, int | np.integer) else tuple(int(v) for v in n)
         try:
@@ -62,7 +83,7 @@ class YWriter:
                 f"output file {path!r} cannot be opened for writing ({exc}); if another "
                 f"process has it open, close that process and finish with --resume") from exc
         try:
-            self.data = self._create(dataset, n)
+            self.data = self._create(self.name, n)
             self.file.flush()
         except BaseException:
             self.file.close()
@@ -78,13 +99,7 @@ class YWriter:
                 old.attrs[INCOMPLETE_ATTR] = 1  # same layout: rewrite in place
                 return old
             del f[dataset]
-        f.require_group(posixpath.dirname(dataset) or "/")
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-        data = f.create_dataset(dataset, shape=shape, dtype=self.dtype, dcpl=dcpl)
-        data.attrs[INCOMPLETE_ATTR] = 1
-        return data
+        return create_allocated(f, dataset, shape, self.dtype)
 
     def write_tile(self, tile: Tile, tile_path: str) -> None:
         """Copy a finished tile into the output, band by band (mirrored when symmetric)."""
@@ -110,26 +125,15 @@ class YWriter:
                     np.ascontiguousarray(block.T)
 
     def close(self, complete: bool = True) -> None:
-        """Mark Y complete (when ``complete``), flush and close the file."""
+        """Mark Y complete and publish it under its name (when ``complete``), then close."""
         try:
-            if complete and INCOMPLETE_ATTR in self.data.attrs:
-                del self.data.attrs[INCOMPLETE_ATTR]
+            if complete:
+                if self.request:
+                    self.data.attrs[REQUEST_ATTR] = self.request
+                mark_published(self.data, self.producer)
+                self.file.flush()
+                if self.name != self.dataset:
+                    publish_dataset(self.file, self.name, self.dataset)
             self.file.flush()
         finally:
             self.file.close()
-
-
-def link_into_place(staged: str, output_path: str) -> None:
-    """Put the staged new output file in place atomically, never replacing a file."""
-    try:
-        os.link(staged, output_path)
-    except FileExistsError:
-        raise OutputExistsError(
-            f"output file {output_path!r} was created by someone else during the run: the "
-            f"result is kept in {staged!r}") from None
-    except OSError:
-        if os.path.exists(output_path):
-            raise
-        os.rename(staged, output_path)
-        return
-    os.unlink(staged)
