@@ -6,6 +6,9 @@ Every default that stands in for a Spark setting lives here, so that a plan made
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 from .units import parse_memory
 
 #: Default bytes a task may buffer in memory before spilling (PySpark's own default,
@@ -45,3 +48,17 @@ def multiply_defaults(sc) -> dict:
     return {"task_buffer_bytes": worker_buffer_bytes(sc),
             "memory_budget_bytes": default_memory_budget(sc),
             "num_cores": sc.defaultParallelism}
+
+
+def local_spill_folder(sc) -> str | None:
+    """The folder a local master's tasks write shuffle and spill files in, or None.
+
+    ``SPARK_LOCAL_DIRS`` wins over ``spark.local.dir`` (as in Spark), the default is the
+    temporary folder; the first of a comma-separated list. None for a cluster master: its
+    executors' folders are on other machines.
+    """
+    conf = sc.getConf()
+    if not (conf.get("spark.master", "") or "").startswith("local"):
+        return None
+    dirs = os.environ.get("SPARK_LOCAL_DIRS") or conf.get("spark.local.dir", None) or ""
+    return dirs.split(",")[0] if dirs else tempfile.gettempdir()

@@ -30,14 +30,15 @@ import numpy as np
 from _support.cli import OneLineArgumentParser, positive_int, run
 
 from blockmatrix import STRATEGIES, BlockMatrix
-from blockmatrix.errors import InvalidParameterError, ShapeMismatchError
+from blockmatrix.errors import InvalidParameterError, ShapeMismatchError, raised_from_tasks
 from blockmatrix.io import hdf5
 from blockmatrix.metrics import record
 from blockmatrix.ooc import DEFAULT_SLAB, check_matmul_request, matmul_hdf5, output_lock
 from blockmatrix.plan import MultiplyOptions
 from blockmatrix.session import spark_context
-from blockmatrix.sparkconf import multiply_defaults
+from blockmatrix.sparkconf import local_spill_folder, multiply_defaults
 from blockmatrix.strategies import get_strategy
+from blockmatrix.units import format_bytes
 
 PROG = "multiply.py"
 
@@ -210,7 +211,13 @@ def multiply(sc, args, a_loc, b_loc, c_loc, ooc_request) -> int:
         plan = get_strategy(args.strategy).plan(A.layout(), B.layout(), options)
         refuse_ooc_flags(args, plan.strategy)
         plan.check_runnable()  # e.g. ooc on integer data: one line, before anything is written
-        with record(sc, f"multiply ({args.strategy})") as measured:
+        spill = local_spill_folder(sc)
+        need = f"{format_bytes(plan.shuffle_bytes)} of shuffle files"
+        if spill is not None:
+            hdf5.check_space(spill, plan.shuffle_bytes, f"the {plan.strategy} multiply's "
+                             f"shuffle", param="spill")
+        with record(sc, f"multiply ({args.strategy})") as measured, \
+                raised_from_tasks(spill, need):
             C = A.multiply(B, strategy=args.strategy, num_partitions=args.num_partitions,
                            num_mid_splits=args.num_mid_splits)
             written = C.to_hdf5(*c_loc, overwrite=args.overwrite)

@@ -367,3 +367,25 @@ def test_a_run_that_fills_the_disk_exits_2_and_resumes_once_space_is_freed(small
     assert_eq(read(out, "/C"), a @ b)
     assert sha(tmp_path / "in.h5") == before
     assert sorted(os.listdir(small_disk)) == ["c.h5"]
+
+
+@pytest.mark.spark
+def test_a_spill_folder_too_small_for_the_shuffle_is_refused_in_one_line(small_disk,
+                                                                          tmp_path):
+    """Spark's local folder (SPARK_LOCAL_DIRS) on the 8 MiB tmpfs: the outer multiply's
+    shuffle is refused after planning, before any job, naming the folder (inner would read
+    both operands from the file and shuffle nothing: outer shuffles them)."""
+    rng = np.random.default_rng(5)
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f["A"] = rng.standard_normal((800, 800))
+        f["B"] = rng.standard_normal((800, 800))
+    before = sha(tmp_path / "in.h5")
+    proc = run_job(MULTIPLY, f"{tmp_path}/in.h5::/A", f"{tmp_path}/in.h5::/B",
+                   f"{tmp_path}/c.h5::/C", "--block-size", 100, "--strategy", "outer",
+                   "--master", "local[2]", env=job_env(SPARK_LOCAL_DIRS=str(small_disk)))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("multiply.py: error: spill folder ") and str(small_disk) in last
+    assert "the outer multiply's shuffle needs" in last and "MiB" in last
+    assert "Traceback" not in proc.stderr and "at org.apache" not in proc.stderr
+    assert not (tmp_path / "c.h5").exists() and sha(tmp_path / "in.h5") == before

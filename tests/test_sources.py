@@ -14,8 +14,17 @@ import pytest
 from conftest import assert_eq
 
 from blockmatrix import BlockMatrix
-from blockmatrix.errors import InputChangedError
+from blockmatrix.errors import (
+    InputChangedError,
+    InvalidInputError,
+    TaskReadError,
+    raised_from_tasks,
+    task_error_line,
+)
+from blockmatrix.io import hdf5
 from blockmatrix.metrics import record
+from blockmatrix.sources import HDF5Dataset
+from blockmatrix.strategies._common import LEFT, FileReader
 
 rng = np.random.default_rng(21)
 
@@ -112,3 +121,19 @@ def test_inner_reads_file_blocks_in_the_tasks(sc, operands, in_file):
     assert m.shuffle_stages == plan.num_shuffles == (0 if in_file == "both" else 1)
     if plan.num_shuffles:
         assert m.shuffle_write_bytes < 0.7 * spark_only.shuffle_bytes
+
+
+def test_a_file_a_task_cannot_read_is_one_marked_line(tmp_path):
+    """What a task raises for a file it cannot open: one line the driver shows as it is
+    (errors.raised_from_tasks), naming the file and the shared-storage requirement."""
+    missing = tmp_path / "not-on-this-executor.h5"
+    source = HDF5Dataset(str(missing), "/A", (4, 4), np.dtype("float64"), (0, 0))
+    reader = FileReader({LEFT: (source, 2, 2)})
+    with pytest.raises(TaskReadError) as caught:
+        reader.read(LEFT, (0, 0))
+    line = task_error_line(caught.value)
+    assert f"reading {missing}::/A failed in a task" in line and "share" in line
+    with pytest.raises(TaskReadError, match="same path"):
+        next(hdf5.read_blocks([(0, 0)], str(missing), "/A", 2, 2))
+    with pytest.raises(InvalidInputError, match="failed in a task"), raised_from_tasks():
+        raise RuntimeError(f"Py4JJavaError: ... {caught.value}\n\tat org.apache.spark")

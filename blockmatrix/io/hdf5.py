@@ -28,6 +28,7 @@ from ..errors import (
     InvalidParameterError,
     OutputExistsError,
     OutputNotWritableError,
+    unreadable_in_task,
 )
 from .lock import lock_path_of, output_lock
 
@@ -218,12 +219,20 @@ def read_blocks(keys: Iterable[tuple[int, int]], path: str, dataset: str,
     The file is opened read-only once for all the keys of a task. Every block is yielded, all-zero
     ones included: the driver planned them from the dataset's shape alone.
     """
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
         data = f[dataset]
+    except (OSError, KeyError) as exc:
+        raise unreadable_in_task(f"{path}::{dataset}", exc) from None
+    with f:
         shape = data.shape
         for i, j in keys:
             rows, cols = block_slices(i, j, shape, rows_per_block, cols_per_block)
-            yield (i, j), np.ascontiguousarray(data[rows, cols])
+            try:
+                block = np.ascontiguousarray(data[rows, cols])
+            except OSError as exc:
+                raise unreadable_in_task(f"{path}::{dataset}", exc) from None
+            yield (i, j), block
 
 
 def write_blocks(path: str, dataset: str, shape: tuple[int, int], dtype: np.dtype,

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from .._testhooks import pause
-from ..errors import PerformanceWarning
+from ..errors import READ_ERROR_MARK, PerformanceWarning, TaskReadError
 from ..io.hdf5 import is_disk_full
 from .tiles import Tile
 from .workdir import note_path, save_tile, write_progress_note
@@ -41,11 +41,6 @@ __all__ = ["READ_ERROR_MARK", "compute_tile", "compute_tile_blocks", "mirror_upp
 
 #: Seconds between progress notes written by a task.
 TASK_PROGRESS_INTERVAL = 1.0
-
-#: Starts the one-line message of a read error raised in a task; the driver finds it in
-#: Spark's error and raises it as an :class:`~blockmatrix.errors.InvalidInputError`.
-READ_ERROR_MARK = "blockmatrix-read-error: "
-
 
 def blas_kernels(dtype: np.dtype):
     """``(syrk, gemm)`` of scipy's BLAS for ``dtype`` (float64 or float32)."""
@@ -103,10 +98,6 @@ def mirror_upper(acc: np.ndarray, band: int = 256) -> None:
         lower = np.tril_indices(j1 - j0, -1)
         block[lower] = block.T[lower]
         acc[j1:, j0:j1] = acc[j0:j1, j1:].T
-
-
-class TaskReadError(RuntimeError):
-    """A read of an operand failed in a task: its message is one line the driver shows."""
 
 
 class SlabReader:

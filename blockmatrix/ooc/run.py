@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputChangedError, InvalidInputError
+from ..errors import InputChangedError, InvalidInputError, task_error_line
 from ..io import hdf5
-from .kernels import READ_ERROR_MARK, compute_tile, warn_if_blas_unpinned
+from .kernels import compute_tile, warn_if_blas_unpinned
 from .request import OocRequest, input_stamp, plan_request, start_state, write_state
 from .tiles import GramPlan, Operand, ProductPlan
 from .workdir import STAGED_OUTPUT, finished_tiles, output_lock, running_flops
@@ -132,15 +132,6 @@ def _collect(rdd, description: str) -> list:
     """Run ``rdd``'s job from this thread under ``description``; return its results."""
     rdd.context.setJobDescription(description)  # local properties are per thread: set it here
     return rdd.collect()
-
-
-def _read_error(exc: BaseException) -> str | None:
-    """The one-line read error a task raised, found in Spark's error text, or None."""
-    text = str(exc)
-    at = text.find(READ_ERROR_MARK)
-    if at < 0:
-        return None
-    return text[at + len(READ_ERROR_MARK):].splitlines()[0].strip()
 
 
 class OocRun:
@@ -285,7 +276,7 @@ class OocRun:
                     f"{now}): nothing was written to {self.request.output_location}; restore "
                     f"it and run again (finished tiles are kept for --resume only if it is "
                     f"unchanged)") from None
-        message = _read_error(exc) if exc is not None else None
+        message = task_error_line(exc) if exc is not None else None
         if message is not None:
             raise InvalidInputError(message) from None
 

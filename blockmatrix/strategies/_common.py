@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from .. import blocks as bk
 from .._spill import grouped_by_key
+from ..errors import unreadable_in_task
 
 #: The operand a routed block comes from.
 LEFT, RIGHT = 0, 1
@@ -92,12 +93,15 @@ class FileReader:
     def read(self, side: int, key) -> object:
         """Block ``key`` of the operand on ``side``."""
         source, rows_per_block, cols_per_block = self._sources[side]
-        data = self._open.get(side)
-        if data is None:
-            import h5py
+        try:
+            data = self._open.get(side)
+            if data is None:
+                import h5py
 
-            data = self._open[side] = h5py.File(source.path, "r")[source.dataset]
-        block = source.read_block(data, *key, rows_per_block, cols_per_block)
+                data = self._open[side] = h5py.File(source.path, "r")[source.dataset]
+            block = source.read_block(data, *key, rows_per_block, cols_per_block)
+        except (OSError, KeyError) as exc:
+            raise unreadable_in_task(f"{source.path}::{source.dataset}", exc) from None
         self._bytes_read += block.nbytes
         return block
 
