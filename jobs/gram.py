@@ -21,7 +21,13 @@ import os
 import sys
 import time
 
-from _support.cli import OneLineArgumentParser, positive_int, run
+from _support.cli import (
+    PROGRESS_CHOICES,
+    OneLineArgumentParser,
+    positive_int,
+    progress_conf,
+    run,
+)
 
 from blockmatrix.errors import OutputNotWritableError
 from blockmatrix.io import hdf5
@@ -54,6 +60,9 @@ def parse_args(argv):
     parser.add_argument("--overwrite", action="store_true", help="replace an existing Y")
     parser.add_argument("--master", default=None,
                         help="Spark master URL (default local[*]; ignored under spark-submit)")
+    parser.add_argument("--progress", choices=PROGRESS_CHOICES, default="lines",
+                        help="lines: one line per finished tile or stage (default); spark: "
+                             "Spark's console progress bar instead")
     parser.add_argument("--report", default=None, metavar="FILE.json",
                         help="also write the run's figures (tiles computed, times) as JSON")
     return parser.parse_args(argv)
@@ -89,7 +98,8 @@ def main(argv=None) -> int:
     if request.note:
         print(request.note, flush=True)
     start = time.perf_counter()
-    sc = spark_context(args.master, app_name="blockmatrix gram")
+    sc = spark_context(args.master, app_name="blockmatrix gram",
+                       extra_conf=progress_conf(args.progress))
     try:
         result = gram_hdf5(sc, in_path, in_name, out_path, out_name, request=request,
                            progress=_print_progress,

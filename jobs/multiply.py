@@ -25,9 +25,16 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
-from _support.cli import OneLineArgumentParser, positive_int, run
+from _support.cli import (
+    PROGRESS_CHOICES,
+    OneLineArgumentParser,
+    positive_int,
+    progress_conf,
+    run,
+)
 
 from blockmatrix import STRATEGIES, BlockMatrix
 from blockmatrix.errors import InvalidParameterError, ShapeMismatchError, raised_from_tasks
@@ -35,6 +42,7 @@ from blockmatrix.io import hdf5
 from blockmatrix.metrics import record
 from blockmatrix.ooc import DEFAULT_SLAB, check_matmul_request, matmul_hdf5, output_lock
 from blockmatrix.plan import MultiplyOptions
+from blockmatrix.progress import StageProgress
 from blockmatrix.session import spark_context
 from blockmatrix.sparkconf import local_spill_folder, multiply_defaults
 from blockmatrix.strategies import get_strategy
@@ -71,6 +79,9 @@ def make_parser() -> OneLineArgumentParser:
                              f"{DEFAULT_SLAB}; with --resume, the interrupted run's)")
     parser.add_argument("--resume", action="store_true",
                         help="ooc: continue an interrupted run from its finished tiles")
+    parser.add_argument("--progress", choices=PROGRESS_CHOICES, default="lines",
+                        help="lines: one line per finished tile or stage (default); spark: "
+                             "Spark's console progress bar instead")
     return parser
 
 
@@ -185,7 +196,8 @@ def main(argv=None) -> int:
         return 0
     elif ooc_request.note:
         print(ooc_request.note, flush=True)
-    sc = spark_context(args.master, app_name="blockmatrix multiply")
+    sc = spark_context(args.master, app_name="blockmatrix multiply",
+                       extra_conf=progress_conf(args.progress))
     try:
         return multiply(sc, args, a_loc, b_loc, c_loc, ooc_request)
     finally:
@@ -216,8 +228,9 @@ def multiply(sc, args, a_loc, b_loc, c_loc, ooc_request) -> int:
         if spill is not None:
             hdf5.check_space(spill, plan.shuffle_bytes, f"the {plan.strategy} multiply's "
                              f"shuffle", param="spill")
+        lines = StageProgress(sc, plan.flops) if args.progress == "lines" else nullcontext()
         with record(sc, f"multiply ({args.strategy})") as measured, \
-                raised_from_tasks(spill, need):
+                raised_from_tasks(spill, need), lines:
             C = A.multiply(B, strategy=args.strategy, num_partitions=args.num_partitions,
                            num_mid_splits=args.num_mid_splits)
             written = C.to_hdf5(*c_loc, overwrite=args.overwrite)

@@ -302,6 +302,8 @@ CLI_ROWS = [
      "--tile: 0 is not positive", "give an integer >= 1"),
     ("zero slab", job(*GOOD, "--block-size", "8", "--slab", "0"),
      "--slab: 0 is not positive", "give an integer >= 1"),
+    ("unknown progress display", job(*GOOD, "--block-size", "8", "--progress", "bars"),
+     "invalid choice: 'bars'", "choose from"),
     ("location without ::", job("in.h5:/A"),
      "A ('in.h5:/A') is not of the form FILE.h5::/dataset", "e.g. 'data.h5::/X'"),
     ("location without a dataset", job("in.h5::"),

@@ -54,6 +54,10 @@ def test_job_writes_the_product_and_reports_spark_figures(inputs):
     assert "0 shuffle(s)" in result.stdout and "read from files by tasks" in result.stdout
     assert "shuffle write" in result.stdout and "wrote" in result.stdout
     assert "verified against numpy" in result.stdout and "OK" in result.stdout
+    # one line per finished stage, and no console bar (--progress lines, the default)
+    stages = [line for line in result.stdout.splitlines() if line.startswith("stage ")]
+    assert stages and all(" done (tasks " in line and "ETA" in line for line in stages)
+    assert "[Stage" not in result.stderr + result.stdout
     with h5py.File(out, "r") as f:
         assert f["C"].dtype == np.float64
         assert_eq(f["C"][()], a @ b.astype(np.float64))

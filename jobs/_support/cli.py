@@ -20,6 +20,19 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
+#: What ``--progress`` takes: the job's own lines, or Spark's console progress bar.
+PROGRESS_CHOICES = ("lines", "spark")
+
+
+def progress_conf(choice: str) -> dict[str, str]:
+    """The Spark property ``--progress CHOICE`` sets: Spark's console bar only when asked for.
+
+    >>> progress_conf("lines")
+    {'spark.ui.showConsoleProgress': 'false'}
+    """
+    return {"spark.ui.showConsoleProgress": "true" if choice == "spark" else "false"}
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a positive integer.
 
