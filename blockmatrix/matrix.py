@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import weakref
 from collections import Counter
 from functools import partial
 
@@ -26,6 +27,7 @@ from .errors import (
     InvalidParameterError,
     ShapeMismatchError,
 )
+from .held import Held, collecting, release_later, release_pending
 from .interop import mllib
 from .io import hdf5
 from .layout import (
@@ -107,12 +109,38 @@ class BlockMatrix:
             layout.dtype if layout is not None else None)
         self._source = source
         self._input_files = frozenset(input_files) | ({source[0]} if source else set())
+        # A product's broadcasts and persisted intermediates (released when it is garbage
+        # collected), and the matrices its blocks are computed from, kept alive because its
+        # lineage needs what they hold.
+        self._held: Held | None = None
+        self._parents: tuple[BlockMatrix, ...] = ()
 
     # ------------------------------------------------------------------ properties
     @property
     def blocks(self):
-        """The RDD of ``((i, j), block)``."""
+        """The RDD of ``((i, j), block)``.
+
+        A product's RDD is valid while the product, or a matrix computed from it, lives: the
+        broadcasts it uses are destroyed when they are garbage collected.
+        """
         return self._blocks
+
+    def _hold(self, held: Held) -> None:
+        """Keep ``held`` with this product; garbage collection releases it."""
+        if held:
+            self._held = held
+            # Garbage collection queues the release; the next product or exit carries it out.
+            weakref.finalize(self, release_later, held).atexit = False
+
+    def _derived_from(self, *parents: BlockMatrix) -> BlockMatrix:
+        """Keep ``parents`` alive while this matrix lives (its lineage needs what they hold)."""
+        self._parents = tuple(p for p in parents if p._held is not None or p._parents)
+        return self
+
+    def _release_after_exit(self) -> None:
+        """An exit has read every block: unpersist the product's intermediates."""
+        if self._held is not None:
+            self._held.release_intermediates()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -256,7 +284,9 @@ class BlockMatrix:
     # ------------------------------------------------------------------ exits
     def to_numpy(self) -> np.ndarray:
         """Collect into a dense ndarray on the driver (absent blocks are zero)."""
+        release_pending()
         items = self._blocks.collect()
+        self._release_after_exit()
         if items:
             dtype = np.result_type(*(b.dtype for _, b in items))
         else:  # no stored block (an all-zero product): the dtype known from construction
@@ -269,7 +299,9 @@ class BlockMatrix:
 
     def to_scipy(self) -> sp.csr_matrix:
         """Collect into a scipy.sparse CSR matrix on the driver."""
+        release_pending()
         items = self._blocks.collect()
+        self._release_after_exit()
         parts = []
         for (i, j), block in items:
             coo = sp.coo_matrix(block)
@@ -333,8 +365,10 @@ class BlockMatrix:
         """
         from pyspark import StorageLevel
 
+        release_pending()
         if self._blocks.getStorageLevel() != StorageLevel.NONE:
             yield self._blocks
+            self._release_after_exit()
             return
         blocks = self._blocks.persist(StorageLevel.MEMORY_AND_DISK)
         try:
@@ -342,6 +376,7 @@ class BlockMatrix:
             yield blocks
         finally:
             blocks.unpersist()
+        self._release_after_exit()
 
     def to_mllib(self):
         """Convert to a ``pyspark.mllib.linalg.distributed.BlockMatrix`` (float64 blocks).
@@ -446,7 +481,7 @@ class BlockMatrix:
                                  self._rows_per_block, layout=layout,
                                  input_files=self._input_files, dtype=self._dtype)
         transposed._transpose_of = self
-        return transposed
+        return transposed._derived_from(self)
 
     @property
     def T(self) -> BlockMatrix:  # noqa: N802  (numpy's name)
@@ -490,7 +525,8 @@ class BlockMatrix:
         summed = tagged.groupByKey(grid.num_partitions, grid).mapValues(
             partial(_combine_pair, negate=negate))
         return BlockMatrix(summed, self._shape, self._rows_per_block, self._cols_per_block,
-                           input_files=self._input_files | other._input_files)
+                           input_files=self._input_files | other._input_files
+                           )._derived_from(self, other)
 
     def multiply(self, other: BlockMatrix, strategy: str = "inner", *,
                  num_partitions: int | None = None, num_mid_splits: int = 1,
@@ -534,16 +570,23 @@ class BlockMatrix:
             {"num_partitions": num_partitions, "num_mid_splits": num_mid_splits,
              "task_buffer_bytes": task_buffer_bytes, "memory_budget_bytes": memory_budget_bytes})
         chosen = get_strategy(strategy)
+        release_pending()
         plan = chosen.plan(self.layout(), other.layout(), options)
         plan.check_runnable()
         if plan.strategy != "ooc":  # ooc reads tiles from the files, never whole blocks
             check_blocks_fit(plan.left, plan.right, options.budget_bytes)
-        blocks = chosen.execute(plan, self._blocks, other._blocks, options)
+        with collecting() as held:
+            blocks = chosen.execute(plan, self._blocks, other._blocks, options)
         result = BlockMatrix(blocks, plan.result_shape, self._rows_per_block,
                              other._cols_per_block, plan=plan,
                              layout=plan.result_layout(blocks.getNumPartitions()),
                              input_files=self._input_files | other._input_files,
                              dtype=np.result_type(plan.left.dtype, plan.right.dtype))
+        # Its broadcasts and persisted intermediates go when it is garbage collected; until
+        # then it keeps the operands its blocks are computed from (not one it collected).
+        result._hold(held)
+        result._derived_from(*(operand for operand, used in zip(
+            (self, other), plan.lineage_operands, strict=True) if used))
         if other._transpose_of is self and self._source is not None and \
                 np.dtype(self.dtype).kind == "f":
             # X @ X.T of an HDF5 dataset: to_hdf5 takes the out-of-core gram path.

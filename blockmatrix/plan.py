@@ -198,6 +198,15 @@ class MultiplyPlan:
         return 0
 
     @property
+    def lineage_operands(self) -> tuple[bool, bool]:
+        """Whether the product's blocks are computed from A's, B's blocks RDD.
+
+        An operand collected to the driver (or read from its file) is not in the product's
+        lineage: the product need not keep it, nor what it holds, alive.
+        """
+        return (True, True)
+
+    @property
     def moved_bytes(self) -> int:
         """Predicted bytes moved: the shuffles plus the broadcast operand."""
         return self.shuffle_bytes + self.broadcast_bytes

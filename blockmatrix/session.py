@@ -4,6 +4,11 @@ Library code never creates a context: it takes the one its caller made. Jobs, te
 call :func:`spark_context`, which reuses the context of ``spark-submit`` when there is one and
 otherwise starts embedded local Spark configured from ``conf/`` (``spark-defaults.conf`` and the
 quiet ``log4j2.properties``), with the Python workers running the driver's own interpreter.
+
+An embedded local job listens on the loopback address alone: the driver, its block manager
+and the Spark UI (which Spark binds to ``SPARK_LOCAL_IP``, or to every interface without it),
+and the UI cannot kill jobs (``spark.ui.killEnabled false``). Set ``SPARK_LOCAL_IP`` (or pass
+``spark.driver.bindAddress``) yourself to listen elsewhere.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+
+#: The address an embedded local job listens on.
+LOOPBACK = "127.0.0.1"
 
 #: The ``conf/`` folder of a source checkout (jobs, tests and notebooks live beside it).
 REPO_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -86,9 +94,22 @@ def spark_context(master: str | None = None, app_name: str = "blockmatrix",
                 conf.set(key, value.replace("=conf/", f"={conf_path.resolve()}/"))
         conf.setMaster(master or "local[*]")
         if conf.get("spark.master", "").startswith("local"):
-            conf.setIfMissing("spark.driver.host", "127.0.0.1")
-            conf.setIfMissing("spark.driver.bindAddress", "127.0.0.1")
+            _listen_on_loopback(conf)
     conf.setIfMissing("spark.app.name", app_name)
     for key, value in (extra_conf or {}).items():
         conf.set(key, value)
     return SparkContext.getOrCreate(conf)
+
+
+def _listen_on_loopback(conf) -> None:
+    """Keep every socket of an embedded local job on 127.0.0.1 and the UI from killing jobs.
+
+    The driver and the block manager follow ``spark.driver.bindAddress``; the UI ignores it
+    and binds to ``SPARK_LOCAL_IP`` from the JVM's environment (every interface without it), so
+    that variable is set before the JVM starts. Python workers and the Py4J gateway listen on
+    the loopback address already.
+    """
+    os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+    conf.setIfMissing("spark.driver.host", LOOPBACK)
+    conf.setIfMissing("spark.driver.bindAddress", LOOPBACK)
+    conf.setIfMissing("spark.ui.killEnabled", "false")

@@ -7,16 +7,26 @@ driver imports) fails here. Every result is compared with numpy.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import sysconfig
+import threading
+import time
 import zipfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from cluster import REPO, spark_submit, standalone_cluster  # noqa: F401  (a fixture)
+from cluster import (  # noqa: F401  (standalone_cluster: a fixture)
+    CONF_DIR,
+    REPO,
+    kill_tree,
+    spark_submit,
+    spark_submit_popen,
+    standalone_cluster,
+)
 from conftest import assert_eq
 
 from blockmatrix import STRATEGIES
@@ -199,3 +209,49 @@ def test_py_files_ship_the_package_to_executors(standalone_cluster, operands, tm
     check_ran(result)
     assert "(OK" in result.stdout
     assert_eq(read(out, "/C"), a @ b)
+
+
+# ---------------------------------------------------------------------- authentication
+
+APP_WITHOUT_SECRET = """
+from pyspark import SparkContext
+
+sc = SparkContext.getOrCreate()  # waits until the master has registered the application
+print("registered", flush=True)
+sc.stop()
+"""
+
+#: What the driver logs when the master drops its connection (the master refuses any RPC
+#: that does not start with the authentication handshake).
+REFUSED = "Failed to connect to master"
+
+
+def test_a_client_without_the_secret_is_refused(standalone_cluster, tmp_path):  # noqa: F811
+    """An application submitted without the cluster's secret never registers.
+
+    Every other test of the module submits with the secret and runs: they are the control.
+    """
+    app = tmp_path / "app_without_secret.py"
+    app.write_text(APP_WITHOUT_SECRET)
+    outsider = dataclasses.replace(standalone_cluster,
+                                   properties_file=CONF_DIR / "spark-defaults.conf")
+    proc = spark_submit_popen(outsider, app, conf={"spark.app.name": "no secret"})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 180
+    try:
+        while (time.monotonic() < deadline and proc.poll() is None
+               and not any(REFUSED in line for line in lines)):
+            time.sleep(0.5)
+    finally:
+        kill_tree(proc)
+    out = proc.stdout.read()
+    assert any(REFUSED in line for line in lines), "".join(lines)[-4000:]
+    assert "registered" not in out
+    state = standalone_cluster.state()
+    names = [app.get("name") for key in ("activeapps", "completedapps")
+             for app in state.get(key, [])]
+    assert "no secret" not in names, names
+    # ... because it did not authenticate (not because the master was away).
+    assert "Expected SaslMessage" in standalone_cluster.master.log.read_text(errors="replace")

@@ -41,6 +41,7 @@ from functools import partial
 import numpy as np
 
 from .. import blocks as bk
+from .. import held
 from ..cost import (
     RECORD_OVERHEAD_BYTES,
     ProductModel,
@@ -74,6 +75,11 @@ class BroadcastPlan(MultiplyPlan):
     def collected_bytes(self) -> int:
         """Bytes collected to the driver first (only when the operand lives only in Spark)."""
         return self.operand_bytes if self.delivery == "collect" else 0
+
+    @property
+    def lineage_operands(self) -> tuple[bool, bool]:
+        """Only the larger operand: the broadcast one is collected, copied or read from file."""
+        return (self.side == RIGHT, self.side == LEFT)
 
     @property
     def needs_partial_sums(self) -> bool:
@@ -206,7 +212,7 @@ def execute(plan: BroadcastPlan, left, right, options: MultiplyOptions):
     else:
         blocks = (small_blocks.collect() if plan.delivery == "collect"
                   else _driver_blocks(small))
-        table = large.context.broadcast(_table(blocks, side))
+        table = held.broadcast(large.context, _table(blocks, side))
     products = large.mapPartitions(partial(multiply_with_broadcast, table=table, side=side))
     if plan.needs_partial_sums:
         products = sum_partials(products, plan.grid)

@@ -50,6 +50,7 @@ from functools import cached_property, partial
 import numpy as np
 import scipy.sparse as sp
 
+from .. import held
 from ..cost import (
     INDEX_BYTES,
     RECORD_OVERHEAD_BYTES,
@@ -416,8 +417,10 @@ def execute(plan: CuboidPlan, left, right, options: MultiplyOptions):
     route = partial(route_to_cuboids, P=plan.P, Q=plan.Q, row_slab=plan.row_slab,
                     col_slab=plan.col_slab, inner_slab=plan.inner_slab,
                     num_tasks=plan.num_tasks)
-    routed = left.flatMap(partial(route, side=LEFT, slabs=sc.broadcast(plan.left_slabs))).union(
-        right.flatMap(partial(route, side=RIGHT, slabs=sc.broadcast(plan.right_slabs))))
+    left_slabs, right_slabs = (held.broadcast(sc, slabs)
+                               for slabs in (plan.left_slabs, plan.right_slabs))
+    routed = left.flatMap(partial(route, side=LEFT, slabs=left_slabs)).union(
+        right.flatMap(partial(route, side=RIGHT, slabs=right_slabs)))
     # The grid returns an int key unchanged and PySpark takes it modulo the tasks: task t.
     delivered = routed.partitionBy(plan.num_tasks, plan.grid)
     products = delivered.mapPartitions(

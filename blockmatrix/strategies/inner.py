@@ -30,6 +30,7 @@ from itertools import chain
 import numpy as np
 import scipy.sparse as sp
 
+from .. import held
 from ..cost import (
     RECORD_OVERHEAD_BYTES,
     ProductModel,
@@ -266,7 +267,7 @@ def execute(plan: InnerPlan, left, right, options: MultiplyOptions):
     sc = left.context
     layouts = {LEFT: plan.left, RIGHT: plan.right}
     in_files = file_sources(layouts)
-    routing = sc.broadcast(plan.routing)
+    routing = held.broadcast(sc, plan.routing)
     routed = [blocks.flatMap(partial(route_block, side=side, num_tasks=num_tasks,
                                      routing=routing))
               for side, blocks in ((LEFT, left), (RIGHT, right)) if side not in in_files]
@@ -278,7 +279,7 @@ def execute(plan: InnerPlan, left, right, options: MultiplyOptions):
     else:
         delivered = sc.parallelize([[] for _ in range(num_tasks)], num_tasks).flatMap(_same)
     if in_files:
-        keys = sc.broadcast({side: plan.routing.keys_by_part(layouts[side].keys, side)
+        keys = held.broadcast(sc, {side: plan.routing.keys_by_part(layouts[side].keys, side)
                              for side in in_files})
         products = delivered.mapPartitionsWithIndex(
             partial(multiply_with_file_blocks, keys=keys, routing=routing, sources=in_files,
