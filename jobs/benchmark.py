@@ -78,6 +78,7 @@ from blockmatrix.units import format_bytes
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_gram  # noqa: E402
 import make_sample  # noqa: E402
 import shuffle_report  # noqa: E402
 
@@ -437,19 +438,6 @@ with h5py.File(c_path, "a") as f:
     f.create_dataset(c_name, data=c)
 """
 
-NUMPY_GRAM = """
-import sys, h5py
-path, name, out = sys.argv[1:4]
-with h5py.File(path, "r") as f:
-    x = f[name][()]
-y = x @ x.T
-del x
-with h5py.File(path, "a") as f:
-    if out in f:
-        del f[out]
-    f.create_dataset(out, data=y)
-"""
-
 
 def ensure_input(path: Path, dataset: str, shape, chunks, seed: int) -> None:
     """Generate ``path::dataset`` (seeded, block by block) unless it is already there."""
@@ -468,7 +456,7 @@ def file_commands(case: FileCase, folder: Path, master: str) -> tuple[dict, list
         x = folder / f"{case.name}.h5"
         ours = [sys.executable, str(HERE / "gram.py"), f"{x}::/X", f"{x}::/Y_auto",
                 "--overwrite", "--master", master]
-        numpy = [sys.executable, "-c", NUMPY_GRAM, str(x), "/X", "/Y_numpy"]
+        numpy = [sys.executable, "-c", bench_gram.NUMPY_SCRIPT, str(x), "/X", "/Y_numpy"]
         return {"auto": ours, "numpy": numpy}, [x], ((x, "/Y_auto"), (x, "/Y_numpy"))
     a, b = folder / f"{case.name}-A.h5", folder / f"{case.name}-B.h5"
     outs = {name: folder / f"{case.name}-C-{name}.h5" for name in ("auto", "numpy")}

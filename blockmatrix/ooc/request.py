@@ -27,6 +27,7 @@ from ..errors import (
     ShapeMismatchError,
 )
 from ..io import hdf5
+from ..io.lock import output_lock
 from .tiles import (
     DEFAULT_SLAB,
     GramPlan,
@@ -243,6 +244,11 @@ def _request(operands, shape, dtype, chunks, output_path, output_dataset, tile, 
     same_file = os.path.exists(output_path) and any(
         os.path.samefile(op.path, output_path) for op in operands)
     work_dir, lock_path = work_paths(output_path, output_dataset)
+    if os.path.exists(lock_path):
+        # A running job's work folder looks like an interrupted run's: say which it is first.
+        job = "gram" if len(operands) == 1 else "out-of-core multiply"
+        with output_lock(lock_path, output_path, job=job):
+            pass
     state = read_state(work_dir) if resume else None
     complete, note = False, ""
     if state is not None:
