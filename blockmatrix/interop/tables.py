@@ -197,7 +197,7 @@ def coordinates_to_blocks(data, row: str, col: str, value: str, shape, rows_per_
                   F.count(c).alias("col"), F.count(v).alias("value"),
                   F.min(r).alias("row_min"), F.max(r).alias("row_max"),
                   F.min(c).alias("col_min"), F.max(c).alias("col_max"),
-                  F.countDistinct(r, c).alias("distinct")]
+                  F.count_distinct(r, c).alias("distinct")]
     if from_rdd:
         aggregates += [F.max(F.col("_bad").bitwiseAND(bit)).alias(f"bad_{param}")
                        for param, bit in _BAD_BITS.items()]
@@ -330,7 +330,7 @@ def rows_to_blocks(df, index: str, vector: str, shape, rows_per_block: int,
     summary = df.agg(
         F.count(F.lit(1)).alias("n"), F.count(i).alias("index"), F.count(vec).alias("vector"),
         F.min(i).alias("row_min"), F.max(i).alias("row_max"),
-        F.countDistinct(i).alias("distinct"),
+        F.count_distinct(i).alias("distinct"),
         F.min(F.when(vec.isNotNull(), size)).alias("size_min"),
         F.max(F.when(vec.isNotNull(), size)).alias("size_max"),
         F.sum(F.when(vec.isNotNull(), null_elements)).alias("null_elements"),
