@@ -315,7 +315,7 @@ def rows_to_blocks(df, index: str, vector: str, shape, rows_per_block: int,
             f"cast it, e.g. df.withColumn({index!r}, df[{index!r}].cast('long'))", column=index)
     if _is_vector(vector_type):
         dtype = np.dtype(np.float64)
-        size = F.udf(_vector_size, T.IntegerType())(F.col(vector))
+        size = F.udf(_vector_size, T.IntegerType(), useArrow=False)(F.col(vector))
         null_elements = F.lit(0)
     elif isinstance(vector_type, T.ArrayType) and numpy_dtype(vector_type.elementType):
         dtype = numpy_dtype(vector_type.elementType)
