@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["blockmatrix", "blockmatrix.*"]),
     install_requires=[
-        "pyspark>=4.0",
+        "pyspark>=3.5",
         "numpy>=1.24",
         "scipy>=1.10",
         "h5py>=3.8",

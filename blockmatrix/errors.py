@@ -140,3 +140,26 @@ def raised_from_tasks(spill_folder: str | None = None, need: str = "") -> Iterat
 
 class PerformanceWarning(UserWarning):
     """A computation will run but pays a cost the caller may not expect."""
+
+
+class InvalidTableError(InvalidInputError):
+    """A table (DataFrame, RDD of entries or rows) cannot be read as a matrix.
+
+    Nulls, duplicate or out-of-range indices, vectors of different lengths. ``column`` names
+    the column (for an RDD, the field) at fault.
+    """
+
+    def __init__(self, message: str, column: str | None = None):
+        super().__init__(message)
+        self.column = column
+
+
+class MissingColumnError(InvalidTableError, KeyError):
+    """A column the conversion needs is not in the table."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ColumnTypeError(InvalidTableError, TypeError):
+    """A column has a type the conversion cannot use (indices must be integers, values real)."""

@@ -28,7 +28,7 @@ from .errors import (
     ShapeMismatchError,
 )
 from .held import Held, collecting, release_later, release_pending
-from .interop import mllib
+from .interop import mllib, tables
 from .io import hdf5
 from .layout import (
     BlockLayout,
@@ -272,14 +272,115 @@ class BlockMatrix:
         return cls(rdd, shape, rpb, cpb, layout=layout, source=(path, dataset))
 
     @classmethod
-    def from_mllib(cls, m) -> BlockMatrix:
-        """Convert a ``pyspark.mllib.linalg.distributed.BlockMatrix``.
+    def from_mllib(cls, m, rows_per_block: int = 1024, cols_per_block: int = 1024,
+                   num_partitions: int | None = None) -> BlockMatrix:
+        """Convert one of MLlib's distributed matrices (``pyspark.mllib.linalg.distributed``).
 
-        Sparse blocks become CSR, dense ones ndarrays; no job runs when the MLlib matrix knows
-        its dimensions.
+        A ``BlockMatrix`` keeps its blocks (sparse blocks become CSR, dense ones ndarrays; no
+        job runs when it knows its dimensions; the block sizes given here are ignored). A
+        ``CoordinateMatrix`` goes through :meth:`from_coordinates`, an ``IndexedRowMatrix``
+        through :meth:`from_rows` (its sparse vectors stay sparse), with the MLlib matrix's
+        dimensions as the shape: one aggregate job checks the entries, one shuffle builds the
+        blocks. Duplicate entries of a ``CoordinateMatrix`` are refused, not summed.
         """
-        return cls(mllib.from_mllib(m), (m.numRows(), m.numCols()), m.rowsPerBlock,
-                   m.colsPerBlock)
+        kind = tables.mllib_kind(m)
+        if kind == "block":
+            return cls(mllib.from_mllib(m), (m.numRows(), m.numCols()), m.rowsPerBlock,
+                       m.colsPerBlock)
+        if kind == "coordinate":
+            return cls.from_coordinates(m.entries, shape=(m.numRows(), m.numCols()),
+                                        rows_per_block=rows_per_block,
+                                        cols_per_block=cols_per_block,
+                                        num_partitions=num_partitions)
+        if kind == "indexed_row":
+            return cls.from_rows(tables.indexed_rows_frame(m), index="i", vector="features",
+                                 shape=(m.numRows(), m.numCols()),
+                                 rows_per_block=rows_per_block, cols_per_block=cols_per_block,
+                                 num_partitions=num_partitions)
+        raise TypeError(
+            f"m is a {type(m).__name__}, not an MLlib BlockMatrix, CoordinateMatrix or "
+            f"IndexedRowMatrix: for a RowMatrix, give its rows an index (IndexedRowMatrix)")
+
+    @classmethod
+    def from_coordinates(cls, data, row: str = "i", col: str = "j", value: str = "v",
+                         shape=None, rows_per_block: int = 1024, cols_per_block: int = 1024,
+                         num_partitions: int | None = None) -> BlockMatrix:
+        """Build a matrix from a table of entries ``(i, j, v)``, on the executors.
+
+        Parameters
+        ----------
+        data : pyspark.sql.DataFrame or pyspark.RDD
+            A DataFrame (e.g. ``spark.read.parquet(path)``) with integer columns ``row`` and
+            ``col`` and a numeric or boolean column ``value``; or an RDD of ``(i, j, v)``
+            tuples or MLlib ``MatrixEntry``. Absent entries are zero.
+        row, col, value : str
+            Column names (for an RDD, the names the messages use).
+        shape : (int, int), optional
+            Default: one past the largest row and column index.
+        rows_per_block, cols_per_block : int
+            Block shape.
+        num_partitions : int, optional
+            Suggested partitions of the blocks (default: the table's, at least
+            ``sc.defaultParallelism``); the blocks are grid-partitioned.
+
+        Notes
+        -----
+        Runs **one aggregate job** to check the table (null counts, smallest and largest
+        indices, the number of distinct ``(i, j)``, which shuffles the index pairs); the
+        driver receives one row of counts. The blocks are built lazily by one shuffle of
+        per-block pieces: CSR where under a quarter of a block is stored
+        (:data:`blockmatrix.interop.tables.DENSE_FILL`), dense otherwise; all-zero blocks are
+        not stored. Values keep their type (int32 stays int32, decimals become float64).
+
+        Raises
+        ------
+        MissingColumnError, ColumnTypeError, InvalidTableError
+            Before any block is built, naming the column: a column absent or of the wrong type
+            (indices must be integers), nulls, negative indices, indices outside ``shape``,
+            duplicate ``(i, j)``.
+        """
+        rpb = _block_size(rows_per_block, "rows_per_block")
+        cpb = _block_size(cols_per_block, "cols_per_block")
+        blocks, shape, dtype = tables.coordinates_to_blocks(data, row, col, value, shape, rpb,
+                                                            cpb, num_partitions)
+        return cls(blocks, shape, rpb, cpb, dtype=dtype)
+
+    @classmethod
+    def from_rows(cls, df, index: str = "i", vector: str = "features", shape=None,
+                  rows_per_block: int = 1024, cols_per_block: int = 1024,
+                  num_partitions: int | None = None) -> BlockMatrix:
+        """Build a matrix from a table of rows ``(index, vector)``, on the executors.
+
+        Parameters
+        ----------
+        df : pyspark.sql.DataFrame
+            An integer column ``index`` and a column ``vector`` of ``pyspark.ml`` (or
+            ``pyspark.mllib``) vectors, dense or sparse, or of arrays of numbers, all of one
+            length. Rows absent from the table are zero.
+        shape : (int, int), optional
+            Default: one past the largest index, by the vectors' length.
+        rows_per_block, cols_per_block, num_partitions
+            As in :meth:`from_coordinates`.
+
+        Notes
+        -----
+        As :meth:`from_coordinates`: one aggregate job checks the table (a Python UDF reads
+        the length of Vector values, which Spark SQL cannot), one shuffle builds the blocks.
+        Sparse vectors travel as their stored values and give CSR blocks unless a block is a
+        quarter full; ml vectors give float64 blocks, arrays keep their element type.
+
+        Raises
+        ------
+        MissingColumnError, ColumnTypeError, InvalidTableError
+            Before any block is built, naming the column: absent or wrong type, nulls (also
+            inside arrays), negative, out-of-range or duplicate indices, vectors of different
+            lengths.
+        """
+        rpb = _block_size(rows_per_block, "rows_per_block")
+        cpb = _block_size(cols_per_block, "cols_per_block")
+        blocks, shape, dtype = tables.rows_to_blocks(df, index, vector, shape, rpb, cpb,
+                                                     num_partitions)
+        return cls(blocks, shape, rpb, cpb, dtype=dtype)
 
     # ------------------------------------------------------------------ exits
     def to_numpy(self) -> np.ndarray:
@@ -378,15 +479,54 @@ class BlockMatrix:
             blocks.unpersist()
         self._release_after_exit()
 
-    def to_mllib(self):
-        """Convert to a ``pyspark.mllib.linalg.distributed.BlockMatrix`` (float64 blocks).
+    def to_mllib(self, kind: str = "block"):
+        """Convert to one of MLlib's distributed matrices (float64 values).
 
-        Block values travel to the JVM as buffers, not as lists of floats
-        (:func:`blockmatrix.interop.mllib.to_mllib`). No job runs until the MLlib matrix is
-        used.
+        Parameters
+        ----------
+        kind : {"block", "coordinate", "indexed_row"}
+            ``"block"``: a ``BlockMatrix`` whose block values travel to the JVM as buffers, not
+            as lists of floats (:func:`blockmatrix.interop.mllib.to_mllib`).
+            ``"coordinate"``: a ``CoordinateMatrix`` of the non-zero entries
+            (:meth:`to_coordinates`). ``"indexed_row"``: an ``IndexedRowMatrix`` of the rows
+            holding a non-zero (:meth:`to_rows`; one shuffle when used).
+
+        No job runs until the MLlib matrix is used.
         """
-        return mllib.to_mllib(self._blocks, self._rows_per_block, self._cols_per_block,
-                              self._shape)
+        if kind == "block":
+            return mllib.to_mllib(self._blocks, self._rows_per_block, self._cols_per_block,
+                                  self._shape)
+        if kind == "coordinate":
+            return tables.to_coordinate_matrix(self.to_coordinates(), self._shape)
+        if kind == "indexed_row":
+            return tables.to_indexed_row_matrix(self.to_rows(), self._shape)
+        raise InvalidParameterError(
+            f"kind must be 'block', 'coordinate' or 'indexed_row' (MLlib's BlockMatrix, "
+            f"CoordinateMatrix, IndexedRowMatrix), got {kind!r}")
+
+    def to_coordinates(self, row: str = "i", col: str = "j", value: str = "v"):
+        """The non-zero entries as a DataFrame ``(row, col, value)``, written by the tasks.
+
+        Indices are ``long``; ``value`` has the blocks' type (float64: ``double``, float32:
+        ``float``, integers their width, bool ``boolean``). No shuffle, and no job until the
+        DataFrame is used (but the dtype, when unknown, costs one small job), e.g.
+        ``m.to_coordinates().write.parquet(path)``.
+        """
+        return tables.blocks_to_coordinates(self._blocks, self._rows_per_block,
+                                            self._cols_per_block, self.dtype, row, col, value)
+
+    def to_rows(self, index: str = "i", vector: str = "features", as_array: bool = False,
+                num_partitions: int | None = None):
+        """The rows as a DataFrame ``(index, vector)``; one shuffle when used.
+
+        ``vector`` holds ``pyspark.ml`` vectors of doubles, sparse where under a quarter of
+        the row is non-zero, dense otherwise; with ``as_array`` arrays of doubles. Rows
+        without a non-zero are left out (as in MLlib's ``toIndexedRowMatrix``);
+        :meth:`from_rows` with the shape reads them back as zero.
+        """
+        return tables.blocks_to_rows(self._blocks, self._shape, self._rows_per_block,
+                                     self._cols_per_block, index, vector, as_array,
+                                     num_partitions)
 
     # ------------------------------------------------------------------ planning info
     def layout(self) -> BlockLayout:

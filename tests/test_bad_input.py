@@ -40,12 +40,15 @@ from blockmatrix import BlockMatrix, errors
 from blockmatrix.errors import (
     BlockSizeMismatchError,
     BlockTypeError,
+    ColumnTypeError,
     InputChangedError,
     InputNotFoundError,
     InsufficientSpaceError,
     InvalidBlockError,
     InvalidInputError,
     InvalidParameterError,
+    InvalidTableError,
+    MissingColumnError,
     OutputExistsError,
     OutputNotWritableError,
     ShapeMismatchError,
@@ -137,6 +140,12 @@ def huge_sparse(sc):
 
     m = sparse.csr_matrix(([1.0], ([0], [0])), shape=(10**6, 10**6))
     return BlockMatrix.from_numpy(sc, m, 10**5, 10**5)
+
+
+def table(sc, rows, columns):
+    from pyspark.sql import SparkSession
+
+    return SparkSession.builder.getOrCreate().createDataFrame(rows, columns)
 
 
 def touched_after_opening(sc, d):
@@ -241,6 +250,16 @@ LIBRARY_ROWS = [
      lambda sc, d: huge_sparse(sc).to_hdf5(str(d / "huge.h5"), "/C"),
      InsufficientSpaceError, r"output folder '.*files' has .* free and writing /C "
      r"\(1000000x1000000 float64\) needs 7,629,394.5 MiB", "choose another folder"),
+    ("table column missing",
+     lambda sc, d: BlockMatrix.from_coordinates(table(sc, [(0, 0, 1.0)], ["i", "j", "v"]),
+                                                value="w"),
+     MissingColumnError, "value='w' is not a column", "pass value= one of them"),
+    ("table index column not integers",
+     lambda sc, d: BlockMatrix.from_coordinates(sc.parallelize([(0.5, 0, 1.0)])),
+     ColumnTypeError, r"field 0 \(row\).*not integers", "convert them"),
+    ("table with a duplicate entry",
+     lambda sc, d: BlockMatrix.from_coordinates(sc.parallelize([(0, 0, 1.0), (0, 0, 2.0)])),
+     InvalidTableError, r"1 of 2 entries repeat an \(i, j\) pair", "sum them first"),
     ("operand is not a BlockMatrix",
      lambda sc, d: BlockMatrix.from_numpy(sc, A, 8, 8) @ B,
      TypeError, "not ndarray", "from_numpy"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from conftest import assert_eq
-from pyspark.core.rdd import Partitioner
+from pyspark.rdd import Partitioner  # pyspark.core.rdd in 4.x only
 
 from blockmatrix import BlockMatrix, GridPartitioner, _spill, explain_multiply
 from blockmatrix.errors import (

@@ -7,7 +7,7 @@ import pickle
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pyspark.core.rdd import Partitioner
+from pyspark.rdd import Partitioner  # pyspark.core.rdd in 4.x only
 
 from blockmatrix import GridPartitioner
 from blockmatrix.errors import InvalidParameterError
