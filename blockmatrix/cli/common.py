@@ -1,4 +1,8 @@
-"""Shared plumbing of the command-line jobs: one-line errors and exit code 2 on bad input."""
+"""Shared plumbing of the command-line jobs: one-line errors and exit code 2 on bad input.
+
+In the package (not beside the jobs) because the installed console scripts use it; it needs
+nothing beyond the standard library and :mod:`blockmatrix.errors`.
+"""
 
 from __future__ import annotations
 
