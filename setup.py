@@ -47,6 +47,9 @@ setup(
             "pytest>=7",
             "hypothesis>=6",
             "ruff>=0.5",
+            # tests/test_wheel.py builds a wheel offline (no build isolation): setuptools < 70.1
+            # needs it for bdist_wheel.
+            "wheel>=0.40",
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6",
