@@ -114,4 +114,5 @@ def test_the_wheel_runs_the_jobs_with_packaged_defaults(tmp_path):
                   "--block-size", 0)
     assert refused.returncode == 2 and refused.stdout == "", refused
     assert len(refused.stderr.splitlines()) == 1 and "--block-size" in refused.stderr, refused
+    assert refused.stderr.startswith("blockmatrix-multiply: error: "), refused.stderr
     assert not (work / "D.h5").exists()

@@ -24,6 +24,7 @@ from blockmatrix.cli.common import (
     PROGRESS_CHOICES,
     OneLineArgumentParser,
     positive_int,
+    program,
     progress_conf,
     run,
 )
@@ -43,7 +44,7 @@ PROG = "gram.py"
 
 def parse_args(argv):
     """Parse the command line."""
-    parser = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=program(PROG), description=__doc__.split("\n\n")[0])
     parser.add_argument("input", metavar="INPUT.h5::/X", help="the matrix X (n x k)")
     parser.add_argument("output", metavar="OUTPUT.h5::/Y",
                         help="where Y = X X^T (n x n) goes; may be in INPUT's file")
@@ -116,4 +117,4 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """The command line: ``main(argv)`` with refusals as one stderr line and exit code 2."""
-    return run(main, argv, PROG)
+    return run(main, argv, program(PROG))

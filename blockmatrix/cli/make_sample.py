@@ -21,7 +21,7 @@ import time
 import h5py
 import numpy as np
 
-from blockmatrix.cli.common import OneLineArgumentParser, positive_int, run
+from blockmatrix.cli.common import OneLineArgumentParser, positive_int, program, run
 from blockmatrix.errors import InvalidParameterError
 from blockmatrix.io import hdf5
 from blockmatrix.samples import random_matrix
@@ -50,7 +50,7 @@ def _density(text: str) -> float:
 
 def parse_args(argv):
     """Parse the command line."""
-    parser = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=program(PROG), description=__doc__.split("\n\n")[0])
     parser.add_argument("output", metavar="OUT.h5::/NAME", help="where the matrix goes")
     parser.add_argument("--rows", type=positive_int, required=True, help="number of rows")
     parser.add_argument("--cols", type=positive_int, required=True, help="number of columns")
@@ -118,4 +118,4 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """The command line: ``main(argv)`` with refusals as one stderr line and exit code 2."""
-    return run(main, argv, PROG)
+    return run(main, argv, program(PROG))

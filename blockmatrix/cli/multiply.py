@@ -33,6 +33,7 @@ from blockmatrix.cli.common import (
     PROGRESS_CHOICES,
     OneLineArgumentParser,
     positive_int,
+    program,
     progress_conf,
     run,
 )
@@ -52,7 +53,7 @@ PROG = "multiply.py"
 
 def make_parser() -> OneLineArgumentParser:
     """The command line's parser (the bad-input tests check every flag has a refusal row)."""
-    parser = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=program(PROG), description=__doc__.split("\n\n")[0])
     parser.add_argument("a", metavar="A.h5::/A", help="left operand")
     parser.add_argument("b", metavar="B.h5::/B", help="right operand")
     parser.add_argument("c", metavar="C.h5::/C", help="output dataset")
@@ -252,4 +253,4 @@ def multiply(sc, args, a_loc, b_loc, c_loc, ooc_request) -> int:
 
 def cli(argv=None) -> int:
     """The command line: ``main(argv)`` with refusals as one stderr line and exit code 2."""
-    return run(main, argv, PROG)
+    return run(main, argv, program(PROG))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from blockmatrix.cli.common import OneLineArgumentParser, positive_int, run
+from blockmatrix.cli.common import OneLineArgumentParser, positive_int, program, run
 from blockmatrix.explain import DEFAULT_MAX_BLOCK_PRODUCTS, explain_product, parse_shape
 from blockmatrix.units import parse_memory
 
@@ -57,7 +57,7 @@ def positive_float(text: str) -> float:
 
 def parser() -> OneLineArgumentParser:
     """The command line."""
-    p = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog=program(PROG), description=__doc__.split("\n\n")[0])
     p.add_argument("--a", type=shape, required=True, help="shape of A, ROWSxCOLS")
     p.add_argument("--b", type=shape, required=True, help="shape of B, ROWSxCOLS")
     p.add_argument("--block", type=positive_int, required=True, help="rows = columns of a block")
@@ -98,4 +98,4 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """The command line: ``main(argv)`` with refusals as one stderr line and exit code 2."""
-    return run(main, argv, PROG)
+    return run(main, argv, program(PROG))
