@@ -13,7 +13,20 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["blockmatrix", "blockmatrix.*"]),
+    # The checkout's conf/ (read there by spark-submit, the Makefile and the tests) is also the
+    # package's data: built into blockmatrix/conf/ so an installed package starts Spark with the
+    # same defaults and quiet logging (blockmatrix.session.default_conf_dir). One copy, no link.
+    packages=find_packages(include=["blockmatrix", "blockmatrix.*"]) + ["blockmatrix.conf"],
+    package_dir={"blockmatrix.conf": "conf"},
+    package_data={"blockmatrix.conf": ["spark-defaults.conf", "log4j2.properties"]},
+    entry_points={
+        "console_scripts": [
+            "blockmatrix-multiply = blockmatrix.cli.multiply:cli",
+            "blockmatrix-gram = blockmatrix.cli.gram:cli",
+            "blockmatrix-plan = blockmatrix.cli.plan:cli",
+            "blockmatrix-make-sample = blockmatrix.cli.make_sample:cli",
+        ],
+    },
     install_requires=[
         "pyspark>=3.5",
         "numpy>=1.24",
@@ -34,6 +47,9 @@ setup(
             "pytest>=7",
             "hypothesis>=6",
             "ruff>=0.5",
+            # tests/test_wheel.py builds a wheel offline (no build isolation): setuptools < 70.1
+            # needs it for bdist_wheel.
+            "wheel>=0.40",
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6",

@@ -4,6 +4,8 @@ Library code never creates a context: it takes the one its caller made. Jobs, te
 call :func:`spark_context`, which reuses the context of ``spark-submit`` when there is one and
 otherwise starts embedded local Spark configured from ``conf/`` (``spark-defaults.conf`` and the
 quiet ``log4j2.properties``), with the Python workers running the driver's own interpreter.
+``conf/`` is the source checkout's; an installed package carries the same two files as package
+data (``setup.py`` builds them from the checkout's ``conf/`` into ``blockmatrix/conf/``).
 
 An embedded local job listens on the loopback address alone: the driver, its block manager
 and the Spark UI (which Spark binds to ``SPARK_LOCAL_IP``, or to every interface without it),
@@ -22,6 +24,18 @@ LOOPBACK = "127.0.0.1"
 
 #: The ``conf/`` folder of a source checkout (jobs, tests and notebooks live beside it).
 REPO_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+#: The same files shipped inside an installed package (absent in a checkout).
+PACKAGED_CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def default_conf_dir() -> Path:
+    """The folder :func:`spark_context` reads its defaults from when given none.
+
+    An installed package's own copy first (``site-packages/conf`` is no checkout), else the
+    checkout's ``conf/``.
+    """
+    return PACKAGED_CONF_DIR if PACKAGED_CONF_DIR.is_dir() else REPO_CONF_DIR
 
 
 def under_spark_submit() -> bool:
@@ -65,8 +79,8 @@ def spark_context(master: str | None = None, app_name: str = "blockmatrix",
     app_name : str
         Application name shown in the Spark UI.
     conf_dir : path, optional
-        Folder holding ``spark-defaults.conf`` and ``log4j2.properties``; defaults to the
-        checkout's ``conf/`` when it exists.
+        Folder holding ``spark-defaults.conf`` and ``log4j2.properties``; defaults to
+        :func:`default_conf_dir` (the installed package's copy, or the checkout's ``conf/``).
     extra_conf : dict, optional
         Properties that override the defaults file.
 
@@ -76,7 +90,7 @@ def spark_context(master: str | None = None, app_name: str = "blockmatrix",
     """
     from pyspark import SparkConf, SparkContext
 
-    conf_path = Path(conf_dir) if conf_dir is not None else REPO_CONF_DIR
+    conf_path = Path(conf_dir) if conf_dir is not None else default_conf_dir()
     if under_spark_submit():
         conf = SparkConf()
     else:
@@ -90,7 +104,8 @@ def spark_context(master: str | None = None, app_name: str = "blockmatrix",
         defaults = conf_path / "spark-defaults.conf"
         if defaults.is_file():
             for key, value in read_properties(defaults).items():
-                # Paths like conf/log4j2.properties are relative to the checkout's top folder.
+                # conf/log4j2.properties is relative to the checkout's top folder (as
+                # spark-submit run there reads it); embedded, it is the file beside this one.
                 conf.set(key, value.replace("=conf/", f"={conf_path.resolve()}/"))
         conf.setMaster(master or "local[*]")
         if conf.get("spark.master", "").startswith("local"):

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from _support.cli import OneLineArgumentParser, positive_int, run
 from _support.processes import measure, warm_page_cache
 
+from blockmatrix.cli.common import OneLineArgumentParser, positive_int, run
 from blockmatrix.units import format_bytes
 
 HERE = Path(__file__).resolve().parent

@@ -24,8 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _support.cli import OneLineArgumentParser, run  # noqa: E402
-
+from blockmatrix.cli.common import OneLineArgumentParser, run  # noqa: E402
 from blockmatrix.layout import BlockLayout  # noqa: E402
 from blockmatrix.plan import MultiplyOptions  # noqa: E402
 from blockmatrix.strategies import STRATEGIES  # noqa: E402

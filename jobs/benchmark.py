@@ -62,12 +62,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import scipy.sparse as sp
-from _support.cli import OneLineArgumentParser, positive_int, run
 from _support.memory import TreePeakRSS
 from _support.processes import measure, warm_page_cache
 from py4j.protocol import Py4JJavaError
 
 from blockmatrix import BlockMatrix, strategies
+from blockmatrix.cli.common import OneLineArgumentParser, positive_int, run
 from blockmatrix.errors import InvalidParameterError
 from blockmatrix.interop import mllib as mllib_interop
 from blockmatrix.metrics import record

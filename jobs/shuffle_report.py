@@ -26,9 +26,9 @@ import os
 import sys
 
 import numpy as np
-from _support.cli import OneLineArgumentParser, positive_int, run
 
 from blockmatrix import BlockMatrix
+from blockmatrix.cli.common import OneLineArgumentParser, positive_int, run
 from blockmatrix.metrics import measure_multiply
 from blockmatrix.samples import random_matrix
 from blockmatrix.session import spark_context

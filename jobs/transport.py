@@ -30,9 +30,9 @@ import time
 from functools import partial
 
 import numpy as np
-from _support.cli import OneLineArgumentParser, positive_int, run
 from _support.memory import TreePeakRSS
 
+from blockmatrix.cli.common import OneLineArgumentParser, positive_int, run
 from blockmatrix.session import spark_context
 from blockmatrix.units import format_bytes
 

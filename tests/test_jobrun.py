@@ -10,7 +10,8 @@ import pytest
 from jobrun import JOBS, run_in_process, run_process
 
 #: A refusal of each job: argparse's (an unknown flag) for every job, plus a refusal that
-#: reaches the job's own checks (a BlockMatrixError turned into one line by _support.cli.run).
+#: reaches the job's own checks (a BlockMatrixError turned into one line by
+#: blockmatrix.cli.common.run).
 REFUSALS = [(script.name, ["--no-such-flag"]) for script in sorted(JOBS.glob("*.py"))] + [
     ("multiply.py", ["{d}/missing.h5::/A", "{d}/missing.h5::/B", "{d}/C.h5::/C",
                      "--block-size", "8"]),

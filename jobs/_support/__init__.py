@@ -1,8 +1,10 @@
-"""Plumbing the command-line jobs share, kept out of the ``blockmatrix`` package.
+"""Plumbing the benchmark jobs share, kept out of the ``blockmatrix`` package.
 
-``cli`` gives one-line argument errors with exit code 2; ``memory`` samples the resident memory
-and CPU time of the job's whole process tree (it needs ``psutil``, which the library does not).
-Every job runs as ``python jobs/X.py`` or ``spark-submit jobs/X.py``, so Python puts ``jobs/`` on
-``sys.path`` and ``from _support.cli import ...`` resolves; only the driver imports these
-modules, so nothing here needs shipping to executors with ``--py-files``.
+``memory`` samples the resident memory and CPU time of the job's whole process tree (it needs
+``psutil``, which the library does not); ``processes`` times child processes. The one-line
+argument errors every job uses are in the package (:mod:`blockmatrix.cli.common`), as the
+installed console scripts need them. Every job runs as ``python jobs/X.py`` or
+``spark-submit jobs/X.py``, so Python puts ``jobs/`` on ``sys.path`` and
+``from _support.memory import ...`` resolves; only the driver imports these modules, so nothing
+here needs shipping to executors with ``--py-files``.
 """

@@ -1,8 +1,13 @@
-"""Shared plumbing of the command-line jobs: one-line errors and exit code 2 on bad input."""
+"""Shared plumbing of the command-line jobs: one-line errors and exit code 2 on bad input.
+
+In the package (not beside the jobs) because the installed console scripts use it; it needs
+nothing beyond the standard library and :mod:`blockmatrix.errors`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -18,6 +23,19 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         """Print ``prog: error: message`` (one line) and exit with code 2."""
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def program(job_file: str) -> str:
+    """The name a job's messages start with: the console script's when it runs as one.
+
+    argparse names a program after ``sys.argv[0]`` in the same way; a job run as
+    ``python jobs/X.py``, in a test's process or from ``spark-submit`` keeps its file name.
+
+    >>> program("multiply.py") in ("multiply.py", "blockmatrix-multiply")
+    True
+    """
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("blockmatrix-") else job_file
 
 
 #: What ``--progress`` takes: the job's own lines, or Spark's console progress bar.
