@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import assert_eq
+from jobrun import run_process
 
 from blockmatrix import BlockMatrix
 from blockmatrix.errors import InsufficientSpaceError, OutputExistsError, OutputNotWritableError
@@ -56,8 +57,7 @@ def job_env(**extra) -> dict:
 
 
 def run_job(script, *args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,
-                          text=True, env=env or job_env(), timeout=timeout)
+    return run_process(script, *args, env=env or job_env(), timeout=timeout)
 
 
 def one_line(proc, prog) -> str:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from jobrun import run_in_process
+from jobrun import run_in_process, run_process
 
 from blockmatrix.strategies import STRATEGIES, candidate_strategies, strategies_taking
 
@@ -28,8 +28,7 @@ FILE_CASES = {"file-256", "gram-200x1000-chunked"}
 
 
 def run_job(*args, timeout=900):
-    return subprocess.run([sys.executable, str(JOB), *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return run_process(JOB, *args, timeout=timeout)
 
 
 @pytest.mark.spark

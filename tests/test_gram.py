@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import assert_eq
-from jobrun import run_in_process
+from jobrun import run_in_process, run_process
 
 from blockmatrix.errors import (
     InputNotFoundError,
@@ -237,8 +237,7 @@ def test_the_writer_refuses_a_file_another_process_holds(tmp_path):
 # ------------------------------------------------------------------------------- the CLI job
 
 def run_job(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, str(JOB), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300, **kwargs)
+    return run_process(JOB, *args, env=env, **kwargs)
 
 
 @pytest.mark.parametrize("args,match", [

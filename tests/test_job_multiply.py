@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import assert_eq
-from jobrun import run_in_process
+from jobrun import run_in_process, run_process
 
 REPO = Path(__file__).resolve().parent.parent
 JOB = REPO / "jobs" / "multiply.py"
@@ -20,8 +20,7 @@ JOB = REPO / "jobs" / "multiply.py"
 
 def run_job(*args, timeout=300):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(JOB), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=REPO)
+    return run_process(JOB, *args, timeout=timeout, env=env, cwd=REPO)
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from jobrun import run_in_process
+from jobrun import run_in_process, run_process
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = ROOT / "jobs" / "make_sample.py"
@@ -20,8 +19,7 @@ import make_sample  # noqa: E402
 
 
 def run_job(*args):
-    return subprocess.run([sys.executable, str(JOB), *map(str, args)], capture_output=True,
-                          text=True, timeout=120)
+    return run_process(JOB, *args, timeout=120)
 
 
 def read(path, name):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from jobrun import run_in_process
+from jobrun import run_in_process, run_process
 
 from blockmatrix.strategies import strategies_taking
 
@@ -17,8 +15,7 @@ JOB = Path(__file__).resolve().parent.parent / "jobs" / "shuffle_report.py"
 
 
 def run_job(*args, timeout=600):
-    return subprocess.run([sys.executable, str(JOB), *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return run_process(JOB, *args, timeout=timeout)
 
 
 @pytest.mark.spark
