@@ -23,9 +23,13 @@ from collections.abc import Callable, Iterable, Iterator
 last_spilled_records = 0
 
 
-def local_spill_dir() -> str:
-    """The folder Spark gives its workers for scratch files (``SPARK_LOCAL_DIRS``), or /tmp."""
-    dirs = os.environ.get("SPARK_LOCAL_DIRS", "")
+def local_spill_dir(configured: str | None = None) -> str:
+    """The folder Spark gives its workers for scratch files, or /tmp.
+
+    ``SPARK_LOCAL_DIRS`` wins (as in Spark), then ``configured`` (``spark.local.dir``, which
+    the driver knows); the first of a comma-separated list.
+    """
+    dirs = os.environ.get("SPARK_LOCAL_DIRS") or configured or ""
     return dirs.split(",")[0] if dirs else tempfile.gettempdir()
 
 

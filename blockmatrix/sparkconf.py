@@ -6,9 +6,7 @@ Every default that stands in for a Spark setting lives here, so that a plan made
 
 from __future__ import annotations
 
-import os
-import tempfile
-
+from ._spill import local_spill_dir
 from .units import parse_memory
 
 #: Default bytes a task may buffer in memory before spilling (PySpark's own default,
@@ -60,5 +58,4 @@ def local_spill_folder(sc) -> str | None:
     conf = sc.getConf()
     if not (conf.get("spark.master", "") or "").startswith("local"):
         return None
-    dirs = os.environ.get("SPARK_LOCAL_DIRS") or conf.get("spark.local.dir", None) or ""
-    return dirs.split(",")[0] if dirs else tempfile.gettempdir()
+    return local_spill_dir(conf.get("spark.local.dir", None))

@@ -35,7 +35,6 @@ from blockmatrix.ooc import (
     DEFAULT_TILE,
     check_gram_request,
     gram_hdf5,
-    output_lock,
 )
 from blockmatrix.session import spark_context
 
@@ -85,12 +84,10 @@ def main(argv=None) -> int:
     out_path, out_name = hdf5.parse_location(args.output, "OUTPUT")
     if args.report is not None:
         _check_report(args.report)
+    # Refuses, among the rest, a second job on the same output before Spark's start-up (the
+    # request probes the output's lock; gram_hdf5 takes it again, for the whole run).
     request = check_gram_request(in_path, in_name, out_path, out_name, args.tile, args.slab,
                                  args.resume, args.overwrite)
-    # Refuse a second job on the same output before paying Spark's start-up (gram_hdf5 takes
-    # the lock again, for the whole run).
-    with output_lock(request.lock_path, request.output_path):
-        pass
     if request.complete:  # --resume of a finished run: nothing to do, no Spark
         print(request.note)
         return 0

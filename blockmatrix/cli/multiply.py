@@ -126,9 +126,6 @@ def check_request(args):
     # Checked before Spark starts: the output, the resume state, another job's lock.
     ooc_request = check_matmul_request((a_path, a_name), (b_path, b_name), c_path, c_name,
                                        args.tile, args.slab, args.resume, args.overwrite)
-    with output_lock(ooc_request.lock_path, ooc_request.output_path,
-                     job="out-of-core multiply"):
-        pass
     return (a_path, a_name), (b_path, b_name), (c_path, c_name), ooc_request
 
 

@@ -245,7 +245,9 @@ def _request(operands, shape, dtype, chunks, output_path, output_dataset, tile, 
         os.path.samefile(op.path, output_path) for op in operands)
     work_dir, lock_path = work_paths(output_path, output_dataset)
     if os.path.exists(lock_path):
-        # A running job's work folder looks like an interrupted run's: say which it is first.
+        # Another job on this output is refused here, before Spark starts, and before its
+        # work folder is taken for an interrupted run's. (Only a running job holds the lock;
+        # the file exists while it does.)
         job = "gram" if len(operands) == 1 else "out-of-core multiply"
         with output_lock(lock_path, output_path, job=job):
             pass
