@@ -316,7 +316,9 @@ class BlockMatrix:
         row, col, value : str
             Column names (for an RDD, the names the messages use).
         shape : (int, int), optional
-            Default: one past the largest row and column index.
+            Default: the shape the table records (:meth:`to_coordinates` writes it in the
+            value column's metadata, which Parquet keeps), else one past the largest row and
+            column index.
         rows_per_block, cols_per_block : int
             Block shape.
         num_partitions : int, optional
@@ -358,7 +360,8 @@ class BlockMatrix:
             ``pyspark.mllib``) vectors, dense or sparse, or of arrays of numbers, all of one
             length. Rows absent from the table are zero.
         shape : (int, int), optional
-            Default: one past the largest index, by the vectors' length.
+            Default: the shape the table records (:meth:`to_rows` writes it), else one past
+            the largest index, by the vectors' length.
         rows_per_block, cols_per_block, num_partitions
             As in :meth:`from_coordinates`.
 
@@ -508,11 +511,12 @@ class BlockMatrix:
         """The non-zero entries as a DataFrame ``(row, col, value)``, written by the tasks.
 
         Indices are ``long``; ``value`` has the blocks' type (float64: ``double``, float32:
-        ``float``, integers their width, bool ``boolean``). No shuffle, and no job until the
-        DataFrame is used (but the dtype, when unknown, costs one small job), e.g.
-        ``m.to_coordinates().write.parquet(path)``.
+        ``float``, integers their width, bool ``boolean``); the value column's metadata
+        records the shape, so :meth:`from_coordinates` reads back trailing all-zero rows and
+        columns. No shuffle, and no job until the DataFrame is used (but the dtype, when
+        unknown, costs one small job), e.g. ``m.to_coordinates().write.parquet(path)``.
         """
-        return tables.blocks_to_coordinates(self._blocks, self._rows_per_block,
+        return tables.blocks_to_coordinates(self._blocks, self._shape, self._rows_per_block,
                                             self._cols_per_block, self.dtype, row, col, value)
 
     def to_rows(self, index: str = "i", vector: str = "features", as_array: bool = False,

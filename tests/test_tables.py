@@ -164,6 +164,30 @@ def test_parquet_in_multiply_parquet_out(spark, sparse, tmp_path):
     assert_eq(c, sparse @ b)
 
 
+@pytest.mark.parametrize("kind", ["coordinates", "rows"])
+def test_parquet_keeps_the_shape_with_trailing_zero_rows_and_columns(spark, tmp_path, kind):
+    a = np.zeros((9, 7))
+    a[2, 3], a[4, 1] = 1.5, -2.0  # the last four rows and three columns are zero
+    m = BlockMatrix.from_numpy(spark.sparkContext, a, 4, 3)
+    path = str(tmp_path / kind)
+    if kind == "coordinates":
+        m.to_coordinates().write.parquet(path)
+        back = BlockMatrix.from_coordinates(spark.read.parquet(path), rows_per_block=5,
+                                            cols_per_block=2)
+    else:
+        m.to_rows().write.parquet(path)
+        back = BlockMatrix.from_rows(spark.read.parquet(path), rows_per_block=5,
+                                     cols_per_block=2)
+    assert back.shape == a.shape
+    assert_eq(back.to_numpy(), a)
+    # A table without the record is sized by its largest indices.
+    bare = spark.read.parquet(path)
+    bare = bare.select(*(bare[c].alias(c, metadata={}) for c in bare.columns))
+    inferred = (BlockMatrix.from_coordinates(bare) if kind == "coordinates"
+                else BlockMatrix.from_rows(bare))
+    assert inferred.shape == ((5, 4) if kind == "coordinates" else (5, 7))
+
+
 def test_the_checks_are_one_job(sc, spark, sparse):
     df = coordinates(spark, sparse)
     sc.setJobGroup("table-checks", "from_coordinates")

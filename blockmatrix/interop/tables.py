@@ -40,6 +40,9 @@ DENSE_FILL = 0.25
 #: Rows a task reads before cutting them into block pieces (bounds its memory).
 BATCH_ROWS = 1 << 18
 
+#: Metadata key of the value (or vector) column recording the matrix's shape ``[rows, cols]``.
+SHAPE_METADATA = "blockmatrix_shape"
+
 #: Field names of an RDD's elements, for the messages (an RDD has no column names).
 RDD_FIELDS = ("row", "col", "value")
 
@@ -136,6 +139,27 @@ def _given_shape(shape) -> tuple[int, int] | None:
     return (check_int(rows, "shape[0]", minimum=0), check_int(cols, "shape[1]", minimum=0))
 
 
+def recorded_shape(df, column: str) -> tuple[int, int] | None:
+    """The shape :func:`blocks_to_coordinates` or :func:`blocks_to_rows` recorded on ``column``.
+
+    It is kept in the column's metadata (:data:`SHAPE_METADATA`), which Parquet files written
+    by Spark keep too, so that a matrix read back has its trailing all-zero rows and columns.
+    None when the table does not record one (then the shape comes from the largest indices).
+    """
+    shape = df.schema[column].metadata.get(SHAPE_METADATA)
+    if (isinstance(shape, list) and len(shape) == 2
+            and all(isinstance(n, int) and n >= 0 for n in shape)):
+        return shape[0], shape[1]
+    return None
+
+
+def _shape_field(name: str, data_type, shape) -> object:
+    """A non-null field recording the matrix's ``shape`` in its metadata."""
+    T = _spark_types()  # noqa: N806
+    return T.StructField(name, data_type, False,
+                         metadata={SHAPE_METADATA: [int(shape[0]), int(shape[1])]})
+
+
 def _column(df, name, param: str) -> str:
     """``name`` checked to be a column of ``df`` (no job: the schema only)."""
     if not isinstance(name, str) or name not in df.columns:
@@ -176,6 +200,8 @@ def coordinates_to_blocks(data, row: str, col: str, value: str, shape, rows_per_
     df = _rdd_as_coordinates(data, row, col, value) if from_rdd else data
     names = {"row": _column(df, row, "row"), "col": _column(df, col, "col"),
              "value": _column(df, value, "value")}
+    if shape is None and not from_rdd:
+        shape = recorded_shape(df, value)
     types = {param: df.schema[name].dataType for param, name in names.items()}
     for param in ("row", "col"):
         if not _is_integral(types[param]):
@@ -307,6 +333,8 @@ def rows_to_blocks(df, index: str, vector: str, shape, rows_per_block: int,
     T = _spark_types()  # noqa: N806
     shape = _given_shape(shape)
     names = {"index": _column(df, index, "index"), "vector": _column(df, vector, "vector")}
+    if shape is None:
+        shape = recorded_shape(df, vector)
     index_type = df.schema[index].dataType
     vector_type = df.schema[vector].dataType
     if not _is_integral(index_type):
@@ -385,18 +413,19 @@ def _grouped(pieces, grid: Grid, dtype, num_partitions: int | None):
 # ---------------------------------------------------------------------- tables out
 
 
-def blocks_to_coordinates(blocks, rows_per_block: int, cols_per_block: int, dtype,
+def blocks_to_coordinates(blocks, shape, rows_per_block: int, cols_per_block: int, dtype,
                           row: str = "i", col: str = "j", value: str = "v"):
     """A DataFrame ``(row long, col long, value)`` of the stored non-zero entries; no shuffle.
 
-    ``value`` has the Spark type of ``dtype`` (:func:`spark_type`). No job runs here.
+    ``value`` has the Spark type of ``dtype`` (:func:`spark_type`) and records ``shape`` in
+    its metadata (:func:`recorded_shape`). No job runs here.
     """
     from pyspark.sql import SparkSession
 
     T = _spark_types()  # noqa: N806
     schema = T.StructType([T.StructField(row, T.LongType(), False),
                            T.StructField(col, T.LongType(), False),
-                           T.StructField(value, spark_type(dtype), False)])
+                           _shape_field(value, spark_type(dtype), shape)])
     entries = blocks.flatMap(partial(_block_entries, rows_per_block=rows_per_block,
                                      cols_per_block=cols_per_block,
                                      as_float=isinstance(schema[value].dataType, T.DoubleType)
@@ -411,8 +440,9 @@ def blocks_to_rows(blocks, shape, rows_per_block: int, cols_per_block: int,
     """A DataFrame ``(index long, vector)`` of the rows holding a non-zero; one shuffle.
 
     ``vector`` holds ``pyspark.ml`` vectors (sparse below :data:`DENSE_FILL`, dense above),
-    or with ``as_array`` arrays of doubles. Rows without a stored non-zero are left out (as
-    MLlib's ``toIndexedRowMatrix`` does); :func:`rows_to_blocks` reads them back as zero.
+    or with ``as_array`` arrays of doubles, and records ``shape`` in its metadata. Rows
+    without a stored non-zero are left out (as MLlib's ``toIndexedRowMatrix`` does);
+    :func:`rows_to_blocks` reads them back as zero.
     """
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import SparkSession
@@ -420,7 +450,7 @@ def blocks_to_rows(blocks, shape, rows_per_block: int, cols_per_block: int,
     T = _spark_types()  # noqa: N806
     vector_type = T.ArrayType(T.DoubleType(), False) if as_array else VectorUDT()
     schema = T.StructType([T.StructField(index, T.LongType(), False),
-                           T.StructField(vector, vector_type, False)])
+                           _shape_field(vector, vector_type, shape)])
     n = num_partitions or blocks.getNumPartitions()
     rows = blocks.flatMap(partial(_block_row_pieces, rows_per_block=rows_per_block,
                                   cols_per_block=cols_per_block)) \
