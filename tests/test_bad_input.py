@@ -106,6 +106,10 @@ def folder(template, tmp_path) -> Path:
     # The input file under two other names (copytree would copy them as separate files).
     os.symlink("in.h5", d / "link.h5")
     os.link(d / "in.h5", d / "hard.h5")
+    # A Parquet table as Spark writes one (a folder of part files), and a folder without any.
+    (d / "tab.parquet").mkdir()
+    (d / "tab.parquet" / "part-00000.parquet").write_bytes(b"PAR1")
+    (d / "empty.parquet").mkdir()
     return d
 
 
@@ -327,6 +331,21 @@ CLI_ROWS = [
      "A ('in.h5:/A') is not of the form FILE.h5::/dataset", "e.g. 'data.h5::/X'"),
     ("location without a dataset", job("in.h5::"),
      "A ('in.h5::') is not of the form", "give the file and the dataset"),
+    ("parquet location without a path", job("parquet:"),
+     "A ('parquet:') is not of the form parquet:PATH", "e.g. 'parquet:data/a.parquet'"),
+    ("parquet input missing", job("parquet:nope.parquet"),
+     "Parquet table 'nope.parquet' does not exist", "check the path"),
+    ("parquet input without part files", job("parquet:empty.parquet"),
+     "holds no .parquet part files", "df.write.parquet"),
+    ("parquet output exists", job(c="parquet:tab.parquet"),
+     "'tab.parquet' already exists", "--overwrite"),
+    ("parquet output would replace an input",
+     job("parquet:tab.parquet", GOOD[1], "parquet:tab.parquet", "--block-size", "8",
+         "--overwrite"),
+     "is the input table A (parquet:tab.parquet)", "choose another output path"),
+    ("resume with a parquet operand",
+     job("parquet:tab.parquet", GOOD[1], GOOD[2], "--block-size", "8", "--resume"),
+     "operands in HDF5 files; here auto, A parquet", "run without --resume"),
     ("input file missing", job("nope.h5::/A"),
      "'nope.h5' does not exist", "check the path"),
     ("input file is garbage", job("garbage.h5::/A"),

@@ -1,16 +1,21 @@
-"""Y = X X^T for a matrix X in HDF5, written into HDF5 (possibly X's own file), on Spark.
+"""Y = X X^T for a matrix X in HDF5 or Parquet, into HDF5 (possibly X's own file) or Parquet.
 
 Usage::
 
     python jobs/gram.py INPUT.h5::/X OUTPUT.h5::/Y [--tile N] [--slab N] [--resume]
         [--overwrite] [--master URL] [--report FILE.json]
+    python jobs/gram.py parquet:X.parquet parquet:Y.parquet [--block-size N] ...
     spark-submit --properties-file conf/spark-defaults.conf jobs/gram.py ...
 
-Memory is bounded by --tile and --slab, not by the length of X: the job prints its prediction
+From HDF5 to HDF5 the job runs out of core (:func:`blockmatrix.ooc.gram_hdf5`). Memory is
+bounded by --tile and --slab, not by the length of X: the job prints its prediction
 of the peak resident memory of all its processes before it starts. Every check runs before
 Spark starts and before anything is written; a rejected request prints one line on stderr and
 exits with code 2. A killed run continues with --resume without computing its finished tiles
-again. ``python jobs/gram.py`` runs embedded local Spark (``--master``, default ``local[*]``);
+again. With a Parquet input or output (``parquet:PATH``: a table of coordinates ``i, j, v`` or
+rows ``i, vector``) it computes ``X @ X.T`` with the Spark strategies, in blocks of
+``--block-size``, and writes Y as coordinates, published when complete.
+``python jobs/gram.py`` runs embedded local Spark (``--master``, default ``local[*]``);
 under spark-submit the file must be on storage every executor can read.
 """
 
@@ -19,7 +24,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import nullcontext
 
+from blockmatrix.cli import locations
 from blockmatrix.cli.common import (
     PROGRESS_CHOICES,
     OneLineArgumentParser,
@@ -28,25 +35,38 @@ from blockmatrix.cli.common import (
     progress_conf,
     run,
 )
-from blockmatrix.errors import OutputNotWritableError
+from blockmatrix.errors import InvalidParameterError, OutputNotWritableError, raised_from_tasks
 from blockmatrix.io import hdf5
+from blockmatrix.metrics import record
 from blockmatrix.ooc import (
     DEFAULT_SLAB,
     DEFAULT_TILE,
     check_gram_request,
     gram_hdf5,
 )
+from blockmatrix.progress import StageProgress
 from blockmatrix.session import spark_context
 
 PROG = "gram.py"
+
+#: Block size of the Spark path (a Parquet input or output) when --block-size is not given.
+SPARK_BLOCK_SIZE = 1024
+
+#: Flags of the out-of-core path only.
+OOC_FLAGS = ("tile", "slab", "resume", "report")
 
 
 def parse_args(argv):
     """Parse the command line."""
     parser = OneLineArgumentParser(prog=program(PROG), description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", metavar="INPUT.h5::/X", help="the matrix X (n x k)")
-    parser.add_argument("output", metavar="OUTPUT.h5::/Y",
-                        help="where Y = X X^T (n x n) goes; may be in INPUT's file")
+    parser.add_argument("input", metavar="INPUT",
+                        help="the matrix X (n x k): FILE.h5::/dataset or parquet:PATH")
+    parser.add_argument("output", metavar="OUTPUT",
+                        help="where Y = X X^T (n x n) goes: FILE.h5::/dataset (may be in "
+                             "INPUT's file) or parquet:PATH")
+    parser.add_argument("--block-size", type=positive_int, default=None,
+                        help=f"with a Parquet input or output: rows and columns of a block "
+                             f"(default {SPARK_BLOCK_SIZE})")
     parser.add_argument("--tile", type=positive_int, default=None,
                         help=f"rows of an output tile (default {DEFAULT_TILE}; with --resume, "
                              f"the interrupted run's)")
@@ -80,8 +100,14 @@ def _check_report(path: str) -> None:
 def main(argv=None) -> int:
     """Run the job; returns the process exit code."""
     args = parse_args(argv)
-    in_path, in_name = hdf5.parse_location(args.input, "INPUT")
-    out_path, out_name = hdf5.parse_location(args.output, "OUTPUT")
+    x, y = locations.parse(args.input, "INPUT"), locations.parse(args.output, "OUTPUT")
+    if not x.kind == y.kind == "hdf5":
+        return gram_on_spark(args, x, y)
+    if args.block_size is not None:
+        raise InvalidParameterError(
+            f"--block-size ({args.block_size}) applies to a Parquet input or output; from "
+            f"HDF5 to HDF5 the job runs out of core in tiles: drop --block-size (or use --tile)")
+    in_path, in_name, out_path, out_name = x.path, x.dataset, y.path, y.dataset
     if args.report is not None:
         _check_report(args.report)
     # Refuses, among the rest, a second job on the same output before Spark's start-up (the
@@ -109,6 +135,42 @@ def main(argv=None) -> int:
     if args.report is not None:
         with open(args.report, "w", encoding="utf-8") as f:
             json.dump(result.to_dict(), f, indent=1)
+    return 0
+
+
+def gram_on_spark(args, x, y) -> int:
+    """Y = X X^T through the Spark strategies, for a Parquet input or output."""
+    given = [f"--{name}" for name in OOC_FLAGS if getattr(args, name) not in (None, False)]
+    if given:
+        raise InvalidParameterError(
+            f"{', '.join(given)} apply from HDF5 to HDF5 only (out of core), and here the "
+            f"input is {x.kind} and the output {y.kind}: drop {', '.join(given)}")
+    meta = x.inspect("INPUT")
+    shape = None if meta is None else (meta[0][0], meta[0][0])
+    y.check_output(shape, None if meta is None else meta[1], overwrite=args.overwrite,
+                   param="OUTPUT", job="gram")
+    if y.same_as(x):
+        raise InvalidParameterError(
+            f"OUTPUT ({args.output}) is the input ({args.input}): writing it would destroy "
+            f"the input; choose another output")
+    block = args.block_size or SPARK_BLOCK_SIZE
+    start = time.perf_counter()
+    sc = spark_context(args.master, app_name="blockmatrix gram",
+                       extra_conf=progress_conf(args.progress))
+    try:
+        X = x.read(sc, block, block)  # noqa: N806
+        lines = StageProgress(sc, 2.0 * X.shape[0] ** 2 * X.shape[1]) \
+            if args.progress == "lines" else nullcontext()
+        with record(sc, "gram (X @ X.T)") as measured, raised_from_tasks(), lines:
+            Y = X @ X.T  # noqa: N806
+            written = y.write(Y, overwrite=args.overwrite)
+        print(f"plan:\n{Y.plan}")
+        print(measured)
+        print(f"wrote {written} of Y ({Y.shape[0]}x{Y.shape[1]}) to {args.output}; wall time "
+              f"{time.perf_counter() - start:.2f} s (including Spark start-up), master "
+              f"{sc.master}")
+    finally:
+        sc.stop()
     return 0
 
 

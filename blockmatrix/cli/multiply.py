@@ -1,4 +1,4 @@
-"""C = A B for matrices in HDF5 files, on Spark.
+"""C = A B for matrices in HDF5 files or Parquet tables, on Spark.
 
 Usage::
 
@@ -7,12 +7,17 @@ Usage::
         [--tile N] [--slab N] [--resume]
     spark-submit --properties-file conf/spark-defaults.conf jobs/multiply.py ...
 
+A, B and C are each ``FILE.h5::/dataset`` or ``parquet:PATH`` (a table of coordinates
+``i, j, v`` or rows ``i, vector``, as ``BlockMatrix.to_coordinates`` / ``to_rows`` write it;
+C is written as coordinates, published when complete).
+
 Every check (arguments, input files and datasets, shapes, the output location) runs before
-Spark starts and before anything is written; a rejected request prints one line on stderr and
-exits with code 2. The job prints the plan, then what it did, and the wall time.
+Spark starts and before anything is written; a Parquet table's columns and shape are checked
+once Spark read it, still before anything is written. A rejected request prints one line on
+stderr and exits with code 2. The job prints the plan, then what it did, and the wall time.
 ``--verify`` reads A, B and C back on the driver and compares C with numpy.
 
-Both operands and C are files, so ``auto`` (the default) runs the out-of-core strategy ``ooc``
+When the operands and C are HDF5 files, ``auto`` (the default) runs the out-of-core strategy ``ooc``
 for floating-point operands: tiles of C computed by tasks that read slabs of A and B straight from
 the files, written by the driver as they finish, in memory set by ``--tile`` and ``--slab``
 (printed before the start), never through the JVM heap; a killed run continues with
@@ -22,13 +27,13 @@ report the stages and shuffle bytes Spark measured.
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import nullcontext
 
 import numpy as np
 
-from blockmatrix import STRATEGIES, BlockMatrix
+from blockmatrix import STRATEGIES
+from blockmatrix.cli import locations
 from blockmatrix.cli.common import (
     PROGRESS_CHOICES,
     OneLineArgumentParser,
@@ -37,10 +42,10 @@ from blockmatrix.cli.common import (
     progress_conf,
     run,
 )
-from blockmatrix.errors import InvalidParameterError, ShapeMismatchError, raised_from_tasks
+from blockmatrix.errors import InvalidParameterError, raised_from_tasks
 from blockmatrix.io import hdf5
 from blockmatrix.metrics import record
-from blockmatrix.ooc import DEFAULT_SLAB, check_matmul_request, matmul_hdf5, output_lock
+from blockmatrix.ooc import DEFAULT_SLAB, check_matmul_request, matmul_hdf5
 from blockmatrix.plan import MultiplyOptions
 from blockmatrix.progress import StageProgress
 from blockmatrix.session import spark_context
@@ -54,9 +59,9 @@ PROG = "multiply.py"
 def make_parser() -> OneLineArgumentParser:
     """The command line's parser (the bad-input tests check every flag has a refusal row)."""
     parser = OneLineArgumentParser(prog=program(PROG), description=__doc__.split("\n\n")[0])
-    parser.add_argument("a", metavar="A.h5::/A", help="left operand")
-    parser.add_argument("b", metavar="B.h5::/B", help="right operand")
-    parser.add_argument("c", metavar="C.h5::/C", help="output dataset")
+    parser.add_argument("a", metavar="A", help="left operand: FILE.h5::/dataset or parquet:PATH")
+    parser.add_argument("b", metavar="B", help="right operand: FILE.h5::/dataset or parquet:PATH")
+    parser.add_argument("c", metavar="C", help="output: FILE.h5::/dataset or parquet:PATH")
     parser.add_argument("--block-size", type=positive_int, required=True,
                         help="rows and columns of a block")
     parser.add_argument("--strategy", default="auto", choices=sorted(STRATEGIES),
@@ -94,39 +99,43 @@ OOC_FLAGS = ("tile", "slab", "resume")
 
 
 def check_request(args):
-    """Validate files, shapes and the output location; nothing is written."""
-    a_path, a_name = hdf5.parse_location(args.a, "A")
-    b_path, b_name = hdf5.parse_location(args.b, "B")
-    c_path, c_name = hdf5.parse_location(args.c, "C")
-    a_shape, a_dtype, _ = hdf5.inspect_input(a_path, a_name, "A")
-    b_shape, b_dtype, _ = hdf5.inspect_input(b_path, b_name, "B")
-    if a_shape[1] != b_shape[0]:
-        raise ShapeMismatchError(
-            f"A.shape[1] ({a_shape[1]}) != B.shape[0] ({b_shape[0]}): A is "
-            f"{a_shape[0]}x{a_shape[1]} and B is {b_shape[0]}x{b_shape[1]}, so A B is undefined")
-    for name, (path, dataset) in (("A", (a_path, a_name)), ("B", (b_path, b_name))):
-        if os.path.exists(c_path) and os.path.samefile(path, c_path) and dataset == c_name:
+    """Validate the locations, shapes and the output; nothing is written.
+
+    Returns the three locations and the out-of-core request (None on the Spark path). A
+    Parquet operand's shape is known only once Spark read it: :func:`read_operands` checks it.
+    """
+    a, b, c = (locations.parse(spec, name) for spec, name in ((args.a, "A"), (args.b, "B"),
+                                                             (args.c, "C")))
+    a_meta, b_meta = a.inspect("A"), b.inspect("B")
+    if a_meta is not None and b_meta is not None:
+        locations.check_shapes(a_meta[0], b_meta[0])
+    for name, operand in (("A", a), ("B", b)):
+        if c.same_as(operand):
             raise InvalidParameterError(
-                f"C ({args.c}) is the input dataset {name} ({path}::{dataset}): writing it would "
-                f"destroy an input; choose another output dataset")
-    floating = a_dtype.kind == "f" and b_dtype.kind == "f"
+                f"C ({args.c}) is {operand.describe_input(name)}: writing it would destroy an "
+                f"input; choose another output {'dataset' if c.kind == 'hdf5' else 'path'}")
+    files = a.kind == b.kind == c.kind == "hdf5"
+    floating = files and a_meta[1].kind == "f" and b_meta[1].kind == "f"
     if args.strategy not in ("ooc", "auto") or not floating:
         if args.resume:
             raise InvalidParameterError(
                 f"--resume continues an out-of-core run (--strategy ooc or auto, floating-point "
-                f"operands; here {args.strategy}, A {a_dtype}, B {b_dtype}): run without "
-                f"--resume")
-        hdf5.check_output(c_path, c_name, overwrite=args.overwrite, param="C")
-        hdf5.check_output_space(c_path, c_name, (a_shape[0], b_shape[1]),
-                                np.result_type(a_dtype, b_dtype))
-        # One writer per output: refuse now if another job holds C's lock (to_hdf5 takes it).
-        with output_lock(hdf5.lock_path_of(c_path), c_path, job="multiply"):
-            pass
-        return (a_path, a_name), (b_path, b_name), (c_path, c_name), None
+                f"operands in HDF5 files; here {args.strategy}, A {_kind_of(a, a_meta)}, "
+                f"B {_kind_of(b, b_meta)}): run without --resume")
+        shape = None if a_meta is None or b_meta is None else (a_meta[0][0], b_meta[0][1])
+        dtype = None if shape is None else np.result_type(a_meta[1], b_meta[1])
+        # One writer per output: refused now if another job holds C's lock (the writer takes it).
+        c.check_output(shape, dtype, overwrite=args.overwrite, param="C", job="multiply")
+        return a, b, c, None
     # Checked before Spark starts: the output, the resume state, another job's lock.
-    ooc_request = check_matmul_request((a_path, a_name), (b_path, b_name), c_path, c_name,
-                                       args.tile, args.slab, args.resume, args.overwrite)
-    return (a_path, a_name), (b_path, b_name), (c_path, c_name), ooc_request
+    ooc_request = check_matmul_request((a.path, a.dataset), (b.path, b.dataset), c.path,
+                                       c.dataset, args.tile, args.slab, args.resume,
+                                       args.overwrite)
+    return a, b, c, ooc_request
+
+
+def _kind_of(location, meta) -> str:
+    return str(meta[1]) if location.kind == "hdf5" else location.kind
 
 
 def refuse_ooc_flags(args, strategy: str) -> None:
@@ -158,21 +167,15 @@ def run_out_of_core(sc, args, request, start: float) -> int:
     return 0
 
 
-def verify(a_loc, b_loc, c_loc) -> float:
+def verify(sc, a, b, c) -> float:
     """Largest relative error of C against numpy's A @ B (reads all three on the driver).
 
     NaN and infinite entries must sit where numpy's are (``inf`` if they differ); the error is
     measured on the finite entries.
     """
-    import h5py
-
-    def load(loc):
-        with h5py.File(loc[0], "r") as f:
-            return f[loc[1]][()]
-
     with np.errstate(invalid="ignore", over="ignore"):
-        expected = load(a_loc) @ load(b_loc)
-    actual = load(c_loc)
+        expected = a.load(sc) @ b.load(sc)
+    actual = c.load(sc)
     finite = np.isfinite(expected)
     same_non_finite = np.array_equal(np.isnan(actual), np.isnan(expected)) and np.array_equal(
         actual[~finite & ~np.isnan(expected)], expected[~finite & ~np.isnan(expected)])
@@ -182,10 +185,18 @@ def verify(a_loc, b_loc, c_loc) -> float:
     return float(np.abs(actual[finite] - expected[finite]).max(initial=0.0)) / scale
 
 
+def read_operands(sc, a, b, block_size: int):
+    """A and B as block matrices; a Parquet operand's shape is checked here, once read."""
+    A = a.read(sc, block_size, block_size)  # noqa: N806
+    B = b.read(sc, block_size, block_size)  # noqa: N806
+    locations.check_shapes(A.shape, B.shape)
+    return A, B
+
+
 def main(argv=None) -> int:
     """Run the job; returns the process exit code."""
     args = parse_args(argv)
-    a_loc, b_loc, c_loc, ooc_request = check_request(args)
+    a, b, c, ooc_request = check_request(args)
     if ooc_request is None:
         refuse_ooc_flags(args, args.strategy)
     elif ooc_request.complete:  # --resume of a finished run: nothing to do, no Spark
@@ -196,12 +207,12 @@ def main(argv=None) -> int:
     sc = spark_context(args.master, app_name="blockmatrix multiply",
                        extra_conf=progress_conf(args.progress))
     try:
-        return multiply(sc, args, a_loc, b_loc, c_loc, ooc_request)
+        return multiply(sc, args, a, b, c, ooc_request)
     finally:
         sc.stop()
 
 
-def multiply(sc, args, a_loc, b_loc, c_loc, ooc_request) -> int:
+def multiply(sc, args, a, b, c, ooc_request) -> int:
     """Plan with the chosen strategy, run it, write C, report and verify."""
     start = time.perf_counter()
     # File to file, auto means ooc (check_request made an out-of-core request only for ooc and
@@ -212,8 +223,7 @@ def multiply(sc, args, a_loc, b_loc, c_loc, ooc_request) -> int:
         status = run_out_of_core(sc, args, ooc_request, start)
         dtype = np.dtype(ooc_request.dtype)
     else:
-        A = BlockMatrix.from_hdf5(sc, *a_loc, args.block_size, args.block_size)
-        B = BlockMatrix.from_hdf5(sc, *b_loc, args.block_size, args.block_size)
+        A, B = read_operands(sc, a, b, args.block_size)  # noqa: N806
         options = MultiplyOptions.merged(
             multiply_defaults(sc), {"num_partitions": args.num_partitions,
                                     "num_mid_splits": args.num_mid_splits})
@@ -230,16 +240,16 @@ def multiply(sc, args, a_loc, b_loc, c_loc, ooc_request) -> int:
                 raised_from_tasks(spill, need), lines:
             C = A.multiply(B, strategy=args.strategy, num_partitions=args.num_partitions,
                            num_mid_splits=args.num_mid_splits)
-            written = C.to_hdf5(*c_loc, overwrite=args.overwrite)
+            written = c.write(C, overwrite=args.overwrite)
         wall = time.perf_counter() - start
         print(f"plan:\n{C.plan}")
         print(measured)
-        print(f"wrote {written} blocks of C ({C.shape[0]}x{C.shape[1]}) to {args.c} "
+        print(f"wrote {written} of C ({C.shape[0]}x{C.shape[1]}) to {args.c} "
               f"in {wall:.2f} s (master {sc.master})")
         status = 0
         dtype = np.dtype(C.layout().dtype)
     if args.verify:
-        error = verify(a_loc, b_loc, c_loc)
+        error = verify(sc, a, b, c)
         tol = 1e-4 if dtype == np.float32 else 1e-9
         ok = error <= tol
         print(f"verified against numpy: max relative error {error:.2e} "

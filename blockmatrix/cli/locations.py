@@ -1,0 +1,175 @@
+"""Where a job's matrices are: ``FILE.h5::/dataset`` or ``parquet:PATH``.
+
+A location is checked before Spark starts (:meth:`inspect`, :meth:`check_output`), read into a
+:class:`~blockmatrix.BlockMatrix` and written from one. The out-of-core engine works on HDF5
+locations only; the jobs take their Spark path for any other.
+
+- ``FILE.h5::/dataset``: a 2-D dataset, read by the tasks block by block
+  (:meth:`~blockmatrix.BlockMatrix.from_hdf5`), written atomically by ``to_hdf5``.
+- ``parquet:PATH``: a table of coordinates ``(i, j, v)`` or of rows ``(i, vector)``, as
+  ``to_coordinates`` / ``to_rows`` write them; its columns and values are checked when it is
+  read (one aggregate job, after Spark starts, before anything is written), its shape is the
+  one the table records or one past its largest indices. Outputs are coordinate tables,
+  published when complete (:func:`blockmatrix.io.parquet.write_published`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidInputError, MissingColumnError, ShapeMismatchError
+from ..io import hdf5, parquet
+from ..io.lock import lock_path_of, output_lock
+
+
+def parse(spec: str, param: str):
+    """The location ``spec`` names: :class:`HDF5Location` or :class:`ParquetLocation`."""
+    if spec.startswith(parquet.PREFIX):
+        return ParquetLocation(parquet.parse_location(spec, param))
+    return HDF5Location(*hdf5.parse_location(spec, param))
+
+
+def probe_lock(path: str, job: str) -> None:
+    """Refuse now, before Spark, if another job holds the output's lock (the writer takes it)."""
+    with output_lock(lock_path_of(path), path, job=job):
+        pass
+
+
+@dataclass(frozen=True)
+class HDF5Location:
+    """A dataset in an HDF5 file."""
+
+    path: str
+    dataset: str
+
+    kind = "hdf5"
+
+    def __str__(self) -> str:
+        return f"{self.path}::{self.dataset}"
+
+    def inspect(self, param: str) -> tuple[tuple[int, int], np.dtype]:
+        """Shape and dtype, read from the file's metadata (refused in one line if unreadable)."""
+        shape, dtype, _ = hdf5.inspect_input(self.path, self.dataset, param)
+        return shape, dtype
+
+    def same_as(self, other) -> bool:
+        """Whether ``other`` is this very dataset (the same file under any name)."""
+        return (isinstance(other, HDF5Location) and self.dataset == other.dataset
+                and os.path.exists(self.path) and os.path.exists(other.path)
+                and os.path.samefile(self.path, other.path))
+
+    def describe_input(self, name: str) -> str:
+        """How a refusal names this location as the input ``name``."""
+        return f"the input dataset {name} ({self})"
+
+    def check_output(self, shape, dtype, overwrite: bool, param: str, job: str) -> None:
+        """The output can be written: absent (or ``overwrite``), room for it, no other writer."""
+        hdf5.check_output(self.path, self.dataset, overwrite=overwrite, param=param)
+        if shape is not None:  # else to_hdf5 checks the space once the shape is known
+            hdf5.check_output_space(self.path, self.dataset, shape, dtype)
+        probe_lock(self.path, job)
+
+    def read(self, sc, rows_per_block: int, cols_per_block: int):
+        """The matrix, read by the tasks block by block."""
+        from ..matrix import BlockMatrix
+
+        return BlockMatrix.from_hdf5(sc, self.path, self.dataset, rows_per_block,
+                                     cols_per_block)
+
+    def write(self, matrix, overwrite: bool) -> str:
+        """Write ``matrix`` here; what was written, for the job's report."""
+        return f"{matrix.to_hdf5(self.path, self.dataset, overwrite=overwrite)} blocks"
+
+    def load(self, sc) -> np.ndarray:
+        """The whole matrix on the driver (for ``--verify``)."""
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            return f[self.dataset][()]
+
+
+@dataclass(frozen=True)
+class ParquetLocation:
+    """A Parquet table of coordinates or rows (a Spark output folder, or one file)."""
+
+    path: str
+
+    kind = "parquet"
+
+    def __str__(self) -> str:
+        return f"{parquet.PREFIX}{self.path}"
+
+    def inspect(self, param: str) -> None:
+        """None: the shape is known only once Spark read the table (checked then)."""
+        parquet.check_input(self.path, param)
+
+    def same_as(self, other) -> bool:
+        """Whether ``other`` is this very table."""
+        return (isinstance(other, ParquetLocation) and os.path.exists(self.path)
+                and os.path.exists(other.path) and os.path.samefile(self.path, other.path))
+
+    def describe_input(self, name: str) -> str:
+        """How a refusal names this location as the input ``name``."""
+        return f"the input table {name} ({self})"
+
+    def check_output(self, shape, dtype, overwrite: bool, param: str, job: str) -> None:
+        """The output can be written: absent (or ``overwrite``), no other writer."""
+        parquet.check_output(self.path, overwrite=overwrite, param=param)
+        probe_lock(self.path, job)
+
+    def read(self, sc, rows_per_block: int, cols_per_block: int):
+        """The matrix the table holds: coordinates ``(i, j, v)`` or rows ``(i, vector)``."""
+        from ..matrix import BlockMatrix
+
+        df = self._frame(sc)
+        columns = set(df.columns)
+        if {"i", "j", "v"} <= columns:
+            return BlockMatrix.from_coordinates(df, rows_per_block=rows_per_block,
+                                                cols_per_block=cols_per_block)
+        others = sorted(columns - {"i"})
+        if "i" in columns and len(others) == 1:
+            return BlockMatrix.from_rows(df, vector=others[0], rows_per_block=rows_per_block,
+                                         cols_per_block=cols_per_block)
+        raise MissingColumnError(
+            f"{self} has the columns {df.columns}: a matrix table has the coordinates i, j, v "
+            f"(BlockMatrix.to_coordinates) or the rows i and one vector column "
+            f"(BlockMatrix.to_rows); rename its columns", column="i")
+
+    def _frame(self, sc):
+        """The table as a DataFrame: Spark reads the footers (a job) to find its schema."""
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors import AnalysisException
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.builder.getOrCreate()
+        try:
+            return spark.read.parquet(os.path.abspath(self.path))
+        except Py4JJavaError as exc:  # e.g. a part file that is not Parquet: a failed job
+            reason = str(exc.java_exception.toString())
+        except AnalysisException as exc:
+            reason = str(exc)
+        first = reason.strip().splitlines()[0] if reason.strip() else "unreadable"
+        raise InvalidInputError(
+            f"{self} cannot be read as Parquet ({first}): give a table written by "
+            f"df.write.parquet")
+
+    def write(self, matrix, overwrite: bool) -> str:
+        """Write ``matrix`` as a coordinate table, published when complete."""
+        parquet.write_published(matrix.to_coordinates(), self.path, overwrite=overwrite)
+        return "a table of coordinates (i, j, v)"
+
+    def load(self, sc) -> np.ndarray:
+        """The whole matrix on the driver (for ``--verify``)."""
+        matrix = self.read(sc, 1024, 1024)
+        return matrix.to_numpy()
+
+
+def check_shapes(a_shape, b_shape) -> None:
+    """Refuse ``A @ B`` when the inner dimensions differ."""
+    if a_shape[1] != b_shape[0]:
+        raise ShapeMismatchError(
+            f"A.shape[1] ({a_shape[1]}) != B.shape[0] ({b_shape[0]}): A is "
+            f"{a_shape[0]}x{a_shape[1]} and B is {b_shape[0]}x{b_shape[1]}, so A B is undefined")
