@@ -511,6 +511,18 @@ class Rates:
 DEFAULT_RATES = Rates()
 
 
+def driver_exit_seconds(plan, rates: Rates = DEFAULT_RATES) -> float:
+    """Seconds for a product's blocks to reach one writer on the driver (``to_hdf5``).
+
+    One stage, and C's dense bytes at the collect rate: ``toLocalIterator`` brings the
+    partitions to the driver one at a time, through the JVM. The out-of-core product does not
+    pay it (its tasks' tiles go file to file).
+    """
+    rows, cols = plan.result_shape
+    itemsize = np.result_type(plan.left.dtype, plan.right.dtype).itemsize
+    return STAGE_SECONDS + rows * cols * itemsize / rates.collect_bytes_per_s
+
+
 def predicted_seconds(plan, cores: int, rates: Rates = DEFAULT_RATES) -> float:
     """Predicted wall time of a plan on ``cores`` task slots (see the module's cost model).
 

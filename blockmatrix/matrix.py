@@ -105,6 +105,8 @@ class BlockMatrix:
         self._transpose_of: BlockMatrix | None = None
         self._gram_source: tuple[str, str] | None = None  # X of an X @ X.T read from HDF5
         self._ooc_sources: tuple | None = None  # (A, B) file sources of an ooc product
+        # auto's options, for a product of two files that to_hdf5 may still send file to file
+        self._auto_options: MultiplyOptions | None = None
         self._dtype = np.dtype(dtype) if dtype is not None else (
             layout.dtype if layout is not None else None)
         self._source = source
@@ -431,6 +433,12 @@ class BlockMatrix:
         above the diagonal, symmetric rank-k updates, memory bounded by the tile and slab
         sizes, not by X), and may be written into X's own file.
 
+        A product of two HDF5 operands goes file to file (:func:`blockmatrix.ooc.matmul_hdf5`)
+        when its strategy is ``ooc``, and when ``auto`` planned it and, asked again knowing
+        that C goes to a file (:func:`blockmatrix.strategies.auto.plan_to_file`: every other
+        plan pays C's trip to this writer), picks ``ooc``; :attr:`plan` then is ooc's, and its
+        reason says why.
+
         Returns
         -------
         int
@@ -442,6 +450,8 @@ class BlockMatrix:
             result = gram_hdf5(self._blocks.context, *self._gram_source, path, dataset,
                                overwrite=overwrite)
             return len(result.computed) + len(result.reused)
+        if self._ooc_sources is None and self._auto_options is not None:
+            self._replan_for_a_file()
         if self._ooc_sources is not None:
             from .ooc import matmul_hdf5
 
@@ -459,6 +469,24 @@ class BlockMatrix:
                                      blocks.toLocalIterator(), self._rows_per_block,
                                      self._cols_per_block, overwrite=overwrite,
                                      producer=producer)
+
+    def _replan_for_a_file(self) -> None:
+        """Ask auto again, now that C goes to a file: ooc's tasks write file to file.
+
+        When ooc wins, the product becomes ooc's (its plan, with the reason, and its blocks:
+        none of the first plan's was computed by a write, and a later ``to_numpy`` reads
+        what the plan says).
+        """
+        from .strategies.auto import plan_to_file
+
+        options, self._auto_options = self._auto_options, None
+        plan = plan_to_file(self._plan.left, self._plan.right, options)
+        if plan.strategy != "ooc":
+            return
+        blocks = get_strategy("ooc").execute(plan, self._blocks, self._blocks, options)
+        self._blocks, self._plan = blocks, plan
+        self._layout = plan.result_layout(blocks.getNumPartitions())
+        self._ooc_sources = (plan.left.source, plan.right.source)
 
     @contextlib.contextmanager
     def _computed_in_parallel(self):
@@ -738,6 +766,9 @@ class BlockMatrix:
         elif plan.strategy == "ooc":
             # Both operands are HDF5 files: to_hdf5 goes file to file (matmul_hdf5).
             result._ooc_sources = (plan.left.source, plan.right.source)
+        elif strategy == "auto" and plan.left.source_kind == plan.right.source_kind == "file":
+            # auto did not know C goes to a file: to_hdf5 asks again (auto.plan_to_file).
+            result._auto_options = options
         return result
 
     def explain_multiply(self, other: BlockMatrix, strategy: str | None = None, **options):

@@ -193,6 +193,22 @@ def test_the_ooc_strategy_reads_its_operands_from_the_files(sc, operands):
     assert picked.strategy == "ooc", picked.reason
 
 
+def test_auto_prices_the_trip_to_the_file_when_c_is_written(sc, operands):
+    folder, x, y, _ = operands
+    A = BlockMatrix.from_hdf5(sc, str(folder / "a.h5"), "/A", 40, 40)
+    B = BlockMatrix.from_hdf5(sc, str(folder / "b.h5"), "/B", 40, 40)
+    C = A.multiply(B, strategy="auto")
+    # Not knowing where C goes, auto broadcasts B (the fastest way to blocks in Spark) ...
+    assert C.plan.strategy == "broadcast", C.plan.reason
+    C.to_hdf5(str(folder / "c.h5"), "/C")
+    # ... and asked again once C goes to a file, it writes file to file, and says why.
+    assert C.plan.strategy == "ooc", C.plan.reason
+    assert "written to a file: ooc goes file to file" in C.plan.reason
+    assert_eq(read(str(folder / "c.h5"), "/C"), x @ y)
+    # The product stays usable as blocks.
+    assert_eq(C.to_numpy(), x @ y)
+
+
 def test_the_ooc_strategy_is_unavailable_without_files(sc, operands):
     folder, x, y, _ = operands
     A = BlockMatrix.from_numpy(sc, x, 32, 40)

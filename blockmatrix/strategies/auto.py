@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from collections.abc import Callable
 
+from .. import cost
 from ..errors import PerformanceWarning
 from ..layout import BlockLayout, check_multiplicable
 from ..plan import Candidate, MultiplyOptions, MultiplyPlan
@@ -62,13 +64,21 @@ def _passed_over(label: str, plan: MultiplyPlan) -> str:
     return f"{label} ({format_bytes(plan.max_task_memory_bytes)} per task{broadcast})"
 
 
-def choose(plans: dict[str, MultiplyPlan], budget: int, cores: int = 1) -> tuple[str, str]:
-    """``(label, reason)`` of the plan ``auto`` picks among ``plans`` (labels as given)."""
+def choose(plans: dict[str, MultiplyPlan], budget: int, cores: int = 1,
+           exit_seconds: Callable[[MultiplyPlan], float] | None = None) -> tuple[str, str]:
+    """``(label, reason)`` of the plan ``auto`` picks among ``plans`` (labels as given).
+
+    ``exit_seconds``, when given, adds what it costs to bring a plan's product where it goes
+    (:func:`plan_to_file`).
+    """
     order = {name: n for n, name in enumerate(STRATEGIES)}
+
+    def seconds(p: MultiplyPlan) -> float:
+        return p.predicted_seconds(cores) + (exit_seconds(p) if exit_seconds else 0.0)
 
     def rank(label):
         p = plans[label]
-        return p.predicted_seconds(cores), p.num_shuffles, order.get(p.strategy, len(order))
+        return seconds(p), p.num_shuffles, order.get(p.strategy, len(order))
 
     fitting = [n for n in plans if plans[n].fits(budget)]
     refused = [n for n in plans if n not in fitting]
@@ -78,8 +88,7 @@ def choose(plans: dict[str, MultiplyPlan], budget: int, cores: int = 1) -> tuple
         reason = (f"{best}: least predicted time ({_summary(plans[best], cores)}) on {cores} "
                   f"core(s) among plans within the {format_bytes(budget)} task memory budget")
         if others:
-            reason += "; next " + ", ".join(
-                f"{n} {plans[n].predicted_seconds(cores):.2f} s" for n in others)
+            reason += "; next " + ", ".join(f"{n} {seconds(plans[n]):.2f} s" for n in others)
         over = [n for n in refused if not plans[n].unavailable]
         if over:
             reason += "; over budget: " + ", ".join(_passed_over(n, plans[n]) for n in over)
@@ -111,6 +120,31 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Mul
     log.info("auto multiply strategy: %s", reason)
     if not plans[label].fits(options.budget_bytes):
         warnings.warn(f"auto: {reason}", PerformanceWarning, stacklevel=2)
+    return dataclasses.replace(plans[label], reason=reason,
+                               candidates=candidates_of(plans, options))
+
+
+def plan_to_file(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> MultiplyPlan:
+    """The plan auto picks for a product written to a file (``to_hdf5``), its reason filled in.
+
+    As :func:`plan`, but every plan except ``ooc``'s also pays the product's trip to the
+    driver's single writer (:func:`blockmatrix.cost.driver_exit_seconds`): ``ooc``'s tasks
+    write file to file. The reason says so.
+    """
+    plans = candidate_plans(left, right, options)
+
+    def exit_seconds(p: MultiplyPlan) -> float:
+        return 0.0 if p.strategy == "ooc" else cost.driver_exit_seconds(p)
+
+    label, reason = choose(plans, options.budget_bytes, options.cores, exit_seconds)
+    chosen = plans[label]
+    if chosen.strategy == "ooc":
+        reason += ("; written to a file: ooc goes file to file, every other plan pays C's trip "
+                   "to the driver's writer")
+    else:
+        reason += (f"; written to a file: {label}'s time includes "
+                   f"{exit_seconds(chosen):.2f} s of C's trip to the driver's writer")
+    log.info("auto multiply strategy, written to a file: %s", reason)
     return dataclasses.replace(plans[label], reason=reason,
                                candidates=candidates_of(plans, options))
 
