@@ -552,7 +552,7 @@ def stage_seconds_terms(plan, cores: int, rates: Rates) -> dict[str, float]:
         "shuffle": plan.shuffle_bytes / (rates.network_bytes_per_core_s * cores),
         "collect": plan.collected_bytes / rates.collect_bytes_per_s,
         "broadcast": plan.broadcast_bytes / rates.broadcast_bytes_per_s,
-        "read": plan.read_bytes / (rates.disk_bytes_per_core_s * cores),
+        "read": (plan.read_bytes + plan.spilled_bytes) / (rates.disk_bytes_per_core_s * cores),
         "compute": rates.compute_scale(plan) * max(plan.max_task_compute_seconds,
                                                     plan.compute_seconds / cores),
     }

@@ -1,4 +1,4 @@
-"""What a product holds in Spark besides its operands: broadcasts and persisted intermediates.
+"""What a product holds besides its operands: broadcasts, persisted intermediates, folders.
 
 A strategy's ``execute`` creates its broadcasts with :func:`broadcast` and persists its
 intermediates with :func:`persist` instead of calling Spark directly. ``BlockMatrix.multiply``
@@ -8,8 +8,10 @@ recomputes them if asked to); everything (broadcasts destroyed, intermediates un
 goes when the product is garbage collected, and with it every matrix computed from it, whose
 lineage needs its broadcasts. A broadcast is not destroyed earlier: a product's blocks, even
 persisted or collected, may be computed again (a later use, a lost partition, a product that
-takes it as an operand), and that needs its broadcasts. Outside :func:`collecting` (a strategy's
-``execute`` called directly) the two functions are Spark's own calls and nothing is tracked.
+takes it as an operand), and that needs its broadcasts. The folders of blocks shuffled by
+reference (:func:`folder`, :mod:`blockmatrix.spilled`) go with the broadcasts, for the same
+reason. Outside :func:`collecting` (a strategy's ``execute`` called directly) these functions
+are Spark's own calls, and nothing is tracked.
 
 Releases that garbage collection asks for are queued and carried out by the next call of
 :func:`release_pending` (every product and every exit calls it): a finalizer runs wherever
@@ -26,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import shutil
 import threading
 
-__all__ = ["Held", "broadcast", "collecting", "persist", "release_later", "release_pending"]
+__all__ = ["Held", "broadcast", "collecting", "folder", "persist", "release_later",
+           "release_pending"]
 
 _current: contextvars.ContextVar[Held | None] = contextvars.ContextVar("held", default=None)
 _pending: list[Held] = []
@@ -43,6 +47,8 @@ class Held:
     broadcasts : list of pyspark.Broadcast
     intermediates : list of pyspark.RDD
         Persisted by the strategy; not the product's own blocks.
+    folders : list of str
+        Folders of blocks the product's tasks wrote (:func:`folder`), removed on release.
     released : bool
         Whether :meth:`release` ran.
     """
@@ -50,10 +56,11 @@ class Held:
     def __init__(self):
         self.broadcasts: list = []
         self.intermediates: list = []
+        self.folders: list[str] = []
         self.released = False
 
     def __bool__(self) -> bool:
-        return bool(self.broadcasts or self.intermediates)
+        return bool(self.broadcasts or self.intermediates or self.folders)
 
     def __repr__(self) -> str:
         state = "released" if self.released else "held"
@@ -77,6 +84,9 @@ class Held:
             with contextlib.suppress(Exception):  # a stopped context: the JVM is gone
                 shared.destroy(blocking=False)
         self.broadcasts.clear()
+        for path in self.folders:
+            shutil.rmtree(path, ignore_errors=True)
+        self.folders.clear()
         self.released = True
 
 
@@ -134,6 +144,29 @@ def persist(rdd, storage_level=None):
     if held is not None:
         held.intermediates.append(rdd)
     return rdd
+
+
+def folder(parent: str) -> str:
+    """A new folder under ``parent`` for blocks a product's tasks write, recorded as held.
+
+    The :class:`Held` being collected (if any) removes it with the product's broadcasts.
+
+    Parameters
+    ----------
+    parent : str
+        Where to create it: a folder every task can read (:mod:`blockmatrix.spilled`).
+
+    Returns
+    -------
+    str
+    """
+    from .spilled import new_folder
+
+    path = new_folder(parent)
+    held = _current.get()
+    if held is not None:
+        held.folders.append(path)
+    return path
 
 
 def release_later(held: Held) -> None:

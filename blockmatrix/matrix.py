@@ -703,7 +703,8 @@ class BlockMatrix:
     def multiply(self, other: BlockMatrix, strategy: str = "inner", *,
                  num_partitions: int | None = None, num_mid_splits: int = 1,
                  task_buffer_bytes: int | None = None,
-                 memory_budget_bytes: int | None = None) -> BlockMatrix:
+                 memory_budget_bytes: int | None = None,
+                 by_reference: bool = False) -> BlockMatrix:
         """``self @ other`` with a registered strategy.
 
         Parameters
@@ -724,6 +725,12 @@ class BlockMatrix:
             Memory a task may use for its data (what ``broadcast`` may broadcast, what ``auto``
             requires of a plan); default a quarter of the executor memory
             (:func:`blockmatrix.sparkconf.default_memory_budget`).
+        by_reference : bool
+            ``inner``: shuffle the blocks that live only in Spark by reference
+            (:mod:`blockmatrix.spilled`: each written once to a file every task reads, only
+            references through Spark's shuffle; the same destinations and partitioner). Needs
+            a local master, or ``spark.blockmatrix.referenceDir`` on shared storage. ``auto``
+            weighs it by itself wherever it is possible.
 
         Returns
         -------
@@ -740,7 +747,8 @@ class BlockMatrix:
         options = MultiplyOptions.merged(
             multiply_defaults(self._blocks.context),
             {"num_partitions": num_partitions, "num_mid_splits": num_mid_splits,
-             "task_buffer_bytes": task_buffer_bytes, "memory_budget_bytes": memory_budget_bytes})
+             "task_buffer_bytes": task_buffer_bytes, "memory_budget_bytes": memory_budget_bytes,
+             "by_reference": by_reference})
         chosen = get_strategy(strategy)
         release_pending()
         plan = chosen.plan(self.layout(), other.layout(), options)

@@ -48,6 +48,14 @@ class MultiplyOptions:
     num_cores : int, optional
         Tasks the cluster runs at once, for predicted times. None: 1 (``multiply`` and
         ``explain_multiply`` pass Spark's ``defaultParallelism``).
+    by_reference : bool
+        Shuffle the blocks that live only in Spark by reference (:mod:`blockmatrix.spilled`):
+        written once to files in ``reference_parent``, read by the tasks that need them, only
+        references through Spark's shuffle. Strategies that cannot ignore it.
+    reference_parent : str, optional
+        The folder every task can read where such files go; None when there is none
+        (``multiply`` takes it from Spark: :func:`blockmatrix.sparkconf.reference_parent`).
+        ``auto`` weighs by-reference variants only when there is one.
     """
 
     num_partitions: int | None = None
@@ -55,6 +63,8 @@ class MultiplyOptions:
     task_buffer_bytes: int = DEFAULT_TASK_BUFFER_BYTES
     memory_budget_bytes: int | None = None
     num_cores: int | None = None
+    by_reference: bool = False
+    reference_parent: str | None = None
 
     @classmethod
     def merged(cls, defaults: dict, given: dict) -> MultiplyOptions:
@@ -62,7 +72,7 @@ class MultiplyOptions:
 
         >>> MultiplyOptions.merged({"num_cores": 4}, {"num_cores": None, "num_partitions": 2})
         MultiplyOptions(num_partitions=2, num_mid_splits=1, task_buffer_bytes=536870912, \
-memory_budget_bytes=None, num_cores=4)
+memory_budget_bytes=None, num_cores=4, by_reference=False, reference_parent=None)
         """
         return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
 
@@ -93,6 +103,10 @@ memory_budget_bytes=None, num_cores=4)
         }
         for name, value in checked.items():  # numpy integers are stored as ints
             object.__setattr__(self, name, value)
+        if not isinstance(self.by_reference, bool | np.bool_):
+            raise InvalidParameterError(
+                f"by_reference must be True or False, got {self.by_reference!r}")
+        object.__setattr__(self, "by_reference", bool(self.by_reference))
 
 
 @dataclass(frozen=True)
@@ -149,7 +163,10 @@ class MultiplyPlan:
         Predicted compute seconds of the busiest task: with fewer tasks than cores, or uneven
         ones, the multiply cannot finish sooner than this.
     read_bytes : int
-        Bytes the tasks read straight from the operands' files (no shuffle, no driver).
+        Bytes the tasks read straight from files (no shuffle, no driver): the operands' files,
+        and the blocks shuffled by reference.
+    spilled_bytes : int
+        Bytes the tasks write to files to shuffle blocks by reference (each block once).
     reason : str
         Why this plan was chosen (filled in by ``auto``).
     candidates : tuple of Candidate
@@ -169,6 +186,7 @@ class MultiplyPlan:
     compute_seconds: float = 0.0
     max_task_compute_seconds: float = 0.0
     read_bytes: int = 0
+    spilled_bytes: int = 0
     reason: str = ""
     candidates: tuple[Candidate, ...] = field(default=(), repr=False, compare=False)
 

@@ -41,11 +41,29 @@ def default_memory_budget(sc) -> int:
 def multiply_defaults(sc) -> dict:
     """The options ``multiply`` and ``explain_multiply`` take from Spark when none are given.
 
-    ``task_buffer_bytes``, ``memory_budget_bytes`` and ``num_cores`` (``defaultParallelism``).
+    ``task_buffer_bytes``, ``memory_budget_bytes``, ``num_cores`` (``defaultParallelism``)
+    and ``reference_parent`` (:func:`reference_parent`).
     """
     return {"task_buffer_bytes": worker_buffer_bytes(sc),
             "memory_budget_bytes": default_memory_budget(sc),
-            "num_cores": sc.defaultParallelism}
+            "num_cores": sc.defaultParallelism,
+            "reference_parent": reference_parent(sc)}
+
+
+#: Spark property naming a folder on storage every executor sees, where a cluster's tasks may
+#: write blocks they shuffle by reference (:mod:`blockmatrix.spilled`).
+REFERENCE_DIR_CONF = "spark.blockmatrix.referenceDir"
+
+
+def reference_parent(sc) -> str | None:
+    """Where tasks may write blocks shuffled by reference, or None when nowhere.
+
+    :data:`REFERENCE_DIR_CONF` when set (a cluster's shared storage); else, for a local
+    master, its spill folder (:func:`local_spill_folder`: every task runs on this machine);
+    else None.
+    """
+    configured = sc.getConf().get(REFERENCE_DIR_CONF, None)
+    return configured or local_spill_folder(sc)
 
 
 def local_spill_folder(sc) -> str | None:

@@ -14,6 +14,8 @@ persisted in the JVM), and then, in this one process, on the same inputs and the
 * ``numpy`` (``scipy`` for sparse cases): ``a @ b`` in this single process, the limit;
 * every strategy of ours and ``auto``: ``A.multiply(B, strategy)`` computed to the end
   (``count()`` of the product's blocks, which runs the whole multiply in the workers);
+  ``inner-ref`` is ``inner`` with ``by_reference=True`` (blocks shuffled by reference,
+  :mod:`blockmatrix.spilled`);
 * ``mllib``: ``pyspark.mllib``'s ``BlockMatrix.multiply``, computed to the end on the JVM.
 
 Every contender's product is collected once (outside the timing) and compared with the
@@ -89,7 +91,15 @@ STRATEGIES = tuple(s.name for s in strategies.STRATEGIES.values()
                    if s.selector or "driver" in s.operand_sources)
 #: MLlib runs right after the limit, while the JVM heap holds little else: converting blocks
 #: to MLlib goes through a DataFrame of boxed doubles, which needs heap room.
-CONTENDERS = ("numpy", "mllib") + STRATEGIES
+#: Contenders that run a strategy with options: name -> (strategy, multiply's keywords).
+VARIANTS = {"inner-ref": ("inner", {"by_reference": True})}
+
+CONTENDERS = ("numpy", "mllib") + STRATEGIES + tuple(VARIANTS)
+
+
+def strategy_of(name: str) -> tuple[str, dict]:
+    """The strategy a contender runs and the keywords it passes to ``multiply``."""
+    return VARIANTS.get(name, (name, {}))
 
 #: Where the CPU time goes, by kind of process (``TreePeakRSS.cpu_seconds_by_kind``).
 CPU_KINDS = ("jvm", "python workers", "python")
@@ -333,8 +343,9 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
     for name in args.contenders:
         row = {"case": case.name, "contender": limit if name == "numpy" else name,
                "ran": name}
-        tasks = A.explain_multiply(B, strategy=name)[name].num_tasks \
-            if name in STRATEGIES else 0
+        strategy, keywords = strategy_of(name)
+        tasks = A.explain_multiply(B, strategy=strategy)[strategy].num_tasks \
+            if strategy in STRATEGIES else 0
         if tasks > MAX_TASKS:
             row.update(refused=f"skipped: {name} would run {tasks} tasks in one stage "
                                f"(> {MAX_TASKS})", checked=False)
@@ -376,9 +387,9 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
         else:
             product = None
 
-            def multiply_ours(name=name):
+            def multiply_ours(strategy=strategy, keywords=keywords):
                 nonlocal product
-                product = A.multiply(B, strategy=name)
+                product = A.multiply(B, strategy=strategy, **keywords)
                 product.blocks.count()
 
             try:
@@ -539,8 +550,9 @@ def warm_up(sc, contenders) -> None:
     a = np.arange(64.0).reshape(8, 8)
     A = BlockMatrix.from_numpy(sc, a, 2, 2, num_partitions=sc.defaultParallelism)
     for name in contenders:
-        if name in STRATEGIES:
-            A.multiply(A, strategy=name).blocks.count()
+        if name in STRATEGIES or name in VARIANTS:
+            strategy, keywords = strategy_of(name)
+            A.multiply(A, strategy=strategy, **keywords).blocks.count()
         elif name == "mllib":
             m = A.to_mllib()
             mllib_interop.java_blocks(m.multiply(m)).count()

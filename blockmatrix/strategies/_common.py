@@ -13,6 +13,7 @@ from typing import NamedTuple
 from .. import blocks as bk
 from .._spill import grouped_by_key
 from ..errors import unreadable_in_task
+from ..spilled import SpilledRef, read_spilled
 
 #: The operand a routed block comes from.
 LEFT, RIGHT = 0, 1
@@ -40,9 +41,21 @@ class FileRef(NamedTuple):
 
 
 def record_nbytes(record) -> int:
-    """Bytes of the block a routed record ``(key, (side, index, block))`` carries."""
+    """Bytes of the block a routed record ``(key, (side, index, block))`` carries.
+
+    A reference (:class:`FileRef`, :class:`~blockmatrix.spilled.SpilledRef`) carries none.
+    """
     block = record[1][2]
-    return 0 if isinstance(block, FileRef) else bk.nbytes(block)
+    return 0 if isinstance(block, FileRef | SpilledRef) else bk.nbytes(block)
+
+
+def resolved(block, side: int, reader: FileReader | None):
+    """The block a record carries: read from its file when the record holds a reference."""
+    if isinstance(block, FileRef):
+        return reader.read(side, block.key)
+    if isinstance(block, SpilledRef):
+        return read_spilled(block)
+    return block
 
 
 def accumulate_slice(acc: dict, group: Iterable) -> None:
@@ -67,14 +80,13 @@ def accumulate_by_inner_index(records: Iterable, k_of: Callable[[object], int],
 
     Output blocks are accumulated in place; the task holds its accumulators, one k-slice of
     inputs, and at most ``budget_bytes`` of not-yet-used inputs (the rest waits on local disk).
-    :class:`FileRef` blocks are read with ``reader`` when their slice comes.
+    References are read when their slice comes (:func:`resolved`): :class:`FileRef` blocks
+    with ``reader``, blocks shuffled by reference from their files.
     """
     acc: dict = {}
     for _, group in grouped_by_key(records, k_of, record_nbytes, budget_bytes):
-        if reader is not None:
-            group = [(key, (side, index, reader.read(side, block.key)
-                            if isinstance(block, FileRef) else block))
-                     for key, (side, index, block) in group]
+        group = [(key, (side, index, resolved(block, side, reader)))
+                 for key, (side, index, block) in group]
         accumulate_slice(acc, group)
     return iter(acc.items())
 

@@ -38,11 +38,15 @@ from ..cost import (
     result_itemsize,
     task_seconds,
 )
+from ..errors import InvalidParameterError
 from ..layout import BlockLayout, check_multiplicable
 from ..metrics import file_read_counter
 from ..partitioner import GridPartitioner
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import Destinations, result_grid
+from ..sparkconf import REFERENCE_DIR_CONF
+from ..spilled import spill_partition
+from ..units import format_bytes
 from ._common import (
     LEFT,
     RIGHT,
@@ -68,6 +72,7 @@ class InnerPlan(MultiplyPlan):
     """
 
     num_mid_splits: int = 1
+    by_reference: bool = False
     row_parts_of_inner: dict = field(default_factory=dict, repr=False, compare=False)
     col_parts_of_inner: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -76,6 +81,15 @@ class InnerPlan(MultiplyPlan):
         """What a task needs to compute any block's destinations."""
         return Routing(self.grid, self.num_mid_splits, self.row_parts_of_inner,
                        self.col_parts_of_inner)
+
+    @property
+    def note(self) -> str:
+        """What goes by reference, when the plan shuffles blocks by reference."""
+        if not self.by_reference:
+            return ""
+        return (f"shuffled by reference: {format_bytes(self.spilled_bytes)} of blocks written "
+                f"once to files, {format_bytes(self.read_bytes)} read by the tasks; only "
+                f"references cross Spark's shuffle")
 
     @property
     def left_destinations(self) -> Destinations:
@@ -173,12 +187,9 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Inn
     b_w = b_size + (0 if b_in_file else RECORD_OVERHEAD_BYTES)
     a_copies = np.diff(meets_b.indptr)[ak]  # destinations of each A block
     b_copies = np.diff(meets_a.indptr)[bk]
-    moved = {"A": (int(a_copies.sum()), int((a_w * a_copies).sum()), a_in_file),
-             "B": (int(b_copies.sum()), int((b_w * b_copies).sum()), b_in_file)}
-    records = sum(n for n, _, in_file in moved.values() if not in_file)
-    shuffled = sum(b for _, b, in_file in moved.values() if not in_file)
-    read = sum(b for _, b, in_file in moved.values() if in_file)
-
+    moves = [_side_moves(a_size, a_copies, a_in_file, options.by_reference),
+             _side_moves(b_size, b_copies, b_in_file, options.by_reference)]
+    records, shuffled, read, spilled = (sum(values) for values in zip(*moves, strict=True))
     itemsize = result_itemsize(left, right)
     rows_i = left.extents(np.arange(max(left.num_row_blocks, 1)), 0)
     cols_j = right.extents(np.arange(max(right.num_col_blocks, 1)), 1)
@@ -210,8 +221,10 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Inn
         seconds = model.seconds_by_result(stripe)
         busiest.append(((seconds.row // grid.rows_per_part
                          + (seconds.col // grid.cols_per_part) * R) * s + sigma, seconds.data))
+    by_reference = options.by_reference and not (a_in_file and b_in_file)
     shuffles = [] if a_in_file and b_in_file else [
-        ShuffleEstimate("route blocks to result partitions", records, shuffled)]
+        ShuffleEstimate("route block references to result partitions" if by_reference
+                        else "route blocks to result partitions", records, shuffled)]
     if s > 1:
         shuffles.append(ShuffleEstimate("sum partial blocks over mid splits", partials,
                                         int(loads.output.sum()) + partials * RECORD_OVERHEAD_BYTES))
@@ -224,8 +237,25 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Inn
         max_task_output_bytes=loads.max_output(),
         flops=model.flops, compute_seconds=model.total_seconds(),
         max_task_compute_seconds=task_seconds(seconds_of, tasks_of.astype(np.int64)),
-        read_bytes=read, num_mid_splits=s,
+        read_bytes=read, spilled_bytes=spilled, num_mid_splits=s, by_reference=by_reference,
         row_parts_of_inner=_by_row(meets_a), col_parts_of_inner=_by_row(meets_b))
+
+
+def _side_moves(sizes: np.ndarray, copies: np.ndarray, in_file: bool,
+                by_reference: bool) -> tuple[int, int, int, int]:
+    """``(records, bytes shuffled, bytes read, bytes spilled)`` of one operand's blocks.
+
+    A block in a file is read by each task it goes to; one shuffled by reference
+    (:mod:`blockmatrix.spilled`) is written once and read by each task, and only a reference
+    of at most :data:`~blockmatrix.cost.RECORD_OVERHEAD_BYTES` is shuffled per copy.
+    """
+    copied = int((sizes * copies).sum())
+    n = int(copies.sum())
+    if in_file:
+        return 0, 0, copied, 0
+    if by_reference:
+        return n, n * RECORD_OVERHEAD_BYTES, copied, int(sizes.sum())
+    return n, copied + n * RECORD_OVERHEAD_BYTES, 0, 0
 
 
 def _largest_slices(a_weights, meets_b, meets_a, b_weights, budget: int = 1 << 24) -> np.ndarray:
@@ -261,13 +291,39 @@ def idle_core_variants(left: BlockLayout, right: BlockLayout,
     return {f"inner, {s} mid splits": dataclasses.replace(options, num_mid_splits=s)}
 
 
+def variants(left: BlockLayout, right: BlockLayout,
+             options: MultiplyOptions) -> dict[str, MultiplyOptions]:
+    """What ``auto`` weighs beside the plain plan: idle-core splits, and each by reference.
+
+    The by-reference variants (:mod:`blockmatrix.spilled`) are offered when some operand's
+    blocks go through the shuffle and there is a folder every task reads
+    (``options.reference_parent``).
+    """
+    offered = idle_core_variants(left, right, options)
+    both_in_files = left.source_kind == right.source_kind == "file"
+    if options.reference_parent is None or options.by_reference or both_in_files:
+        return offered
+    plain = {"inner": options, **offered}
+    return {**offered, **{f"{label}, by reference": dataclasses.replace(o, by_reference=True)
+                          for label, o in plain.items()}}
+
+
 def execute(plan: InnerPlan, left, right, options: MultiplyOptions):
     """Run a plan made by :func:`plan` on the operands' blocks RDDs; return the product's."""
     grid, s, num_tasks = plan.grid, plan.num_mid_splits, plan.num_tasks
     sc = left.context
+    if plan.by_reference and options.reference_parent is None:
+        raise InvalidParameterError(
+            f"by_reference=True needs a folder every task can read, and there is none: the "
+            f"master is {sc.master}; set {REFERENCE_DIR_CONF} to a folder on storage every "
+            f"executor sees, or multiply with by_reference=False")
     layouts = {LEFT: plan.left, RIGHT: plan.right}
     in_files = file_sources(layouts)
     routing = held.broadcast(sc, plan.routing)
+    if plan.by_reference:  # each block written once; only references go through the shuffle
+        folder = held.folder(options.reference_parent)
+        left, right = (blocks.mapPartitionsWithIndex(partial(spill_partition, folder=folder))
+                       for blocks in (left, right))
     routed = [blocks.flatMap(partial(route_block, side=side, num_tasks=num_tasks,
                                      routing=routing))
               for side, blocks in ((LEFT, left), (RIGHT, right)) if side not in in_files]
@@ -340,4 +396,4 @@ STRATEGY = register(Strategy(
     name="inner", plan=plan, execute=execute, plan_type=InnerPlan,
     summary="Spark's inner product: blocks routed only where they have a counterpart, "
             "one shuffle",
-    variants=idle_core_variants))
+    variants=variants))

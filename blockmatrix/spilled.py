@@ -1,0 +1,120 @@
+"""Blocks shuffled by reference: written once to files, read by the tasks that need them.
+
+PySpark's shuffle moves every block through a Python worker's pickler, the JVM's shuffle
+writer and reader, and another worker's unpickler; DESIGN.md measures that pipe at about
+222 MB/s on two cores, two thirds of its CPU in the JVM, and no setting moves it. Where every
+task can read the files every other task writes (a local master; or a cluster folder on
+shared storage, ``spark.blockmatrix.referenceDir``), a strategy can instead have each map task
+write its partition's blocks once, raw, into one file of a per-product folder
+(:func:`spill_partition`), and shuffle only :class:`SpilledRef` records (a file number, an
+offset, a shape: tens of bytes); a reducer reads the blocks it is given straight from the page
+cache (:func:`read_spilled`). Spark's destinations and partitioner are unchanged, so the plan
+is the same one shuffle; only its payload is a reference.
+
+The folder lives as long as the product (:func:`blockmatrix.held.folder`): the shuffle's
+references stay valid whenever Spark reuses the map output to compute the product again.
+Everything here that runs in a task is module-level.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import READ_ERROR_MARK, TaskReadError
+from .sparkconf import REFERENCE_DIR_CONF
+
+#: Prefix of a product's folder of spilled blocks.
+FOLDER_PREFIX = "blockmatrix-refs-"
+
+
+class SpilledRef(NamedTuple):
+    """Where one block was written: the file (in the product's folder), offset and layout.
+
+    ``kind`` is ``"dense"`` (C order) or ``"csr"`` (data, indices, indptr one after the other,
+    indices and indptr int32 or int64 as ``index_dtype`` says).
+    """
+
+    folder: str
+    file: str
+    offset: int
+    kind: str
+    shape: tuple[int, int]
+    dtype: str
+    nnz: int = 0
+    index_dtype: str = ""
+
+
+def new_folder(parent: str) -> str:
+    """A fresh folder for one product's spilled blocks, under ``parent``."""
+    return tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=parent)
+
+
+def _write(f, array: np.ndarray) -> None:
+    """The array's bytes, without a copy when it is C-contiguous (none for an empty one)."""
+    if array.size:
+        f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+
+def spill_partition(index: int, items, folder: str):
+    """Write a partition's blocks ``(key, block)`` into one file; yield ``(key, SpilledRef)``.
+
+    The file is named by the task attempt (Spark's id, unique in the application), so that
+    the partitions of two RDDs mapped in one stage, and a retried or speculative attempt,
+    never write into one file; it is closed before the map task ends, hence before any
+    reducer reads it.
+    """
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    attempt = context.taskAttemptId() if context is not None else os.getpid()
+    name = f"p{index}-t{attempt}.bin"
+    with open(os.path.join(folder, name), "wb") as f:
+        for key, block in items:
+            offset = f.tell()
+            if sp.issparse(block):
+                csr = block.tocsr()
+                for part in (csr.data, csr.indices, csr.indptr):
+                    _write(f, part)
+                yield key, SpilledRef(folder, name, offset, "csr", tuple(csr.shape),
+                                      csr.dtype.str, int(csr.nnz), csr.indices.dtype.str)
+            else:
+                _write(f, block)
+                yield key, SpilledRef(folder, name, offset, "dense", tuple(block.shape),
+                                      np.asarray(block).dtype.str)
+
+
+def read_spilled(ref: SpilledRef):
+    """The block ``ref`` points at (a fresh array read from the file; executor side)."""
+    path = os.path.join(ref.folder, ref.file)
+    try:
+        if ref.kind == "dense":
+            rows, cols = ref.shape
+            return np.fromfile(path, dtype=ref.dtype, count=rows * cols,
+                               offset=ref.offset).reshape(ref.shape)
+        dtype, index = np.dtype(ref.dtype), np.dtype(ref.index_dtype)
+        with open(path, "rb") as f:
+            f.seek(ref.offset)
+            data = np.fromfile(f, dtype=dtype, count=ref.nnz)
+            indices = np.fromfile(f, dtype=index, count=ref.nnz)
+            indptr = np.fromfile(f, dtype=index, count=ref.shape[0] + 1)
+        return sp.csr_matrix((data, indices, indptr), shape=ref.shape)
+    except (OSError, ValueError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TaskReadError(
+            f"{READ_ERROR_MARK}reading {path}, a block shuffled by reference, failed in a task "
+            f"({detail}): its folder must stay readable by every executor while the product "
+            f"is in use (a local master, or {REFERENCE_DIR_CONF} on shared storage); or "
+            f"multiply with by_reference=False") from None
+
+
+def ref_nbytes(block) -> int:
+    """Bytes of the block a :class:`SpilledRef` points at (what the reducer reads)."""
+    if block.kind == "dense":
+        return int(np.prod(block.shape)) * np.dtype(block.dtype).itemsize
+    index = np.dtype(block.index_dtype).itemsize
+    return block.nnz * (np.dtype(block.dtype).itemsize + index) + (block.shape[0] + 1) * index
