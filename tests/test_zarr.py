@@ -46,17 +46,24 @@ rng = np.random.default_rng(13)
 # ---------------------------------------------------------------------------- stores
 
 
-@pytest.fixture(scope="module")
-def s3_env(sc, tmp_path_factory):
-    """A moto S3 server on loopback; its endpoint and credentials in the environment.
+@pytest.fixture(scope="module", autouse=True)
+def s3_env(request, tmp_path_factory):
+    """A moto S3 server on loopback, its endpoint and credentials in the environment.
 
-    Yields the environment variables it set (for a subprocess). Skipped only when the test
-    extra's s3fs or moto is not installed.
+    Yields the environment variables it set (for a subprocess), or None when the test extra's
+    s3fs or moto is not installed (the S3 cases then skip). Set up before the module's first
+    Spark job, so that every job of the module runs in one set of Python workers (Spark starts
+    new ones for a new environment, and each imports zarr again).
     """
-    s3fs = pytest.importorskip("s3fs")
-    server_module = pytest.importorskip("moto.server")
+    try:
+        import s3fs
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        yield None
+        return
+    sc = request.getfixturevalue("sc")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     empty = tmp_path_factory.mktemp("aws")
@@ -85,11 +92,12 @@ def s3_env(sc, tmp_path_factory):
 
 
 @pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
+def store(request, tmp_path, s3_env):
     """A folder (or prefix) to put arrays in: ``store("x")`` is the URL of array x."""
     if request.param == "local":
         return lambda name: str(tmp_path / f"{name}.zarr")
-    request.getfixturevalue("s3_env")
+    if s3_env is None:
+        pytest.skip("s3fs and moto[server] (the test extra) are not installed")
     prefix = f"s3://{BUCKET}/{request.node.name.replace('[', '-').strip(']')}"
     return lambda name: f"{prefix}/{name}.zarr"
 
@@ -112,7 +120,8 @@ def stored_objects(url: str) -> list[str]:
 # ---------------------------------------------------------------------------- reading and writing
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(("store", "dtype"), [("local", "float64"), ("s3", "float32")],
+                         indirect=["store"])
 def test_from_zarr_to_zarr_round_trip(sc, store, dtype):
     """Ragged edge blocks, chunks that do not match the blocks on input; to_zarr publishes."""
     a = rng.standard_normal((23, 17)).astype(dtype)
@@ -132,7 +141,9 @@ def test_from_zarr_to_zarr_round_trip(sc, store, dtype):
     np.testing.assert_array_equal(BlockMatrix.from_zarr(sc, out, 6, 5).T.to_numpy(), a.T)
 
 
-@pytest.mark.parametrize("strategy", ["inner", "broadcast"])
+@pytest.mark.parametrize(("store", "strategy"),
+                         [("local", "inner"), ("local", "broadcast"), ("s3", "broadcast")],
+                         indirect=["store"])
 def test_multiply_reads_zarr_blocks_in_the_tasks(sc, store, strategy):
     a, b = rng.standard_normal((30, 20)), rng.standard_normal((20, 14))
     A = BlockMatrix.from_numpy(sc, a, 8, 6, num_partitions=3)
@@ -166,6 +177,9 @@ def test_both_operands_in_zarr_multiply_without_a_shuffle(sc, tmp_path):
     assert_eq(result, a @ b)
     assert C.plan.num_shuffles == m.shuffle_stages == 0
     assert m.file_read_bytes == C.plan.read_bytes > 0
+    with pytest.raises(InvalidParameterError, match="A is a zarr array: the out-of-core "
+                                                    "product reads HDF5 files only"):
+        A.multiply(B, strategy="ooc")
 
 
 def test_overwrite_is_refused_and_leaves_the_old_array(sc, store):
@@ -234,13 +248,13 @@ def kill_during_publish(url: str, env: dict, ready) -> None:
         proc.stderr.close()
 
 
-def test_a_killed_publication_leaves_no_array_and_the_next_write_cleans(sc, store, request):
+def test_a_killed_publication_leaves_no_array_and_the_next_write_cleans(sc, store, s3_env):
     """Killed between its steps: locally the old array moved aside and the new one staged;
     on S3 every chunk copied but not zarr.json. Neither looks like an array at the target."""
     url = store("c")
     BlockMatrix.from_numpy(sc, np.ones((8, 6)), 4, 3).to_zarr(url)
     loc = zs.parse_url(url)
-    env = request.getfixturevalue("s3_env") if not loc.local else {}
+    env = s3_env if not loc.local else {}
     if loc.local:
         ready = lambda: os.path.isdir(loc.sibling(zs.RETIRED_TAG).path)  # noqa: E731
     else:
@@ -257,6 +271,32 @@ def test_a_killed_publication_leaves_no_array_and_the_next_write_cleans(sc, stor
     assert stored_objects(loc.staging.url) == []
     assert zs.PUBLISHING_KEY not in "".join(stored_objects(url))
     assert not os.path.exists(loc.sibling(zs.RETIRED_TAG).path)
+
+
+def test_the_staged_writer_resumes_and_regions_are_read_into_buffers(tmp_path):
+    """The module's own API, as the out-of-core engine uses it (no Spark): tiles written
+    into the staging array, kept by a resumed run, published; regions read into a buffer."""
+    url, a = str(tmp_path / "y.zarr"), rng.standard_normal((10, 8))
+    with pytest.raises(RuntimeError, match="interrupted"), \
+            zs.staged_output(url, a.shape, a.dtype, (5, 4), resume=True) as staged:
+        zs.write_tile(zs.open_array(staged.staging_url, "r+"), 0, 0, a[:5])
+        raise RuntimeError("interrupted")
+    assert not os.path.exists(url)
+    with zs.staged_output(url, a.shape, a.dtype, (5, 4), resume=True) as staged:
+        staging = zs.open_array(staged.staging_url, "r+")
+        np.testing.assert_array_equal(staging[:5], a[:5])  # the first run's tile is kept
+        zs.write_tile(staging, 5, 0, a[5:])
+        staged.publish()
+    out = np.empty((3, 4))
+    assert zs.read_region(zs.open_array(url), slice(4, 7), slice(2, 6), out) is out
+    np.testing.assert_array_equal(out, a[4:7, 2:6])
+    assert zs.inspect_input(url) == ((10, 8), np.dtype("float64"), (5, 4))
+    with pytest.raises(RuntimeError), \
+            zs.staged_output(url, a.shape, a.dtype, (5, 4), overwrite=True) as staged:
+        zs.write_tile(zs.open_array(staged.staging_url, "r+"), 0, 0, np.zeros((5, 8)))
+        raise RuntimeError("interrupted")
+    assert not os.path.exists(zs.parse_url(url).staging.path)  # no resume: removed
+    np.testing.assert_array_equal(zarr.open_array(url, mode="r")[...], a)
 
 
 # ---------------------------------------------------------------------------- refusals
@@ -317,6 +357,8 @@ def test_outputs_that_cannot_be_written_are_refused(tmp_path):
 
 
 def test_a_missing_bucket_is_refused(s3_env):
+    if s3_env is None:
+        pytest.skip("s3fs and moto[server] (the test extra) are not installed")
     with pytest.raises(OutputNotWritableError, match=r"bucket s3://no-such-bucket does not "
                                                      r"exist"):
         zs.check_output("s3://no-such-bucket/c.zarr")

@@ -645,6 +645,17 @@ class StagedOutput:
                           chunks=self.chunks, fill_value=0, zarr_format=3, overwrite=True,
                           attributes={INCOMPLETE_ATTR: 1})
 
+    def staging_matches(self) -> bool:
+        """Whether a staging array of this shape, dtype and chunks, incomplete, is there."""
+        try:
+            array = open_array(self.staging_url, "r")
+        except (OSError, ValueError):
+            return False
+        return (tuple(array.shape) == tuple(self.shape)
+                and np.dtype(array.dtype).newbyteorder("=") == self.dtype.newbyteorder("=")
+                and tuple(array.chunks) == self.chunks
+                and bool(array.attrs.asdict().get(INCOMPLETE_ATTR)))
+
     def publish(self) -> None:
         """Put the complete staging array at the target (call once every tile is written).
 
@@ -731,16 +742,17 @@ def _remove(loc: ZarrLocation) -> None:
     fs.invalidate_cache(loc.path)
 
 
-def clean_leftovers(url, param: str = "output") -> list[str]:
+def clean_leftovers(url, param: str = "output", keep_staging: bool = False) -> list[str]:
     """Remove what an interrupted writer of ``url`` left; say what was removed.
 
-    The staging array, a local target renamed aside, and on object storage a target prefix
-    marked :data:`PUBLISHING_KEY` (a publication cut short). Call it holding the output's
-    lock where there is one.
+    The staging array (unless ``keep_staging``), a local target renamed aside, and on object
+    storage a target prefix marked :data:`PUBLISHING_KEY` (a publication cut short). Call it
+    holding the output's lock where there is one.
     """
     loc = as_location(url, param)
     removed = []
-    leftovers = [loc.staging] + ([loc.sibling(RETIRED_TAG)] if loc.local else [])
+    leftovers = ([] if keep_staging else [loc.staging]) + (
+        [loc.sibling(RETIRED_TAG)] if loc.local else [])
     for left in leftovers:
         if left.local and os.path.exists(left.path) or not left.local and \
                 left.filesystem().find(left.path):
@@ -755,15 +767,20 @@ def clean_leftovers(url, param: str = "output") -> list[str]:
 @contextlib.contextmanager
 def staged_output(url, shape: tuple[int, int], dtype, chunks: tuple[int, int],
                   overwrite: bool = False, producer: str = "", job: str = "to_zarr",
-                  param: str = "output") -> Iterator[StagedOutput]:
+                  param: str = "output", resume: bool = False) -> Iterator[StagedOutput]:
     """Write a Zarr array staged, and publish it when complete (driver side).
 
     Checks the target (:func:`check_output`; again under a local target's lock, held
     throughout), removes what an interrupted writer left (:func:`clean_leftovers`), creates
     the staging array and yields the :class:`StagedOutput`: have the tasks write their
-    chunk-aligned tiles into ``staged.staging_url``, then call ``staged.publish()``. Leaving
-    the block without publishing (an error in the tasks, a refused check) removes the
-    staging array; a killed process leaves it for the next write to remove.
+    chunk-aligned tiles into ``staged.staging_url`` (:func:`write_tile`), then call
+    ``staged.publish()``. Leaving the block without publishing (an error in the tasks, a
+    refused check) removes the staging array; a killed process leaves it for the next write
+    to remove.
+
+    With ``resume``, a staging array of the same shape, dtype and chunks left by an
+    interrupted run is kept, tiles and all (the caller knows which tiles it finished), and
+    is kept again if this run fails too; anything else left is removed as usual.
 
     Raises
     ------
@@ -775,14 +792,16 @@ def staged_output(url, shape: tuple[int, int], dtype, chunks: tuple[int, int],
              else contextlib.nullcontext())
     with guard:
         check_output(loc, overwrite, param)
-        clean_leftovers(loc, param)
         staged = StagedOutput(loc, tuple(int(n) for n in shape), dtype, chunks, producer,
                               overwrite, param)
-        staged.create()
+        kept = resume and staged.staging_matches()
+        clean_leftovers(loc, param, keep_staging=kept)
+        if not kept:
+            staged.create()
         try:
             yield staged
         finally:
-            if not staged.published:
+            if not staged.published and not resume:
                 staged.discard()
 
 
