@@ -10,6 +10,7 @@ the tasks counted (``file_read_bytes``) against the plan.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -28,6 +29,7 @@ from blockmatrix import BlockMatrix  # noqa: E402
 from blockmatrix.errors import (  # noqa: E402
     InputChangedError,
     InputNotFoundError,
+    InsufficientSpaceError,
     InvalidBlockError,
     InvalidInputError,
     InvalidParameterError,
@@ -46,14 +48,12 @@ rng = np.random.default_rng(13)
 # ---------------------------------------------------------------------------- stores
 
 
-@pytest.fixture(scope="module", autouse=True)
-def s3_env(request, tmp_path_factory):
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory):
     """A moto S3 server on loopback, its endpoint and credentials in the environment.
 
     Yields the environment variables it set (for a subprocess), or None when the test extra's
-    s3fs or moto is not installed (the S3 cases then skip). Set up before the module's first
-    Spark job, so that every job of the module runs in one set of Python workers (Spark starts
-    new ones for a new environment, and each imports zarr again).
+    s3fs or moto is not installed (the S3 cases then skip).
     """
     try:
         import s3fs
@@ -61,7 +61,6 @@ def s3_env(request, tmp_path_factory):
     except ImportError:
         yield None
         return
-    sc = request.getfixturevalue("sc")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -72,27 +71,46 @@ def s3_env(request, tmp_path_factory):
            # The user's own AWS files must not redirect the test.
            "AWS_CONFIG_FILE": str(empty / "config"),
            "AWS_SHARED_CREDENTIALS_FILE": str(empty / "credentials")}
-    saved = {k: os.environ.get(k) for k in env}
-    saved_workers = {k: sc.environment.get(k) for k in env}
-    os.environ.update(env)
-    sc.environment.update(env)  # Spark passes these to the Python workers it starts
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir(BUCKET)
-    try:
-        yield env
-    finally:
-        for store, old in ((os.environ, saved), (sc.environment, saved_workers)):
-            for k, v in old.items():
-                if v is None:
-                    store.pop(k, None)
-                else:
-                    store[k] = v
+    with environment(os.environ, env):
         s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
+        s3fs.S3FileSystem().mkdir(BUCKET)
+        try:
+            yield env
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def workers(sc, s3_env):
+    """The S3 environment in Spark's Python workers too (the SparkContext's ``environment``,
+    which Spark hands to the workers it starts).
+
+    Requested by every Spark test of the module, local stores included, so that all its jobs
+    run in one set of workers (Spark starts new ones for a new environment, and each imports
+    zarr again).
+    """
+    with environment(sc.environment, s3_env or {}):
+        yield
+
+
+@contextlib.contextmanager
+def environment(mapping, values: dict):
+    """``mapping`` (``os.environ``, ``sc.environment``) with ``values`` set, then restored."""
+    saved = {k: mapping.get(k) for k in values}
+    mapping.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                mapping.pop(k, None)
+            else:
+                mapping[k] = v
 
 
 @pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path, s3_env):
+def store(request, tmp_path, workers, s3_env):
     """A folder (or prefix) to put arrays in: ``store("x")`` is the URL of array x."""
     if request.param == "local":
         return lambda name: str(tmp_path / f"{name}.zarr")
@@ -167,7 +185,7 @@ def test_multiply_reads_zarr_blocks_in_the_tasks(sc, store, strategy):
     assert_eq(BlockMatrix.from_zarr(sc, out, 8, 5).to_numpy(), a @ b)
 
 
-def test_both_operands_in_zarr_multiply_without_a_shuffle(sc, tmp_path):
+def test_both_operands_in_zarr_multiply_without_a_shuffle(sc, tmp_path, workers):
     a, b = rng.standard_normal((16, 12)), rng.standard_normal((12, 10))
     A = BlockMatrix.from_zarr(sc, put(str(tmp_path / "a.zarr"), a), 4, 4)
     B = BlockMatrix.from_zarr(sc, put(str(tmp_path / "b.zarr"), b), 4, 4)
@@ -183,7 +201,9 @@ def test_both_operands_in_zarr_multiply_without_a_shuffle(sc, tmp_path):
 
 
 def test_overwrite_is_refused_and_leaves_the_old_array(sc, store):
-    old, new = rng.standard_normal((9, 7)), rng.standard_normal((9, 7))
+    old = rng.standard_normal((9, 7))
+    new = np.zeros((9, 7))
+    new[4:, 4:] = rng.standard_normal((5, 3))  # three of four blocks absent: zero, not stored
     url = store("c")
     BlockMatrix.from_numpy(sc, old, 4, 4).to_zarr(url)
     before = stored_objects(url)
@@ -194,20 +214,11 @@ def test_overwrite_is_refused_and_leaves_the_old_array(sc, store):
     assert stored_objects(url) == before
     np.testing.assert_array_equal(zarr.open_array(url, mode="r")[...], old)
     BlockMatrix.from_numpy(sc, new, 4, 4).to_zarr(url, overwrite=True)
+    # The old array's chunks are gone: those the new one leaves at zero show zero.
     np.testing.assert_array_equal(zarr.open_array(url, mode="r")[...], new)
     # A matrix read from the old array refuses to run on the new one.
     with pytest.raises(InputChangedError, match="rewritten since BlockMatrix.from_zarr"):
         X.multiply(BlockMatrix.from_numpy(sc, np.eye(7), 4, 4), strategy="broadcast")
-
-
-def test_overwrite_removes_chunks_the_new_array_leaves_zero(sc, store):
-    """A chunk the new array does not store (all fill value) must not show an old value."""
-    url = store("c")
-    BlockMatrix.from_numpy(sc, np.ones((8, 8)), 4, 4).to_zarr(url)
-    z = np.zeros((8, 8))
-    z[:4, :4] = 2.0  # three of four blocks absent: zero
-    BlockMatrix.from_numpy(sc, z, 4, 4).to_zarr(url, overwrite=True)
-    np.testing.assert_array_equal(zarr.open_array(url, mode="r")[...], z)
 
 
 def test_a_failed_write_leaves_no_array(sc, store):
@@ -354,6 +365,9 @@ def test_outputs_that_cannot_be_written_are_refused(tmp_path):
         zs.output_chunks((3, 4), 8, 8, (20, 20))
     with pytest.raises(InvalidParameterError, match="chunks must be a pair of positive"):
         zs.output_chunks((0, 4), 8, 8, (20, 20))
+    with pytest.raises(InsufficientSpaceError, match=r"url folder .* has .* free and writing "
+                                                     r".*c\.zarr .* needs"):
+        zs.check_output_space(str(tmp_path / "c.zarr"), (1 << 30, 1 << 30), "f8", param="url")
 
 
 def test_a_missing_bucket_is_refused(s3_env):
