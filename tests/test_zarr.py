@@ -314,13 +314,14 @@ def test_the_staged_writer_resumes_and_regions_are_read_into_buffers(tmp_path):
 
 
 def test_inputs_that_are_not_2d_real_zarr3_arrays_are_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
     put(str(tmp_path / "three.zarr"), np.zeros((2, 2, 2)))
     put(str(tmp_path / "complex.zarr"), np.zeros((2, 2), complex))
     zarr.create_group(store=str(tmp_path / "group.zarr"), zarr_format=3)
     zarr.create_array(store=str(tmp_path / "v2.zarr"), shape=(2, 2), dtype="f8", zarr_format=2)
     cases = {
-        "missing.zarr": (InputNotFoundError, r"url .*missing\.zarr is not a Zarr array "
-                                             r"\(no zarr.json there\): check the path"),
+        "missing.zarr": (InputNotFoundError, r"url .*missing\.zarr does not exist: check"),
+        "empty": (InputNotFoundError, r"url .*empty is not a Zarr array \(no zarr.json there\)"),
         "three.zarr": (InvalidInputError, r"has 3 dimensions \(shape \(2, 2, 2\)\), not 2"),
         "complex.zarr": (InvalidInputError, r"dtype complex128, which is not a real number"),
         "group.zarr": (InvalidInputError, r"is a Zarr group, not an array: name the array"),

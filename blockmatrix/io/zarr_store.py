@@ -134,15 +134,19 @@ class ZarrLocation:
     def __str__(self) -> str:
         return self.url
 
+    @property
+    def _paths(self):
+        """The path module of the location: the OS's, or URLs' (``/`` always)."""
+        return os.path if self.local else posixpath
+
     def key(self, name: str) -> str:
         """The path of the object ``name`` inside the array (``zarr.json``, ``c/0/0``)."""
-        return (os.path.join if self.local else posixpath.join)(self.path, name)
+        return self._paths.join(self.path, name)
 
     def sibling(self, tag: str) -> ZarrLocation:
         """A hidden location beside this one, ``.NAME.TAG``."""
-        split, join = (os.path, os.path) if self.local else (posixpath, posixpath)
-        parent, name = split.split(self.path)
-        return ZarrLocation(self.protocol, join.join(parent, f".{name}.{tag}"))
+        parent, name = self._paths.split(self.path)
+        return ZarrLocation(self.protocol, self._paths.join(parent, f".{name}.{tag}"))
 
     @property
     def staging(self) -> ZarrLocation:
@@ -152,7 +156,7 @@ class ZarrLocation:
     @property
     def parent(self) -> str:
         """The folder (or prefix) that holds the array."""
-        return (os.path if self.local else posixpath).dirname(self.path)
+        return self._paths.dirname(self.path)
 
     def filesystem(self):
         """The fsspec file system of the location, configured from the usual places."""
@@ -291,6 +295,8 @@ def inspect_input(url, param: str = "input", float_only: bool = False
     loc = as_location(url, param)
     zarr = require_zarr()
     meta = _read_metadata(loc, param)
+    if meta is None and loc.local and not os.path.exists(loc.path):
+        raise InputNotFoundError(f"{param} {loc} does not exist: check the path")
     if meta is None:
         raise InputNotFoundError(
             f"{param} {loc} is not a Zarr array (no {METADATA_KEY} there): check the path "
