@@ -773,7 +773,8 @@ def clean_leftovers(url, param: str = "output", keep_staging: bool = False) -> l
 @contextlib.contextmanager
 def staged_output(url, shape: tuple[int, int], dtype, chunks: tuple[int, int],
                   overwrite: bool = False, producer: str = "", job: str = "to_zarr",
-                  param: str = "output", resume: bool = False) -> Iterator[StagedOutput]:
+                  param: str = "output", resume: bool = False,
+                  take_lock: bool = True) -> Iterator[StagedOutput]:
     """Write a Zarr array staged, and publish it when complete (driver side).
 
     Checks the target (:func:`check_output`; again under a local target's lock, held
@@ -788,14 +789,18 @@ def staged_output(url, shape: tuple[int, int], dtype, chunks: tuple[int, int],
     interrupted run is kept, tiles and all (the caller knows which tiles it finished), and
     is kept again if this run fails too; anything else left is removed as usual.
 
+    ``take_lock=False`` is for a caller that already holds a local target's lock
+    (:func:`~blockmatrix.io.lock.output_lock` on :func:`~blockmatrix.io.lock.lock_path_of`
+    the path, as the jobs take it before Spark starts): a second one would refuse.
+
     Raises
     ------
     OutputExistsError, OutputNotWritableError, InvalidInputError
         As :func:`check_output`; a local target locked by another job.
     """
     loc = check_output(url, overwrite, param)
-    guard = (output_lock(lock_path_of(loc.path), loc.path, job=job) if loc.local
-             else contextlib.nullcontext())
+    guard = (output_lock(lock_path_of(loc.path), loc.path, job=job)
+             if loc.local and take_lock else contextlib.nullcontext())
     with guard:
         check_output(loc, overwrite, param)
         staged = StagedOutput(loc, tuple(int(n) for n in shape), dtype, chunks, producer,
