@@ -39,6 +39,7 @@ from blockmatrix.errors import (  # noqa: E402
     OutputNotWritableError,
 )
 from blockmatrix.io import zarr_store as zs  # noqa: E402
+from blockmatrix.io.lock import lock_path_of, output_lock  # noqa: E402
 from blockmatrix.metrics import record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,6 +311,10 @@ def test_the_staged_writer_resumes_and_regions_are_read_into_buffers(tmp_path):
         raise RuntimeError("interrupted")
     assert not os.path.exists(zs.parse_url(url).staging.path)  # no resume: removed
     np.testing.assert_array_equal(zarr.open_array(url, mode="r")[...], a)
+    with output_lock(lock_path_of(url), url), pytest.raises(
+            OutputNotWritableError, match=r"y\.zarr' is being written by another to_zarr job"):
+        with zs.staged_output(url, a.shape, a.dtype, (5, 4), overwrite=True):
+            pass
 
 
 # ---------------------------------------------------------------------------- refusals
