@@ -41,6 +41,11 @@ setup(
         # The benchmark jobs (jobs/benchmark.py, bench_gram.py, transport.py): process-tree
         # memory and CPU sampling.
         "bench": ["psutil>=5.9"],
+        # Zarr (format 3) input and output, on local folders and object storage through
+        # fsspec: BlockMatrix.from_zarr / to_zarr (blockmatrix.io.zarr_store). s3fs is the
+        # file system of s3:// URLs; other fsspec protocols need their own package (gcsfs,
+        # adlfs).
+        "zarr": ["zarr>=3", "fsspec>=2023.6", "s3fs>=2023.6"],
         "test": [
             "threadpoolctl>=3.1",
             "psutil>=5.9",
@@ -55,6 +60,11 @@ setup(
             "ipykernel>=6",
             "matplotlib>=3.7",
             "dask[array]>=2024.1",
+            "zarr>=3",
+            "fsspec>=2023.6",
+            "s3fs>=2023.6",
+            # tests/test_zarr.py: a real S3-protocol server on loopback (moto's server mode).
+            "moto[server]>=5",
         ],
     },
     license="Apache-2.0",

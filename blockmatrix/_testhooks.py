@@ -14,6 +14,12 @@ parameter has to be threaded through production signatures. The points in use:
     In a task of :func:`blockmatrix.ooc.gram_hdf5`, after each slab of X is accumulated.
 ``gram.writer``
     In the single writer of Y, before each tile is written.
+``zarr.tile``
+    In a task writing a Zarr output (:func:`blockmatrix.io.zarr_store.write_tile`), before
+    each tile.
+``zarr.publish``
+    In a Zarr output's publication: locally between moving an old array aside and renaming
+    the new one in; on object storage after the chunks are copied, before ``zarr.json``.
 
 Any other module may add points of its own (``<module>.<stage>``): nothing here knows them.
 When the variable is unset a pause costs one environment lookup; its value is parsed once.

@@ -67,6 +67,10 @@ class OutputNotWritableError(BlockMatrixError, PermissionError):
     """The requested output location cannot be written."""
 
 
+class MissingDependencyError(BlockMatrixError, ImportError):
+    """An optional feature's packages are not installed (the message names the extra)."""
+
+
 class InsufficientSpaceError(BlockMatrixError, OSError):
     """A folder the run writes in (output, tiles, spill) has less free space than it needs."""
 

@@ -104,7 +104,7 @@ class BlockLayout:
         ``from_hdf5`` place every block themselves); None when unknown. The ``broadcast``
         strategy needs no shuffle when each block row (column) of the large operand lies in
         one partition.
-    source : HDF5Dataset or DriverArray, optional
+    source : HDF5Dataset, ZarrArray or DriverArray, optional
         Where the blocks can be read without Spark (:mod:`blockmatrix.sources`); None when
         they exist only in Spark.
     key_collect : KeyCollect, optional

@@ -26,10 +26,11 @@ from .errors import (
     InvalidBlockError,
     InvalidParameterError,
     ShapeMismatchError,
+    raised_from_tasks,
 )
 from .held import Held, collecting, release_later, release_pending
 from .interop import mllib, tables
-from .io import hdf5
+from .io import hdf5, zarr_store
 from .layout import (
     BlockLayout,
     KeyCollect,
@@ -41,7 +42,7 @@ from .layout import (
 )
 from .partitioner import GridPartitioner
 from .plan import MultiplyOptions, MultiplyPlan, check_blocks_fit
-from .sources import DriverArray, HDF5Dataset, file_stamp
+from .sources import DriverArray, HDF5Dataset, ZarrArray, file_stamp
 from .sparkconf import multiply_defaults
 from .strategies import get_strategy
 
@@ -274,6 +275,49 @@ class BlockMatrix:
         return cls(rdd, shape, rpb, cpb, layout=layout, source=(path, dataset))
 
     @classmethod
+    def from_zarr(cls, sc, url: str, rows_per_block: int, cols_per_block: int,
+                  num_partitions: int | None = None) -> BlockMatrix:
+        """Read a 2-D Zarr (format 3) array block by block: each task reads its own blocks.
+
+        ``url`` is a local path (a folder every executor sees) or a URL fsspec knows, e.g.
+        ``s3://bucket/x.zarr``; storage options and credentials come from the environment and
+        the storage client's config files on the driver and on every executor (see
+        :mod:`blockmatrix.io.zarr_store`). The driver reads metadata only; every block is
+        stored (no zero test). Needs the ``zarr`` extra (``pip install 'blockmatrix[zarr]'``).
+
+        The matrix's source is a :class:`~blockmatrix.sources.ZarrArray`: ``inner`` and
+        ``broadcast`` read its blocks from the array in the tasks that need them, as they do
+        for :meth:`from_hdf5`.
+
+        Raises
+        ------
+        MissingDependencyError
+            zarr or fsspec (or the URL's file system package) is not installed.
+        InvalidParameterError
+            A malformed URL, or one with credentials in it.
+        InputNotFoundError
+            No Zarr array at ``url``.
+        InvalidInputError
+            Zarr format 2, a group, not 2-D, not real numbers, or marked incomplete.
+        """
+        rpb = _block_size(rows_per_block, "rows_per_block")
+        cpb = _block_size(cols_per_block, "cols_per_block")
+        location = zarr_store.parse_url(url, param="url")
+        shape, dtype, _ = zarr_store.inspect_input(location, param="url")
+        source = ZarrArray(location.url, shape, np.dtype(dtype),
+                           zarr_store.metadata_stamp(location))
+        layout = shape_only(shape, rpb, cpb, dtype)
+        keys = [(i, j) for i in range(layout.num_row_blocks) for j in range(layout.num_col_blocks)]
+        n = _num_slices(sc, num_partitions, len(keys))
+        keys_rdd, key_partitions = _parallelize_placed(sc, keys, n, key_of=_same)
+        layout = BlockLayout(shape, rpb, cpb, {k: layout.dense_nbytes(*k) for k in keys}, dtype, n,
+                             key_partitions, source)
+        rdd = keys_rdd.mapPartitions(
+            partial(zarr_store.read_blocks, url=location.url, rows_per_block=rpb,
+                    cols_per_block=cpb))
+        return cls(rdd, shape, rpb, cpb, layout=layout, input_files=frozenset({location.url}))
+
+    @classmethod
     def from_mllib(cls, m, rows_per_block: int = 1024, cols_per_block: int = 1024,
                    num_partitions: int | None = None) -> BlockMatrix:
         """Convert one of MLlib's distributed matrices (``pyspark.mllib.linalg.distributed``).
@@ -487,6 +531,64 @@ class BlockMatrix:
         self._blocks, self._plan = blocks, plan
         self._layout = plan.result_layout(blocks.getNumPartitions())
         self._ooc_sources = (plan.left.source, plan.right.source)
+
+    def to_zarr(self, url: str, overwrite: bool = False, chunks=None) -> int:
+        """Write into a Zarr (format 3) array: the tasks write their blocks in parallel.
+
+        The array is staged beside ``url`` and published once every task has written its
+        blocks (:func:`blockmatrix.io.zarr_store.staged_output`): by a rename on a local file
+        system; on object storage by copying the chunks and writing ``zarr.json`` last. A
+        killed write never leaves an array at ``url``; the next write removes its staging
+        array. Absent blocks stay zero (the fill value, not stored). The array records its
+        shape, dtype and producer in its attributes. Needs the ``zarr`` extra.
+
+        Parameters
+        ----------
+        url : str
+            A local path or a URL fsspec knows (``s3://bucket/c.zarr``); credentials from the
+            environment or the storage client's config, on the driver and every executor.
+        overwrite : bool
+            Replace an existing array (it stays readable until the new one is published).
+        chunks : (int, int), optional
+            Chunk shape; must divide the block shape, so that each task writes whole chunks
+            no other task touches (refused otherwise). Default: the block shape, cut to the
+            matrix.
+
+        Returns
+        -------
+        int
+            Number of blocks written.
+
+        Raises
+        ------
+        OutputExistsError, OutputNotWritableError, InvalidInputError, InsufficientSpaceError
+            Before any job: an array there without ``overwrite``, no writable folder or no
+            bucket, something that is not an array there, too little local free space.
+        InvalidParameterError
+            ``chunks`` malformed or not dividing the block shape.
+        InvalidBlockError
+            Two blocks with one index (nothing is published).
+        """
+        location = zarr_store.check_output(url, overwrite=overwrite, param="url")
+        chunk_shape = zarr_store.output_chunks(chunks, self._rows_per_block,
+                                               self._cols_per_block, self._shape)
+        dtype = self.dtype
+        zarr_store.check_output_space(location, self._shape, dtype, param="url")
+        producer = "blockmatrix BlockMatrix.to_zarr" + (
+            f" of a product (strategy {self._plan.strategy})" if self._plan is not None else "")
+        release_pending()
+        with zarr_store.staged_output(location, self._shape, dtype, chunk_shape,
+                                      overwrite=overwrite, producer=producer,
+                                      param="url") as staged:
+            with raised_from_tasks():
+                records = self._blocks.mapPartitions(partial(
+                    zarr_store.write_blocks, url=staged.staging_url, shape=self._shape,
+                    rows_per_block=self._rows_per_block,
+                    cols_per_block=self._cols_per_block)).collect()
+            self._release_after_exit()
+            written = zarr_store.check_written(records, "to_zarr")
+            staged.publish()
+        return written
 
     @contextlib.contextmanager
     def _computed_in_parallel(self):

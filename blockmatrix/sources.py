@@ -7,11 +7,19 @@ A :class:`~blockmatrix.layout.BlockLayout` carries its matrix's source when ther
 - :class:`HDF5Dataset`: the dataset ``from_hdf5`` reads, on storage every executor sees, so a
   task can read the blocks it needs straight from the file instead of receiving them through a
   shuffle;
+- :class:`ZarrArray`: the same for the Zarr array ``from_zarr`` reads (a shared folder or
+  object storage);
 - None: the blocks exist nowhere but in Spark (a product, a ``from_blocks`` RDD).
 
 A transpose keeps its operand's source (:meth:`transpose`): the blocks are read transposed.
 Sources are small, picklable values (a path and a dataset name; the driver's array stays on
 the driver and is never pickled into a plan that is shipped to executors).
+
+Sources of kind ``"file"`` share one protocol, which a task's reader
+(:class:`~blockmatrix.strategies._common.FileReader`) uses: ``open()`` returns a handle with
+``close()``, ``read_block(handle, i, j, rows_per_block, cols_per_block)`` reads one block,
+``read_errors`` are the exceptions a failed read raises, ``location`` names the data in
+messages, ``check_unchanged()`` refuses data rewritten since the matrix was made.
 """
 
 from __future__ import annotations
@@ -60,6 +68,25 @@ class HDF5Dataset:
     transposed: bool = False
 
     kind = "file"
+    format = "hdf5"
+    #: What a failed read raises (a task turns them into a one-line error).
+    read_errors = (OSError, KeyError)
+
+    @property
+    def location(self) -> str:
+        """``path::dataset``, as messages name it."""
+        return f"{self.path}::{self.dataset}"
+
+    def open(self) -> _HDF5Handle:
+        """The dataset, opened read-only (executor side); close the handle when done."""
+        import h5py
+
+        f = h5py.File(self.path, "r")
+        try:
+            return _HDF5Handle(f, f[self.dataset])
+        except BaseException:
+            f.close()
+            raise
 
     def transpose(self) -> HDF5Dataset:
         """The same dataset, read transposed."""
@@ -82,7 +109,11 @@ class HDF5Dataset:
 
     def read_block(self, data, i: int, j: int, rows_per_block: int,
                    cols_per_block: int) -> np.ndarray:
-        """Block ``(i, j)`` of the matrix from the open dataset ``data`` (executor side)."""
+        """Block ``(i, j)`` of the matrix from :meth:`open`'s handle (executor side).
+
+        ``data`` may also be the h5py dataset itself.
+        """
+        data = getattr(data, "data", data)
         if self.transposed:
             return np.ascontiguousarray(
                 self._read(data, j, i, cols_per_block, rows_per_block).T)
@@ -96,6 +127,95 @@ class HDF5Dataset:
         r0, c0 = i * rows_per_block, j * cols_per_block
         data.read_direct(out, np.s_[r0:r0 + rows, c0:c0 + cols])
         return out
+
+
+class _HDF5Handle:
+    """An HDF5 file opened read-only and the dataset read from it."""
+
+    def __init__(self, file, data):
+        self.file, self.data = file, data
+
+    def close(self) -> None:
+        """Close the file."""
+        self.file.close()
+
+
+@dataclass(frozen=True)
+class ZarrArray:
+    """A 2-D Zarr (format 3) array every task can read: a shared folder or object storage.
+
+    Parameters
+    ----------
+    url : str
+        The canonical location (:func:`blockmatrix.io.zarr_store.parse_url`): an absolute
+        local path or ``protocol://bucket/key``. Storage options come from the environment
+        on every executor.
+    shape : (int, int)
+        Shape of the array as stored (before any transpose).
+    dtype : numpy.dtype
+        Element type, native byte order.
+    stamp : tuple
+        What identified the array's metadata when it was opened
+        (:func:`blockmatrix.io.zarr_store.metadata_stamp`).
+    transposed : bool
+        Whether the matrix is the array's transpose.
+    """
+
+    url: str
+    shape: tuple[int, int]
+    dtype: np.dtype
+    stamp: tuple
+    transposed: bool = False
+
+    kind = "file"
+    format = "zarr"
+    #: What a failed read raises: storage errors are OSErrors; zarr's own, ValueErrors.
+    read_errors = (OSError, KeyError, ValueError)
+
+    @property
+    def location(self) -> str:
+        """The URL, as messages name it."""
+        return self.url
+
+    def open(self):
+        """A read-only handle on the array (executor side)."""
+        from .io import zarr_store
+
+        return zarr_store.open_input(self.url)
+
+    def transpose(self) -> ZarrArray:
+        """The same array, read transposed."""
+        return ZarrArray(self.url, self.shape, self.dtype, self.stamp, not self.transposed)
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`InputChangedError` if the array was rewritten since it was opened.
+
+        Compares its ``zarr.json``'s file information (one metadata request).
+        """
+        from .io import zarr_store
+
+        try:
+            now = zarr_store.metadata_stamp(self.url)
+        except OSError as exc:
+            raise InputChangedError(
+                f"input {self.url} can no longer be read ({exc}) since BlockMatrix.from_zarr "
+                f"opened it: restore it, or open it again") from None
+        if tuple(now) != tuple(self.stamp):
+            raise InputChangedError(
+                f"input {self.url} was rewritten since BlockMatrix.from_zarr opened it "
+                f"({dict(self.stamp)} -> {dict(now)}): its blocks would not match the plan; "
+                f"open it again with BlockMatrix.from_zarr")
+
+    def read_block(self, handle, i: int, j: int, rows_per_block: int,
+                   cols_per_block: int) -> np.ndarray:
+        """Block ``(i, j)`` of the matrix from :meth:`open`'s handle (executor side)."""
+        from .io import zarr_store
+
+        array = handle.array
+        if self.transposed:
+            return np.ascontiguousarray(
+                zarr_store.read_block(array, j, i, cols_per_block, rows_per_block).T)
+        return zarr_store.read_block(array, i, j, rows_per_block, cols_per_block)
 
 
 @dataclass(frozen=True)
@@ -126,4 +246,4 @@ class DriverArray:
         raise TypeError("a DriverArray stays on the driver: ship the blocks, not the source")
 
 
-Source = HDF5Dataset | DriverArray
+Source = HDF5Dataset | ZarrArray | DriverArray

@@ -92,11 +92,13 @@ def accumulate_by_inner_index(records: Iterable, k_of: Callable[[object], int],
 
 
 class FileReader:
-    """Reads blocks of file-backed operands inside a task, one open file per operand.
+    """Reads blocks of file-backed operands inside a task, one open handle per operand.
 
     ``sources`` maps a side (:data:`LEFT`, :data:`RIGHT`) to ``(source, rows_per_block,
-    cols_per_block)`` with ``source`` a :class:`~blockmatrix.sources.HDF5Dataset`. Files are
-    opened read-only on first use and closed by :meth:`close` (or on leaving a ``with``).
+    cols_per_block)`` with ``source`` a source of kind ``"file"``
+    (:class:`~blockmatrix.sources.HDF5Dataset`, :class:`~blockmatrix.sources.ZarrArray`):
+    each is opened by its own ``open()`` on first use, read with its ``read_block`` and
+    closed by :meth:`close` (or on leaving a ``with``).
     """
 
     def __init__(self, sources: dict, counter=None):
@@ -106,21 +108,19 @@ class FileReader:
         """Block ``key`` of the operand on ``side``."""
         source, rows_per_block, cols_per_block = self._sources[side]
         try:
-            data = self._open.get(side)
-            if data is None:
-                import h5py
-
-                data = self._open[side] = h5py.File(source.path, "r")[source.dataset]
-            block = source.read_block(data, *key, rows_per_block, cols_per_block)
-        except (OSError, KeyError) as exc:
-            raise unreadable_in_task(f"{source.path}::{source.dataset}", exc) from None
+            handle = self._open.get(side)
+            if handle is None:
+                handle = self._open[side] = source.open()
+            block = source.read_block(handle, *key, rows_per_block, cols_per_block)
+        except source.read_errors as exc:
+            raise unreadable_in_task(source.location, exc) from None
         self._bytes_read += block.nbytes
         return block
 
     def close(self) -> None:
-        """Close every file opened, and count what was read (``counter``: an accumulator)."""
-        for data in self._open.values():
-            data.file.close()
+        """Close every handle opened, and count what was read (``counter``: an accumulator)."""
+        for handle in self._open.values():
+            handle.close()
         self._open.clear()
         if self._counter is not None and self._bytes_read:
             self._counter.add(self._bytes_read)

@@ -57,6 +57,9 @@ def unavailable_reason(left: BlockLayout, right: BlockLayout) -> str:
         if kind != "file":
             return (f"{name} is {_HELD_BY.get(kind, kind)}: the out-of-core product needs both "
                     f"operands read from HDF5 files")
+        if getattr(layout.source, "format", "hdf5") != "hdf5":
+            return (f"{name} is a {layout.source.format} array: the out-of-core product reads "
+                    f"HDF5 files only")
     for name, layout in (("A", left), ("B", right)):
         if np.dtype(layout.dtype) not in (np.dtype(np.float64), np.dtype(np.float32)):
             return (f"{name} is {np.dtype(layout.dtype).name}: the out-of-core product "
