@@ -49,6 +49,7 @@ from blockmatrix.errors import (
     InvalidParameterError,
     InvalidTableError,
     MissingColumnError,
+    MissingDependencyError,
     OutputExistsError,
     OutputNotWritableError,
     ShapeMismatchError,
@@ -110,6 +111,10 @@ def folder(template, tmp_path) -> Path:
     (d / "tab.parquet").mkdir()
     (d / "tab.parquet" / "part-00000.parquet").write_bytes(b"PAR1")
     (d / "empty.parquet").mkdir()
+    # A Zarr array and a Zarr group (the test extra installs zarr).
+    zarr = pytest.importorskip("zarr")
+    zarr.create_array(str(d / "a.zarr"), shape=(4, 20), chunks=(4, 10), dtype="f8")[...] = 1.0
+    zarr.open_group(str(d / "g.zarr"), mode="w")
     return d
 
 
@@ -158,7 +163,23 @@ def touched_after_opening(sc, d):
     return BlockMatrix.from_numpy(sc, A, 8, 8) @ B
 
 
+def without_zarr(call):
+    """``call()`` as on a machine without the zarr extra (its import fails)."""
+    saved = sys.modules.get("zarr")
+    sys.modules["zarr"] = None  # import zarr raises ImportError
+    try:
+        return call()
+    finally:
+        if saved is None:
+            del sys.modules["zarr"]
+        else:
+            sys.modules["zarr"] = saved
+
+
 LIBRARY_ROWS = [
+    ("zarr extra not installed",
+     lambda sc, d: without_zarr(lambda: BlockMatrix.from_zarr(sc, str(d / "a.zarr"), 2, 2)),
+     MissingDependencyError, "need the packages zarr", r"pip install 'blockmatrix\[zarr\]'"),
     ("inner dimensions differ",
      lambda sc, d: BlockMatrix.from_numpy(sc, A, 8, 8) @ BlockMatrix.from_numpy(sc, A, 8, 8),
      ShapeMismatchError, r"A\.shape\[1\] \(20\) != B\.shape\[0\] \(30\)", "transpose"),
@@ -331,6 +352,19 @@ CLI_ROWS = [
      "A ('in.h5:/A') is not of the form FILE.h5::/dataset", "e.g. 'data.h5::/X'"),
     ("location without a dataset", job("in.h5::"),
      "A ('in.h5::') is not of the form", "give the file and the dataset"),
+    ("location of no known kind", job("in.h5"),
+     "A ('in.h5') is not of the form FILE.h5::/dataset, zarr:URL or parquet:PATH",
+     "e.g. 'zarr:in.h5'"),
+    ("zarr location without a URL", job("zarr:"),
+     "A must be the path or URL of a Zarr array, got ''", "e.g. 'data/x.zarr'"),
+    ("zarr input missing", job("zarr:nope.zarr"), "nope.zarr does not exist", "check the path"),
+    ("zarr input is a group", job("zarr:g.zarr"), "is a Zarr group, not an array",
+     "name the array inside it"),
+    ("zarr output exists", job(c="zarr:a.zarr"), "a.zarr is already a Zarr array",
+     "--overwrite"),
+    ("zarr output would replace an input",
+     job("zarr:a.zarr", GOOD[1], "zarr:a.zarr", "--block-size", "8", "--overwrite"),
+     "is the input array A (zarr:", "choose another output path"),
     ("parquet location without a path", job("parquet:"),
      "A ('parquet:') is not of the form parquet:PATH", "e.g. 'parquet:data/a.parquet'"),
     ("parquet input missing", job("parquet:nope.parquet"),

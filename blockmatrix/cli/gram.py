@@ -1,4 +1,4 @@
-"""Y = X X^T for a matrix X in HDF5 or Parquet, into HDF5 (possibly X's own file) or Parquet.
+"""Y = X X^T for a matrix X in HDF5, Zarr or Parquet, into any of them (even X's own file).
 
 Usage::
 
@@ -12,9 +12,10 @@ bounded by --tile and --slab, not by the length of X: the job prints its predict
 of the peak resident memory of all its processes before it starts. Every check runs before
 Spark starts and before anything is written; a rejected request prints one line on stderr and
 exits with code 2. A killed run continues with --resume without computing its finished tiles
-again. With a Parquet input or output (``parquet:PATH``: a table of coordinates ``i, j, v`` or
-rows ``i, vector``) it computes ``X @ X.T`` with the Spark strategies, in blocks of
-``--block-size``, and writes Y as coordinates, published when complete.
+again. With a Zarr or Parquet input or output (``zarr:URL``, a local folder or object storage;
+``parquet:PATH``, a table of coordinates ``i, j, v`` or rows ``i, vector``) it computes
+``X @ X.T`` with the Spark strategies, in blocks of ``--block-size``, and writes Y (Parquet as
+coordinates), published when complete.
 ``python jobs/gram.py`` runs embedded local Spark (``--master``, default ``local[*]``);
 under spark-submit the file must be on storage every executor can read.
 """
@@ -60,12 +61,14 @@ def parse_args(argv):
     """Parse the command line."""
     parser = OneLineArgumentParser(prog=program(PROG), description=__doc__.split("\n\n")[0])
     parser.add_argument("input", metavar="INPUT",
-                        help="the matrix X (n x k): FILE.h5::/dataset or parquet:PATH")
+                        help="the matrix X (n x k): FILE.h5::/dataset, zarr:URL or "
+                             "parquet:PATH")
     parser.add_argument("output", metavar="OUTPUT",
                         help="where Y = X X^T (n x n) goes: FILE.h5::/dataset (may be in "
-                             "INPUT's file) or parquet:PATH")
+                             "INPUT's file), zarr:URL or parquet:PATH")
     parser.add_argument("--block-size", type=positive_int, default=None,
-                        help=f"with a Parquet input or output: rows and columns of a block "
+                        help=f"with a Zarr or Parquet input or output: rows and columns of a "
+                             f"block "
                              f"(default {SPARK_BLOCK_SIZE})")
     parser.add_argument("--tile", type=positive_int, default=None,
                         help=f"rows of an output tile (default {DEFAULT_TILE}; with --resume, "
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
         return gram_on_spark(args, x, y)
     if args.block_size is not None:
         raise InvalidParameterError(
-            f"--block-size ({args.block_size}) applies to a Parquet input or output; from "
+            f"--block-size ({args.block_size}) applies to a Zarr or Parquet input or output; from "
             f"HDF5 to HDF5 the job runs out of core in tiles: drop --block-size (or use --tile)")
     in_path, in_name, out_path, out_name = x.path, x.dataset, y.path, y.dataset
     if args.report is not None:
@@ -139,7 +142,7 @@ def main(argv=None) -> int:
 
 
 def gram_on_spark(args, x, y) -> int:
-    """Y = X X^T through the Spark strategies, for a Parquet input or output."""
+    """Y = X X^T through the Spark strategies, for a Zarr or Parquet input or output."""
     given = [f"--{name}" for name in OOC_FLAGS if getattr(args, name) not in (None, False)]
     if given:
         raise InvalidParameterError(

@@ -1,4 +1,4 @@
-"""Where a job's matrices are: ``FILE.h5::/dataset`` or ``parquet:PATH``.
+"""Where a job's matrices are: ``FILE.h5::/dataset``, ``zarr:URL`` or ``parquet:PATH``.
 
 A location is checked before Spark starts (:meth:`inspect`, :meth:`check_output`), read into a
 :class:`~blockmatrix.BlockMatrix` and written from one. The out-of-core engine works on HDF5
@@ -6,6 +6,11 @@ locations only; the jobs take their Spark path for any other.
 
 - ``FILE.h5::/dataset``: a 2-D dataset, read by the tasks block by block
   (:meth:`~blockmatrix.BlockMatrix.from_hdf5`), written atomically by ``to_hdf5``.
+- ``zarr:URL``: a 2-D Zarr (format 3) array, a local folder or a URL fsspec knows
+  (``zarr:s3://bucket/a.zarr``; credentials from the environment or the storage client's
+  configuration), read by the tasks block by block
+  (:meth:`~blockmatrix.BlockMatrix.from_zarr`), written by the tasks in parallel and
+  published when complete (``to_zarr``). Needs the ``zarr`` extra.
 - ``parquet:PATH``: a table of coordinates ``(i, j, v)`` or of rows ``(i, vector)``, as
   ``to_coordinates`` / ``to_rows`` write them; its columns and values are checked when it is
   read (one aggregate job, after Spark starts, before anything is written), its shape is the
@@ -20,15 +25,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidInputError, MissingColumnError, ShapeMismatchError
-from ..io import hdf5, parquet
+from ..errors import (
+    InvalidInputError,
+    InvalidParameterError,
+    MissingColumnError,
+    ShapeMismatchError,
+)
+from ..io import hdf5, parquet, zarr_store
 from ..io.lock import lock_path_of, output_lock
+
+#: What a ``zarr:`` location starts with.
+ZARR_PREFIX = "zarr:"
 
 
 def parse(spec: str, param: str):
-    """The location ``spec`` names: :class:`HDF5Location` or :class:`ParquetLocation`."""
+    """The location ``spec`` names: an HDF5, Zarr or Parquet location."""
     if spec.startswith(parquet.PREFIX):
         return ParquetLocation(parquet.parse_location(spec, param))
+    if spec.startswith(ZARR_PREFIX):
+        return ZarrArrayLocation(zarr_store.parse_url(spec[len(ZARR_PREFIX):], param))
+    if hdf5.LOCATION_SEPARATOR not in spec:
+        raise InvalidParameterError(
+            f"{param} ({spec!r}) is not of the form FILE.h5::/dataset, zarr:URL or "
+            f"parquet:PATH: give the file and the dataset, e.g. 'data.h5::/X', or say which "
+            f"kind of location it is, e.g. 'zarr:{spec}'")
     return HDF5Location(*hdf5.parse_location(spec, param))
 
 
@@ -89,6 +109,53 @@ class HDF5Location:
 
         with h5py.File(self.path, "r") as f:
             return f[self.dataset][()]
+
+
+@dataclass(frozen=True)
+class ZarrArrayLocation:
+    """A 2-D Zarr array, on a local file system or object storage."""
+
+    location: zarr_store.ZarrLocation
+
+    kind = "zarr"
+
+    def __str__(self) -> str:
+        return f"{ZARR_PREFIX}{self.location}"
+
+    def inspect(self, param: str) -> tuple[tuple[int, int], np.dtype]:
+        """Shape and dtype, read from the array's metadata (refused in one line if unusable)."""
+        shape, dtype, _ = zarr_store.inspect_input(self.location, param)
+        return shape, dtype
+
+    def same_as(self, other) -> bool:
+        """Whether ``other`` is this very array."""
+        return isinstance(other, ZarrArrayLocation) and self.location == other.location
+
+    def describe_input(self, name: str) -> str:
+        """How a refusal names this location as the input ``name``."""
+        return f"the input array {name} ({self})"
+
+    def check_output(self, shape, dtype, overwrite: bool, param: str, job: str) -> None:
+        """The output can be written: no array there (or ``overwrite``), room, no writer."""
+        zarr_store.check_output(self.location, overwrite=overwrite, param=param)
+        if shape is not None:
+            zarr_store.check_output_space(self.location, shape, dtype, param=param)
+        if self.location.local:  # object storage has no lock: one writer per target
+            probe_lock(self.location.path, job)
+
+    def read(self, sc, rows_per_block: int, cols_per_block: int):
+        """The matrix, read by the tasks block by block."""
+        from ..matrix import BlockMatrix
+
+        return BlockMatrix.from_zarr(sc, self.location.url, rows_per_block, cols_per_block)
+
+    def write(self, matrix, overwrite: bool) -> str:
+        """Write ``matrix`` here, by the tasks in parallel; what was written."""
+        return f"{matrix.to_zarr(self.location.url, overwrite=overwrite)} blocks"
+
+    def load(self, sc) -> np.ndarray:
+        """The whole matrix on the driver (for ``--verify``)."""
+        return zarr_store.open_array(self.location.url)[...]
 
 
 @dataclass(frozen=True)

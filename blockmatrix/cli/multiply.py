@@ -1,4 +1,4 @@
-"""C = A B for matrices in HDF5 files or Parquet tables, on Spark.
+"""C = A B for matrices in HDF5 files, Zarr arrays or Parquet tables, on Spark.
 
 Usage::
 
@@ -7,9 +7,11 @@ Usage::
         [--tile N] [--slab N] [--resume]
     spark-submit --properties-file conf/spark-defaults.conf jobs/multiply.py ...
 
-A, B and C are each ``FILE.h5::/dataset`` or ``parquet:PATH`` (a table of coordinates
-``i, j, v`` or rows ``i, vector``, as ``BlockMatrix.to_coordinates`` / ``to_rows`` write it;
-C is written as coordinates, published when complete).
+A, B and C are each ``FILE.h5::/dataset``, ``zarr:URL`` (a local folder or object storage such
+as ``zarr:s3://bucket/a.zarr``, credentials from the environment; the ``zarr`` extra) or
+``parquet:PATH`` (a table of coordinates ``i, j, v`` or rows ``i, vector``, as
+``BlockMatrix.to_coordinates`` / ``to_rows`` write it; C is written as coordinates). Every
+output is published only when complete.
 
 Every check (arguments, input files and datasets, shapes, the output location) runs before
 Spark starts and before anything is written; a Parquet table's columns and shape are checked
@@ -59,9 +61,10 @@ PROG = "multiply.py"
 def make_parser() -> OneLineArgumentParser:
     """The command line's parser (the bad-input tests check every flag has a refusal row)."""
     parser = OneLineArgumentParser(prog=program(PROG), description=__doc__.split("\n\n")[0])
-    parser.add_argument("a", metavar="A", help="left operand: FILE.h5::/dataset or parquet:PATH")
-    parser.add_argument("b", metavar="B", help="right operand: FILE.h5::/dataset or parquet:PATH")
-    parser.add_argument("c", metavar="C", help="output: FILE.h5::/dataset or parquet:PATH")
+    where = "FILE.h5::/dataset, zarr:URL or parquet:PATH"
+    parser.add_argument("a", metavar="A", help=f"left operand: {where}")
+    parser.add_argument("b", metavar="B", help=f"right operand: {where}")
+    parser.add_argument("c", metavar="C", help=f"output: {where}")
     parser.add_argument("--block-size", type=positive_int, required=True,
                         help="rows and columns of a block")
     parser.add_argument("--strategy", default="auto", choices=sorted(STRATEGIES),

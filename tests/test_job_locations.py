@@ -1,5 +1,5 @@
-"""Parquet locations in the jobs (``parquet:PATH`` beside ``FILE.h5::/dataset``) and the
-published Parquet writer under them, against numpy and scipy."""
+"""The jobs' locations beside ``FILE.h5::/dataset``: ``parquet:PATH`` (and the published
+Parquet writer under it) and ``zarr:URL``, against numpy and scipy."""
 
 from __future__ import annotations
 
@@ -83,12 +83,29 @@ def test_gram_job_reads_rows_from_parquet_and_writes_hdf5(tables):
     assert_eq(y, xd @ xd.T)
 
 
+@pytest.mark.slow
+def test_multiply_job_reads_and_writes_zarr(tables):
+    zarr = pytest.importorskip("zarr")
+    folder, _, b, _ = tables
+    a = np.random.default_rng(8).standard_normal((26, 30)).astype(np.float32)
+    zarr.create_array(str(folder / "a.zarr"), shape=a.shape, chunks=(10, 10),
+                      dtype=a.dtype)[...] = a
+    result = run_job(MULTIPLY, f"zarr:{folder}/a.zarr", f"{folder}/b.h5::/B",
+                     f"zarr:{folder}/c.zarr", "--block-size", "10", "--master", "local[2]",
+                     "--verify")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "verified against numpy" in result.stdout and "OK" in result.stdout
+    c = zarr.open_array(str(folder / "c.zarr"), mode="r")
+    assert c.shape == (26, 20) and c.dtype == np.float64
+    assert_eq(c[...], a.astype(np.float64) @ b)
+
+
 GRAM_REFUSALS = [
     (["parquet:{d}/x", "parquet:{d}/x", "--overwrite"], "is the input", "another output"),
     (["parquet:{d}/x", "{d}/y2.h5::/Y", "--tile", "4"], "--tile apply from HDF5 to HDF5 only",
      "drop --tile"),
     (["{d}/b.h5::/B", "{d}/y2.h5::/Y", "--block-size", "4"], "--block-size (4) applies to a "
-     "Parquet input or output", "drop --block-size"),
+     "Zarr or Parquet input or output", "drop --block-size"),
     (["parquet:{d}/x", "parquet:{d}/a"], "'{d}/a' already exists", "--overwrite"),
     (["parquet:{d}/nope", "{d}/y2.h5::/Y"], "'{d}/nope' does not exist", "check the path"),
 ]
