@@ -14,7 +14,7 @@ PYSPARK35 := pyspark>=3.5,<3.6
 # The core on pyspark 3.5 (a few minutes): each strategy against numpy (a ragged, a sparse x
 # sparse and a dense x sparse case each), the shuffle counts, gram, HDF5 in and out, the MLlib
 # and table conversions (the pyspark APIs most likely to differ), the library's and the jobs'
-# refusals.
+# refusals (with the zarr extra: the refusal table has Zarr rows).
 SPARK35_TESTS := tests/test_multiply.py tests/test_strategies.py tests/test_gram.py \
 	tests/test_matrix.py tests/test_interop.py tests/test_tables.py tests/test_bad_input.py \
 	tests/test_job_multiply.py
@@ -54,7 +54,7 @@ test-main: java $(STAMP)
 $(STAMP35): setup.py
 	$(PYTHON) -m venv $(VENV35)
 	$(VENV35)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV35)/bin/python -m pip install --quiet -e . '$(PYSPARK35)' 'pytest>=7' 'hypothesis>=6' \
+	$(VENV35)/bin/python -m pip install --quiet -e '.[zarr]' '$(PYSPARK35)' 'pytest>=7' 'hypothesis>=6' \
 		'threadpoolctl>=3.1' 'psutil>=5.9'
 	touch $(STAMP35)
 
