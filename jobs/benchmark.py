@@ -400,7 +400,8 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
                 rows.append(row)
                 print(f"{case.name:<28} {name:<10} refused: {exc}", flush=True)
                 continue
-            row["ran"] = product.plan.strategy
+            row["ran"] = product.plan.strategy + (
+                " ref" if getattr(product.plan, "by_reference", False) else "")
             row["predicted_shuffle_bytes"] = product.plan.shuffle_bytes
             row["max_abs_error"] = check(
                 product.to_scipy() if case.is_sparse else product.to_numpy(), expected)
