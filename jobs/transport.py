@@ -6,13 +6,15 @@ Usage::
         [--master local[2]] [--conf KEY=VALUE ...] [--out transport.json]
 
 The job caches ``--blocks`` float64 blocks of ``--side`` x ``--side`` (8 MiB at 1024) in
-2 partitions and times, with nothing else in the run, the three paths every strategy is made
-of:
+2 partitions and times, with nothing else in the run, the paths every strategy is made of:
 
 * ``read``: the Python workers read the cached blocks from the JVM (a ``count``-like pass);
 * ``shuffle``: each block is sent to ``--fanout`` partitions through ``partitionBy`` and read
   on the other side (as the ``inner`` strategy routes blocks), i.e. ``blocks x fanout``
   blocks pickled, written through the JVM's shuffle, read back and unpickled;
+* ``shuffle-ref``: the same shuffle by reference (:mod:`blockmatrix.spilled`, what
+  ``inner`` does with ``by_reference=True``): each block written once to a file in Spark's
+  local folder, only references through ``partitionBy``, each copy read back from the file;
 * ``collect``: the blocks are collected to the driver (the first half of a broadcast).
 
 For each it prints the median wall time, the throughput, and the CPU seconds per run of the
@@ -24,6 +26,7 @@ stderr and exit with code 2, before Spark starts.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -34,6 +37,8 @@ from _support.memory import TreePeakRSS
 
 from blockmatrix.cli.common import OneLineArgumentParser, positive_int, run
 from blockmatrix.session import spark_context
+from blockmatrix.sparkconf import reference_parent
+from blockmatrix.spilled import new_folder, read_spilled, spill_partition
 from blockmatrix.units import format_bytes
 
 PROG = "transport.py"
@@ -84,6 +89,23 @@ def count_blocks(items):
     yield sum(1 for _ in items)
 
 
+def count_referenced_blocks(items):
+    """Count the blocks of a partition of references, each read from its file."""
+    yield sum(1 for _, ref in items if read_spilled(ref).size)
+
+
+def shuffle_by_reference(sc, source, fanout: int) -> int:
+    """The shuffle with blocks by reference, in a folder removed afterwards."""
+    folder = new_folder(reference_parent(sc))
+    try:
+        return source.mapPartitionsWithIndex(partial(spill_partition, folder=folder)) \
+            .flatMap(partial(fan_out, fanout=fanout)) \
+            .partitionBy(fanout, identity_partition) \
+            .mapPartitions(count_referenced_blocks).sum()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def identity_partition(key: int) -> int:
     """Partition function of the shuffle: the key itself (PySpark takes it modulo)."""
     return key
@@ -103,7 +125,7 @@ def measure(fn, repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    """Run the three paths; returns the exit code."""
+    """Run the four paths; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     sc = spark_context(args.master, app_name="blockmatrix transport",
@@ -118,6 +140,8 @@ def main(argv=None) -> int:
             "shuffle": (lambda: source.flatMap(partial(fan_out, fanout=args.fanout))
                         .partitionBy(args.fanout, identity_partition)
                         .mapPartitions(count_blocks).sum(), args.blocks * args.fanout),
+            "shuffle-ref": (lambda: shuffle_by_reference(sc, source, args.fanout),
+                            args.blocks * args.fanout),
             "collect": (lambda: len(source.collect()), args.blocks),
         }
         rows = []
@@ -128,11 +152,11 @@ def main(argv=None) -> int:
             rows.append(row)
     finally:
         sc.stop()
-    print(f"{'path':<8} {'moved':>10} {'median s':>9} {'MB/s':>7} "
+    print(f"{'path':<11} {'moved':>10} {'median s':>9} {'MB/s':>7} "
           f"{'CPU s/run: JVM':>14} {'workers':>8} {'driver':>7}")
     for r in rows:
         cpu = r["cpu_s_per_run"]
-        print(f"{r['path']:<8} {format_bytes(r['bytes']):>10} {r['median_s']:>9.2f} "
+        print(f"{r['path']:<11} {format_bytes(r['bytes']):>10} {r['median_s']:>9.2f} "
               f"{r['mb_per_s']:>7.0f} {cpu['jvm']:>14.2f} {cpu['python workers']:>8.2f} "
               f"{cpu['python']:>7.2f}")
     if args.out:

@@ -110,10 +110,10 @@ def test_transport_measures_each_path_and_who_spends_the_cpu(tmp_path):
     data = json.loads(out.read_text())
     assert "jobs/transport.py --blocks 6" in data["command"]
     rows = {r["path"]: r for r in data["rows"]}
-    assert set(rows) == {"read", "shuffle", "collect"}
+    assert set(rows) == {"read", "shuffle", "shuffle-ref", "collect"}
     block = 128 * 128 * 8
     assert rows["read"]["bytes"] == rows["collect"]["bytes"] == 6 * block
-    assert rows["shuffle"]["bytes"] == 6 * 3 * block
+    assert rows["shuffle"]["bytes"] == rows["shuffle-ref"]["bytes"] == 6 * 3 * block
     for r in rows.values():
         assert len(r["times_s"]) == 2 and r["median_s"] > 0 and r["mb_per_s"] > 0
         assert set(r["cpu_s_per_run"]) == {"jvm", "python workers", "python"}
