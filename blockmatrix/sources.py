@@ -9,6 +9,8 @@ A :class:`~blockmatrix.layout.BlockLayout` carries its matrix's source when ther
   shuffle;
 - :class:`ZarrArray`: the same for the Zarr array ``from_zarr`` reads (a shared folder or
   object storage);
+- :class:`RawArrayFile`: a driver's dense array written raw into a file every task reads, for
+  an operand a strategy delivers by reference (:mod:`blockmatrix.spilled`);
 - None: the blocks exist nowhere but in Spark (a product, a ``from_blocks`` RDD).
 
 A transpose keeps its operand's source (:meth:`transpose`): the blocks are read transposed.
@@ -219,6 +221,104 @@ class ZarrArray:
 
 
 @dataclass(frozen=True)
+class RawArrayFile:
+    """A dense array the driver wrote raw (C order) into a file every task reads.
+
+    Made by :func:`blockmatrix.spilled.spill_array` from the driver's own array, so that a
+    task reads the blocks it needs from the page cache instead of receiving them pickled
+    through the JVM. The file goes with the product that wrote it.
+
+    Parameters
+    ----------
+    path : str
+        Absolute path of the file.
+    shape : (int, int)
+        Shape of the array as written (before any transpose).
+    dtype : numpy.dtype
+    stamp : (int, int)
+        ``(size, mtime_ns)`` of the file once written (:func:`file_stamp`).
+    transposed : bool
+        Whether the matrix is the array's transpose.
+    """
+
+    path: str
+    shape: tuple[int, int]
+    dtype: np.dtype
+    stamp: tuple[int, int]
+    transposed: bool = False
+
+    kind = "file"
+    format = "raw"
+    read_errors = (OSError, ValueError)
+
+    @property
+    def location(self) -> str:
+        """The file, as messages name it."""
+        return self.path
+
+    def open(self) -> _OpenFile:
+        """The file opened read-only (executor side)."""
+        return _OpenFile(os.open(self.path, os.O_RDONLY))
+
+    def transpose(self) -> RawArrayFile:
+        """The same array, read transposed."""
+        return RawArrayFile(self.path, self.shape, self.dtype, self.stamp, not self.transposed)
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`InputChangedError` if the file is gone or was rewritten."""
+        try:
+            now = file_stamp(self.path)
+        except OSError as exc:
+            raise InputChangedError(
+                f"the driver's array written to {self.path} can no longer be read "
+                f"({exc.strerror}): multiply again") from None
+        if now != tuple(self.stamp):
+            raise InputChangedError(
+                f"the driver's array written to {self.path} changed since it was written "
+                f"(size, mtime {tuple(self.stamp)} -> {now}): multiply again")
+
+    def read_block(self, handle, i: int, j: int, rows_per_block: int,
+                   cols_per_block: int) -> np.ndarray:
+        """Block ``(i, j)`` of the matrix, read row by row into a new array (executor side).
+
+        ``pread`` into the block's rows rather than a memory mapping: a mapping would count
+        the pages a task touched in its resident memory as well as the block it copies.
+        """
+        if self.transposed:
+            i, j, rows_per_block, cols_per_block = j, i, cols_per_block, rows_per_block
+        rows = block_extent(i, self.shape[0], rows_per_block)
+        cols = block_extent(j, self.shape[1], cols_per_block)
+        itemsize = np.dtype(self.dtype).itemsize
+        out = np.empty((rows, cols), dtype=self.dtype)
+        first = (i * rows_per_block * self.shape[1] + j * cols_per_block) * itemsize
+        if cols == self.shape[1]:  # whole rows: one read
+            _read_exactly(handle.fd, out.reshape(-1), first)
+        else:
+            for r in range(rows):
+                _read_exactly(handle.fd, out[r], first + r * self.shape[1] * itemsize)
+        return np.ascontiguousarray(out.T) if self.transposed else out
+
+
+def _read_exactly(fd: int, row: np.ndarray, offset: int) -> None:
+    """Fill ``row`` from ``fd`` at ``offset``; a short read (a truncated file) is an error."""
+    if not row.size:
+        return
+    view = memoryview(row).cast("B")
+    if os.preadv(fd, [view], offset) != len(view):
+        raise OSError(f"the file ends before offset {offset + len(view)}")
+
+
+class _OpenFile:
+    """A file descriptor opened by :meth:`RawArrayFile.open` (``close`` closes it)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass(frozen=True)
 class DriverArray:
     """The dense or CSR array the driver distributed (its blocks are slices of it).
 
@@ -246,4 +346,4 @@ class DriverArray:
         raise TypeError("a DriverArray stays on the driver: ship the blocks, not the source")
 
 
-Source = HDF5Dataset | ZarrArray | DriverArray
+Source = HDF5Dataset | ZarrArray | RawArrayFile | DriverArray

@@ -112,6 +112,24 @@ def read_spilled(ref: SpilledRef):
             f"multiply with by_reference=False") from None
 
 
+def spill_array(folder: str, source):
+    """The driver's dense array of ``source`` (a DriverArray), written raw into ``folder``.
+
+    Returns
+    -------
+    blockmatrix.sources.RawArrayFile
+        The file as a source of kind ``"file"``, transposed as ``source`` is.
+    """
+    from .sources import RawArrayFile, file_stamp
+
+    array = np.ascontiguousarray(source.array)
+    fd, path = tempfile.mkstemp(prefix="driver-array-", suffix=".raw", dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        _write(f, array)
+    return RawArrayFile(path, tuple(array.shape), array.dtype, file_stamp(path),
+                        source.transposed)
+
+
 def ref_nbytes(block) -> int:
     """Bytes of the block a :class:`SpilledRef` points at (what the reducer reads)."""
     if block.kind == "dense":

@@ -14,8 +14,9 @@ persisted in the JVM), and then, in this one process, on the same inputs and the
 * ``numpy`` (``scipy`` for sparse cases): ``a @ b`` in this single process, the limit;
 * every strategy of ours and ``auto``: ``A.multiply(B, strategy)`` computed to the end
   (``count()`` of the product's blocks, which runs the whole multiply in the workers);
-  ``inner-ref`` is ``inner`` with ``by_reference=True`` (blocks shuffled by reference,
-  :mod:`blockmatrix.spilled`);
+  ``inner-ref`` and ``broadcast-ref`` are ``inner`` and ``broadcast`` with
+  ``by_reference=True`` (:mod:`blockmatrix.spilled`: blocks shuffled by reference; the
+  driver's array written to a file the tasks read instead of broadcast);
 * ``mllib``: ``pyspark.mllib``'s ``BlockMatrix.multiply``, computed to the end on the JVM.
 
 Every contender's product is collected once (outside the timing) and compared with the
@@ -92,7 +93,8 @@ STRATEGIES = tuple(s.name for s in strategies.STRATEGIES.values()
 #: MLlib runs right after the limit, while the JVM heap holds little else: converting blocks
 #: to MLlib goes through a DataFrame of boxed doubles, which needs heap room.
 #: Contenders that run a strategy with options: name -> (strategy, multiply's keywords).
-VARIANTS = {"inner-ref": ("inner", {"by_reference": True})}
+VARIANTS = {"inner-ref": ("inner", {"by_reference": True}),
+            "broadcast-ref": ("broadcast", {"by_reference": True})}
 
 CONTENDERS = ("numpy", "mllib") + STRATEGIES + tuple(VARIANTS)
 
@@ -400,8 +402,9 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
                 rows.append(row)
                 print(f"{case.name:<28} {name:<10} refused: {exc}", flush=True)
                 continue
-            row["ran"] = product.plan.strategy + (
-                " ref" if getattr(product.plan, "by_reference", False) else "")
+            by_reference = getattr(product.plan, "by_reference", False) or \
+                getattr(product.plan, "delivery", "") == "driver-file"
+            row["ran"] = product.plan.strategy + (" ref" if by_reference else "")
             row["predicted_shuffle_bytes"] = product.plan.shuffle_bytes
             row["max_abs_error"] = check(
                 product.to_scipy() if case.is_sparse else product.to_numpy(), expected)

@@ -18,7 +18,13 @@ from blockmatrix.cost import RECORD_OVERHEAD_BYTES
 from blockmatrix.errors import InvalidInputError, InvalidParameterError, raised_from_tasks
 from blockmatrix.metrics import record
 from blockmatrix.plan import MultiplyOptions
-from blockmatrix.spilled import FOLDER_PREFIX, SpilledRef, read_spilled, spill_partition
+from blockmatrix.spilled import (
+    FOLDER_PREFIX,
+    SpilledRef,
+    read_spilled,
+    spill_array,
+    spill_partition,
+)
 from blockmatrix.strategies import get_strategy
 
 
@@ -157,3 +163,57 @@ def test_spilled_blocks_read_back_exactly(tmp_path):
         assert sp.issparse(back) == sp.issparse(block) and back.dtype == block.dtype
         assert_eq(back.toarray() if sp.issparse(back) else back,
                   block.toarray() if sp.issparse(block) else block)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_broadcast_by_reference_writes_the_drivers_array_once(sc, transposed):
+    a, b = rng.standard_normal((50, 43)), rng.standard_normal((33, 43)).astype(np.float32)
+    A = BlockMatrix.from_numpy(sc, a, 10, 10, num_partitions=2)
+    B = BlockMatrix.from_numpy(sc, b if transposed else np.ascontiguousarray(b.T), 10, 10)
+    B = B.T if transposed else B
+    C = A.multiply(B, "broadcast", by_reference=True)
+    assert C.plan.delivery == "driver-file" and C.plan.broadcast_bytes == 0
+    assert C.plan.spilled_bytes == C.plan.operand_bytes and C.plan.read_bytes > 0
+    assert "written once by the driver to a file every task reads" in C.plan.note
+    assert_eq(C.to_numpy(), a @ b.T.astype(np.float64))
+    (folder,) = C._held.folders
+    assert [name for name in os.listdir(folder) if name.startswith("driver-array-")]
+
+
+def test_a_sparse_drivers_array_is_still_broadcast(sc):
+    a, s = rng.standard_normal((30, 40)), sparse((40, 20), 0.1, 5)
+    C = BlockMatrix.from_numpy(sc, a, 10, 10).multiply(BlockMatrix.from_numpy(sc, s, 10, 10),
+                                                      "broadcast", by_reference=True)
+    assert C.plan.delivery == "driver" and C.plan.spilled_bytes == 0
+    assert_eq(C.to_numpy(), a @ s.toarray())
+
+
+def test_auto_weighs_broadcast_by_reference_for_the_drivers_arrays(sc):
+    a = rng.standard_normal((64, 64))
+    A = BlockMatrix.from_numpy(sc, a, 16, 16)
+    C = A.multiply(A, "auto")
+    labels = {c.label for c in C.plan.candidates}
+    assert {"broadcast", "broadcast, by reference", "inner, by reference"} <= labels, labels
+    assert_eq(C.to_numpy(), a @ a)
+
+
+def test_a_drivers_array_reads_back_block_by_block(tmp_path):
+    from blockmatrix.sources import DriverArray
+
+    a = rng.standard_normal((23, 17))
+    for transposed in (False, True):
+        source = spill_array(str(tmp_path), DriverArray(a, transposed))
+        matrix = a.T if transposed else a
+        handle = source.open()
+        try:
+            for i in range(-(-matrix.shape[0] // 5)):
+                for j in range(-(-matrix.shape[1] // 17)):
+                    assert_eq(source.read_block(handle, i, j, 5, 17),
+                              matrix[i * 5:(i + 1) * 5, j * 17:(j + 1) * 17])
+        finally:
+            handle.close()
+    os.truncate(source.path, 100)
+    handle = source.open()
+    with pytest.raises(OSError, match="the file ends before"):
+        source.read_block(handle, 1, 0, 5, 17)
+    handle.close()

@@ -34,11 +34,13 @@ driver's copy, the pickled copy and the worker's accumulators.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+import scipy.sparse as sp
 
 from .. import blocks as bk
 from .. import held
@@ -55,6 +57,8 @@ from ..layout import BlockLayout, check_multiplicable
 from ..metrics import file_read_counter
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import result_grid
+from ..sparkconf import REFERENCE_DIR_CONF
+from ..spilled import spill_array
 from ..units import format_bytes
 from ._common import LEFT, RIGHT, FileReader, file_sources, side_name, sum_partials
 from .registry import Strategy, register
@@ -88,8 +92,8 @@ class BroadcastPlan(MultiplyPlan):
 
     @property
     def broadcast_bytes(self) -> int:
-        """Bytes of the broadcast operand (0 when every task reads it from its file)."""
-        return 0 if self.delivery == "file" else self.operand_bytes
+        """Bytes of the broadcast operand (0 when every task reads it from a file)."""
+        return 0 if self.delivery in READ_FROM_FILE else self.operand_bytes
 
     @property
     def fits_budget(self) -> bool:
@@ -132,13 +136,24 @@ class BroadcastPlan(MultiplyPlan):
 DELIVERIES = {
     "collect": "collected to the driver, then broadcast",
     "driver": "broadcast from the driver's own array",
+    "driver-file": "written once by the driver to a file every task reads",
     "file": "read by every task from its file",
 }
 
+#: Deliveries in which the tasks read the operand from a file (nothing broadcast).
+READ_FROM_FILE = ("file", "driver-file")
 
-def delivery_of(layout: BlockLayout) -> str:
-    """The fastest way the operand's blocks reach every task (see :data:`DELIVERIES`)."""
-    return {"spark": "collect", "driver": "driver", "file": "file"}[layout.source_kind]
+
+def delivery_of(layout: BlockLayout, by_reference: bool = False) -> str:
+    """The fastest way the operand's blocks reach every task (see :data:`DELIVERIES`).
+
+    ``by_reference``: a dense array the driver holds is written to a file the tasks read
+    (:func:`blockmatrix.spilled.spill_array`) rather than pickled into a broadcast.
+    """
+    kind = layout.source_kind
+    if kind == "driver" and by_reference and not sp.issparse(layout.source.array):
+        return "driver-file"
+    return {"spark": "collect", "driver": "driver", "file": "file"}[kind]
 
 
 def broadcast_side(left: BlockLayout, right: BlockLayout) -> int:
@@ -184,8 +199,8 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Bro
     largest_block = max(large.block_nbytes.values(), default=0)
     present = np.flatnonzero(np.bincount(part_of, minlength=parts))
     task_memory = (broadcast_bytes + part_output[present] + largest_block).astype(np.int64)
-    delivery = delivery_of(small)
-    read = read_per_part if delivery == "file" else 0
+    delivery = delivery_of(small, options.by_reference)
+    read = read_per_part if delivery in READ_FROM_FILE else 0
     return BroadcastPlan(
         strategy="broadcast", left=left, right=right, grid=grid,
         num_tasks=max(parts, grid.num_partitions if split else 0), shuffles=shuffles,
@@ -198,7 +213,8 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Bro
             model.seconds_by_left_block() if side == RIGHT else model.seconds_by_right_block(),
             part_of),
         side=side, operand_bytes=broadcast_bytes, budget_bytes=options.budget_bytes,
-        split_blocks=split, partitions_known=known, delivery=delivery, read_bytes=read)
+        split_blocks=split, partitions_known=known, delivery=delivery, read_bytes=read,
+        spilled_bytes=broadcast_bytes if delivery == "driver-file" else 0)
 
 
 def execute(plan: BroadcastPlan, left, right, options: MultiplyOptions):
@@ -207,7 +223,15 @@ def execute(plan: BroadcastPlan, left, right, options: MultiplyOptions):
     side = plan.side
     small_blocks, large = (right, left) if side == RIGHT else (left, right)
     small = plan.right if side == RIGHT else plan.left
-    if plan.delivery == "file":
+    if plan.delivery == "driver-file":
+        if options.reference_parent is None:
+            raise InvalidParameterError(
+                f"by_reference=True needs a folder every task can read, and there is none: "
+                f"the master is {large.context.master}; set {REFERENCE_DIR_CONF} to a folder "
+                f"on storage every executor sees, or multiply with by_reference=False")
+        folder = held.folder(options.reference_parent)
+        small = dataclasses.replace(small, source=spill_array(folder, small.source))
+    if plan.delivery in READ_FROM_FILE:
         table = FileTable(small, side, file_read_counter(large.context))
     else:
         blocks = (small_blocks.collect() if plan.delivery == "collect"
@@ -293,7 +317,20 @@ def multiply_with_broadcast(items, table, side: int):
     return iter(acc.items())
 
 
+def variants(left: BlockLayout, right: BlockLayout,
+             options: MultiplyOptions) -> dict[str, MultiplyOptions]:
+    """The by-reference variant ``auto`` weighs: a dense driver-held operand written to a file.
+
+    Offered when there is a folder every task reads (``options.reference_parent``).
+    """
+    small = right if broadcast_side(left, right) == RIGHT else left
+    if options.reference_parent is None or options.by_reference or \
+            delivery_of(small, True) != "driver-file":
+        return {}
+    return {"broadcast, by reference": dataclasses.replace(options, by_reference=True)}
+
+
 STRATEGY = register(Strategy(
-    name="broadcast", plan=plan, execute=execute, plan_type=BroadcastPlan,
+    name="broadcast", plan=plan, execute=execute, plan_type=BroadcastPlan, variants=variants,
     summary="broadcast the smaller operand, map over the larger: no shuffle when its block "
             "rows lie in one partition each"))
