@@ -87,6 +87,13 @@ class BroadcastPlan(MultiplyPlan):
         return self.split_blocks > 0
 
     @property
+    def result_partition_bytes(self) -> list[int]:
+        """Without partial sums the product keeps the larger operand's partitions."""
+        if self.needs_partial_sums:
+            return super().result_partition_bytes
+        return [self.max_task_output_bytes]
+
+    @property
     def broadcast_bytes(self) -> int:
         """Bytes of the broadcast operand (0 when every task reads it from its file)."""
         return 0 if self.delivery == "file" else self.operand_bytes
