@@ -12,21 +12,26 @@ lands in ``spark.driver.memory``):
 
 - ``to_hdf5`` (:data:`STREAM`) computes the product into Spark's block store (persisted
   ``MEMORY_AND_DISK``) and then runs one job per partition (``toLocalIterator``): the task
-  serializes the whole partition twice (its result, then the result's envelope), the driver
-  deserializes it again. Every copy is one contiguous array the size of the partition, which
-  the G1 collector must find as free contiguous regions next to the persisted product.
+  serializes the whole partition into one result (twice: the value, then its envelope), the
+  driver deserializes it and hands it to Python. Each partition's result also counts against
+  ``spark.driver.maxResultSize``.
 - ``to_numpy`` / ``to_scipy`` (:data:`COLLECT`): every partition's result at once on the
-  driver, and the results' total counts against ``spark.driver.maxResultSize``.
+  driver, their total against ``spark.driver.maxResultSize``.
 - ``broadcast`` whose operand lives only in Spark collects it first (a :data:`COLLECT` of the
-  operand); every broadcast is stored in the driver's block store and fetched into each
-  executor's.
-- A task's own blocks sit in its Python worker (the plan's ``max_task_memory_bytes``), which
-  no JVM setting bounds unless ``spark.executor.pyspark.memory`` is set; the JVM side of a task
-  streams records and holds one block at a time.
+  operand); the broadcast itself is bounded by the plan's memory budget (a quarter of the
+  heap, :meth:`~blockmatrix.plan.MultiplyPlan.check_runnable`).
+- A task's blocks sit in its Python worker (the plan's ``max_task_memory_bytes``, bounded by
+  the memory budget through ``auto`` and :func:`~blockmatrix.plan.check_blocks_fit`); the JVM
+  side of a task streams records. In the measurements every strategy's multiply stages ran
+  at the shipped 2g; every ``OutOfMemoryError`` came from an exit.
 
 The factors are calibrated on the reference machine (OpenJDK 17, G1, ``local[2]``, the
-shipped ``conf/spark-defaults.conf``): see docs/performance.md, "Memory check", for the
-measurements behind :data:`STREAM_COPIES` and :data:`COLLECT_COPIES`.
+shipped ``conf/spark-defaults.conf``, products of 8192 x 8192 float64): docs/usage.md,
+"Memory check", has the runs behind :data:`STREAM_COPIES` and :data:`COLLECT_COPIES`. They
+are heap per byte moved, not a count of the copies Spark makes: the copies are large single
+arrays (the ``OutOfMemoryError`` stacks show one buffer allocated for a whole result), which G1
+places in contiguous free regions beside the persisted product, so the heap runs out before the
+bytes add up to it.
 """
 
 from __future__ import annotations
@@ -41,11 +46,12 @@ from .units import format_bytes, parse_memory
 RESERVED_BYTES = 300 << 20
 
 #: Heap a ``to_hdf5`` partition needs, in multiples of its bytes, on top of the reserve and
-#: the persisted product (calibrated; docs/performance.md, "Memory check").
+#: the persisted product. Measured at 2g beside a persisted 512 MiB product: partitions of
+#: 128 MiB stream (so at most 9.7), 200 MiB do not (at least 6.2); 8 sits between.
 STREAM_COPIES = 8
 
-#: Heap a collect needs, in multiples of the collected bytes, on top of the reserve
-#: (calibrated; docs/performance.md, "Memory check").
+#: Heap a collect needs, in multiples of the collected bytes, on top of the reserve.
+#: Measured at 2g: 256 MiB collects (so at most 6.8), 512 MiB does not (at least 3.4).
 COLLECT_COPIES = 4
 
 #: What an exit moves: one partition at a time, or everything at once.
@@ -74,8 +80,6 @@ class MemoryConf:
     memory_fraction : float
         ``spark.memory.fraction``: the share of the heap (after the reserve) Spark's block
         store and execution may take.
-    pyspark_bytes : int
-        ``spark.executor.pyspark.memory`` (a Python worker's limit); 0 when not set.
     """
 
     local: bool
@@ -83,7 +87,6 @@ class MemoryConf:
     executor_bytes: int
     max_result_bytes: int
     memory_fraction: float = 0.6
-    pyspark_bytes: int = 0
 
     @classmethod
     def from_conf(cls, conf) -> MemoryConf:
@@ -96,13 +99,11 @@ class MemoryConf:
         def get(key):
             return conf.get(key, None) or SPARK_DEFAULTS.get(key)
 
-        pyspark = conf.get("spark.executor.pyspark.memory", None)
         return cls(local=(conf.get("spark.master", "") or "").startswith("local"),
                    driver_bytes=parse_memory(get("spark.driver.memory")),
                    executor_bytes=parse_memory(get("spark.executor.memory")),
                    max_result_bytes=parse_memory(get("spark.driver.maxResultSize")),
-                   memory_fraction=float(get("spark.memory.fraction")),
-                   pyspark_bytes=parse_memory(pyspark) if pyspark else 0)
+                   memory_fraction=float(get("spark.memory.fraction")))
 
     @classmethod
     def of(cls, sc) -> MemoryConf:
@@ -126,12 +127,21 @@ def _setting_value(nbytes: int) -> str:
     return f"{max(1, math.ceil(nbytes / (128 << 20))) * 128}m"
 
 
+def _mib(nbytes: int) -> str:
+    """Bytes in whole MiB, rounded up (a setting's value must not fall short of it).
+
+    >>> _mib(3116 << 20), _mib((1 << 20) + 1)
+    ('3116 MiB', '2 MiB')
+    """
+    return f"{-(-nbytes // (1 << 20))} MiB"
+
+
 def _raise_line(setting: str, needed: int, configured: int, what: str, alternative: str) -> str:
     """The refusal's one line: what needs the memory, the setting, the values, the fix."""
     value = _setting_value(needed)
     more = parse_memory(value) - configured
-    return (f"{what} needs {setting} >= {format_bytes(needed)} (configured "
-            f"{format_bytes(configured)}): set {setting}={value} (+{format_bytes(more)})"
+    return (f"{what} needs {setting} >= {_mib(needed)} (configured {_mib(configured)}): "
+            f"set {setting}={value} (+{_mib(more)})"
             + (f", or {alternative}" if alternative else ""))
 
 
@@ -139,9 +149,11 @@ def stream_need(partition_bytes: int, stored_bytes: int, conf: MemoryConf) -> in
     """Driver heap ``to_hdf5`` needs: reserve, the persisted product, copies of a partition.
 
     The persisted product counts as far as Spark's block store would keep it in memory
-    (``spark.memory.fraction`` of the heap; the rest goes to local disk).
+    (``spark.memory.fraction`` of the heap; the rest goes to local disk), and only in local
+    mode: on a cluster it is persisted by the executors.
     """
-    return RESERVED_BYTES + min(stored_bytes, conf.store_bytes) + STREAM_COPIES * partition_bytes
+    stored = min(stored_bytes, conf.store_bytes) if conf.local else 0
+    return RESERVED_BYTES + stored + STREAM_COPIES * partition_bytes
 
 
 def collect_need(collected_bytes: int) -> int:
@@ -170,7 +182,7 @@ def check_stream(partition_bytes: int, total_bytes: int, conf: MemoryConf, *,
     >>> check_stream(256 << 20, 512 << 20, conf)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    blockmatrix.errors.InsufficientMemoryError: to_hdf5 ... set spark.driver.memory=3g (+1.0 GiB)
+    blockmatrix.errors.InsufficientMemoryError: to_hdf5 ... set spark.driver.memory=3g (+1024 MiB)
     """
     if conf.max_result_bytes and partition_bytes > conf.max_result_bytes:
         raise InsufficientMemoryError(_raise_line(
@@ -181,8 +193,9 @@ def check_stream(partition_bytes: int, total_bytes: int, conf: MemoryConf, *,
     if need > conf.driver_bytes:
         raise InsufficientMemoryError(_raise_line(
             "spark.driver.memory", need, conf.driver_bytes,
-            f"{what} (largest partition {format_bytes(partition_bytes)} streamed through the "
-            f"driver's JVM heap, {STREAM_COPIES} copies, beside the persisted product)",
+            f"{what} (largest partition {format_bytes(partition_bytes)} through the driver's "
+            f"JVM heap, {STREAM_COPIES}x its size"
+            + (", beside the persisted product)" if conf.local else ")"),
             alternative))
 
 
@@ -206,7 +219,7 @@ def check_collect(collected_bytes: int, conf: MemoryConf, *, what: str = "to_num
         raise InsufficientMemoryError(_raise_line(
             "spark.driver.memory", need, conf.driver_bytes,
             f"{what} (collects {format_bytes(collected_bytes)} into the driver's JVM heap, "
-            f"{COLLECT_COPIES} copies)", alternative))
+            f"{COLLECT_COPIES}x its size)", alternative))
 
 
 def fewest_partitions(plan, partition_limit: int) -> int | None:
@@ -241,9 +254,8 @@ def plan_grid_bytes(plan) -> list[int]:
 
 def stream_partition_limit(total_bytes: int, conf: MemoryConf) -> int:
     """The largest partition ``to_hdf5`` can stream with the configured driver memory."""
-    return min(conf.max_result_bytes or total_bytes,
-               (conf.driver_bytes - RESERVED_BYTES - min(total_bytes, conf.store_bytes))
-               // STREAM_COPIES)
+    heap = conf.driver_bytes - stream_need(0, total_bytes, conf)
+    return min(conf.max_result_bytes or total_bytes, heap // STREAM_COPIES)
 
 
 def check_plan(plan, conf: MemoryConf) -> None:
