@@ -61,8 +61,8 @@ STREAM, COLLECT = "stream", "collect"
 GRID_FOLLOWS_NUM_PARTITIONS = ("inner", "outer", "broadcast")
 
 #: Spark's defaults for the settings read here.
-SPARK_DEFAULTS = {"spark.driver.memory": "1g", "spark.executor.memory": "1g",
-                  "spark.driver.maxResultSize": "1g", "spark.memory.fraction": "0.6"}
+SPARK_DEFAULTS = {"spark.driver.memory": "1g", "spark.driver.maxResultSize": "1g",
+                  "spark.memory.fraction": "0.6"}
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ class MemoryConf:
     ----------
     local : bool
         A local master: the executors run in the driver's JVM.
-    driver_bytes, executor_bytes : int
-        ``spark.driver.memory`` and ``spark.executor.memory`` (the JVM heaps).
+    driver_bytes : int
+        ``spark.driver.memory`` (the driver's JVM heap; in local mode the executors' too).
     max_result_bytes : int
         ``spark.driver.maxResultSize``; 0 means no limit.
     memory_fraction : float
@@ -84,7 +84,6 @@ class MemoryConf:
 
     local: bool
     driver_bytes: int
-    executor_bytes: int
     max_result_bytes: int
     memory_fraction: float = 0.6
 
@@ -101,7 +100,6 @@ class MemoryConf:
 
         return cls(local=(conf.get("spark.master", "") or "").startswith("local"),
                    driver_bytes=parse_memory(get("spark.driver.memory")),
-                   executor_bytes=parse_memory(get("spark.executor.memory")),
                    max_result_bytes=parse_memory(get("spark.driver.maxResultSize")),
                    memory_fraction=float(get("spark.memory.fraction")))
 
@@ -177,7 +175,7 @@ def check_stream(partition_bytes: int, total_bytes: int, conf: MemoryConf, *,
     alternative : str
         The fix that needs no more memory (e.g. more partitions).
 
-    >>> conf = MemoryConf(True, 2 << 30, 2 << 30, 1 << 30)
+    >>> conf = MemoryConf(True, 2 << 30, 1 << 30)
     >>> check_stream(8 << 20, 512 << 20, conf)
     >>> check_stream(256 << 20, 512 << 20, conf)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -203,7 +201,7 @@ def check_collect(collected_bytes: int, conf: MemoryConf, *, what: str = "to_num
                   alternative: str = "") -> None:
     """Refuse a collect of ``collected_bytes`` the driver cannot hold.
 
-    >>> conf = MemoryConf(True, 2 << 30, 2 << 30, 1 << 30)
+    >>> conf = MemoryConf(True, 2 << 30, 1 << 30)
     >>> check_collect(64 << 20, conf)
     >>> check_collect(2 << 30, conf)  # doctest: +ELLIPSIS
     Traceback (most recent call last):

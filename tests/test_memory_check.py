@@ -30,8 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 JOB = REPO / "jobs" / "multiply.py"
 
 #: The shipped conf/spark-defaults.conf, local mode.
-SHIPPED = MemoryConf.from_conf({"spark.master": "local[2]", "spark.driver.memory": "2g",
-                                "spark.executor.memory": "2g"})
+SHIPPED = MemoryConf.from_conf({"spark.master": "local[2]", "spark.driver.memory": "2g"})
 
 
 def dense(n: int, block: int, partitions: int = 2) -> BlockLayout:
