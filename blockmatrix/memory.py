@@ -272,7 +272,7 @@ def check_plan(plan, conf: MemoryConf) -> None:
 
 
 def check_exit(plan, exit_kind: str, conf: MemoryConf, num_partitions_flag: str =
-               "num_partitions") -> None:
+               "num_partitions", fallback: str = "") -> None:
     """Refuse a product whose exit (``STREAM`` or ``COLLECT``) the driver cannot take.
 
     Parameters
@@ -285,6 +285,9 @@ def check_exit(plan, exit_kind: str, conf: MemoryConf, num_partitions_flag: str 
     num_partitions_flag : str
         How the caller names the number of result partitions in the fix
         (``num_partitions`` for the library, ``--num-partitions`` for the job).
+    fallback : str
+        The alternative named when more partitions would not help (the job's: the
+        out-of-core strategy).
     """
     parts = plan.result_partition_bytes
     total = int(sum(plan_grid_bytes(plan)))
@@ -295,7 +298,7 @@ def check_exit(plan, exit_kind: str, conf: MemoryConf, num_partitions_flag: str 
         return
     fewest = fewest_partitions(plan, stream_partition_limit(total, conf))
     alternative = (f"split the product into smaller partitions ({num_partitions_flag} >= "
-                   f"{fewest})" if fewest else "")
+                   f"{fewest})" if fewest else fallback)
     check_stream(max(parts, default=0), total, conf, alternative=alternative)
 
 

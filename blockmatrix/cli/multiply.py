@@ -238,7 +238,10 @@ def multiply(sc, args, a, b, c, ooc_request) -> int:
         # now, in one line, what would end in an OutOfMemoryError after the multiply.
         memory = MemoryConf.of(sc)
         check_plan(plan, memory)
-        check_exit(plan, STREAM, memory, num_partitions_flag="--num-partitions")
+        floating = np.dtype(A.dtype).kind == "f" and np.dtype(B.dtype).kind == "f"
+        check_exit(plan, STREAM, memory, num_partitions_flag="--num-partitions",
+                   fallback="use --strategy ooc, which writes C from the files without "
+                            "passing it through the JVM heap" if floating else "")
         spill = local_spill_folder(sc)
         need = f"{format_bytes(plan.shuffle_bytes)} of shuffle files"
         if spill is not None:
