@@ -75,6 +75,16 @@ class InsufficientSpaceError(BlockMatrixError, OSError):
     """A folder the run writes in (output, tiles, spill) has less free space than it needs."""
 
 
+class InsufficientMemoryError(BlockMatrixError, MemoryError):
+    """The plan or its exit needs more memory than Spark is configured with.
+
+    Raised before any job, with one line naming the setting to raise (``spark.driver.memory``,
+    ``spark.driver.maxResultSize``, ...), the value needed and the value configured, and the
+    alternative that needs no more memory (more partitions, ``to_hdf5`` instead of
+    ``to_numpy``).
+    """
+
+
 class TaskReadError(RuntimeError):
     """A read of an operand failed in a task: its message, after the mark, is one line.
 

@@ -40,6 +40,7 @@ from .layout import (
     shape_only,
     split_evenly,
 )
+from .memory import COLLECT, STREAM, MemoryConf, check_matrix_exit, check_plan
 from .partitioner import GridPartitioner
 from .plan import MultiplyOptions, MultiplyPlan, check_blocks_fit
 from .sources import DriverArray, HDF5Dataset, ZarrArray, file_stamp
@@ -433,7 +434,12 @@ class BlockMatrix:
 
     # ------------------------------------------------------------------ exits
     def to_numpy(self) -> np.ndarray:
-        """Collect into a dense ndarray on the driver (absent blocks are zero)."""
+        """Collect into a dense ndarray on the driver (absent blocks are zero).
+
+        Refused before any job (:class:`~blockmatrix.errors.InsufficientMemoryError`) when
+        the driver is not configured to hold it (:mod:`blockmatrix.memory`).
+        """
+        self._check_exit_memory(COLLECT)
         release_pending()
         items = self._blocks.collect()
         self._release_after_exit()
@@ -448,7 +454,8 @@ class BlockMatrix:
         return out
 
     def to_scipy(self) -> sp.csr_matrix:
-        """Collect into a scipy.sparse CSR matrix on the driver."""
+        """Collect into a scipy.sparse CSR matrix on the driver (checked as :meth:`to_numpy`)."""
+        self._check_exit_memory(COLLECT)
         release_pending()
         items = self._blocks.collect()
         self._release_after_exit()
@@ -483,6 +490,11 @@ class BlockMatrix:
         plan pays C's trip to this writer), picks ``ooc``; :attr:`plan` then is ooc's, and its
         reason says why.
 
+        The largest partition passes through the driver's JVM heap: a product whose
+        partitions would not fit it is refused before any job
+        (:class:`~blockmatrix.errors.InsufficientMemoryError`, naming the setting to raise or
+        the ``num_partitions`` that fits; :mod:`blockmatrix.memory`).
+
         Returns
         -------
         int
@@ -504,6 +516,7 @@ class BlockMatrix:
             return len(result.computed) + len(result.reused)
         hdf5.check_output(path, dataset, overwrite=overwrite)
         hdf5.check_output_space(path, dataset, self._shape, self.dtype)  # before any job
+        self._check_exit_memory(STREAM)
         producer = "blockmatrix BlockMatrix.to_hdf5" + (
             f" of a product (strategy {self._plan.strategy})" if self._plan is not None else "")
         # Staged beside the output, published when complete (hdf5.write_output): the file is
@@ -589,6 +602,11 @@ class BlockMatrix:
             written = zarr_store.check_written(records, "to_zarr")
             staged.publish()
         return written
+
+    def _check_exit_memory(self, exit_kind: str) -> None:
+        """Refuse an exit the driver's configured memory cannot take, before any job."""
+        check_matrix_exit(self._plan, self._layout, exit_kind,
+                          MemoryConf.of(self._blocks.context))
 
     @contextlib.contextmanager
     def _computed_in_parallel(self):
@@ -855,6 +873,7 @@ class BlockMatrix:
         release_pending()
         plan = chosen.plan(self.layout(), other.layout(), options)
         plan.check_runnable()
+        check_plan(plan, MemoryConf.of(self._blocks.context))
         if plan.strategy != "ooc":  # ooc reads tiles from the files, never whole blocks
             check_blocks_fit(plan.left, plan.right, options.budget_bytes)
         with collecting() as held:

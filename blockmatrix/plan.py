@@ -253,6 +253,15 @@ class MultiplyPlan:
         """
         return ""
 
+    @property
+    def result_partition_bytes(self) -> list[int]:
+        """Predicted bytes of each partition of the product RDD (what an exit moves at once).
+
+        The product's blocks partitioned by :attr:`grid`, as the strategies' last step leaves
+        them; a strategy whose last step partitions otherwise overrides this.
+        """
+        return cost.grid_bytes(self.grid, *cost.result_blocks(self.left, self.right))
+
     def fits(self, budget_bytes: int) -> bool:
         """Whether the plan can run and its largest task stays within ``budget_bytes``."""
         return not self.unavailable and self.max_task_memory_bytes <= budget_bytes

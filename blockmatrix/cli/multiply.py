@@ -46,6 +46,7 @@ from blockmatrix.cli.common import (
 )
 from blockmatrix.errors import InvalidParameterError, raised_from_tasks
 from blockmatrix.io import hdf5
+from blockmatrix.memory import STREAM, MemoryConf, check_exit, check_plan
 from blockmatrix.metrics import record
 from blockmatrix.ooc import DEFAULT_SLAB, check_matmul_request, matmul_hdf5
 from blockmatrix.plan import MultiplyOptions
@@ -233,6 +234,16 @@ def multiply(sc, args, a, b, c, ooc_request) -> int:
         plan = get_strategy(args.strategy).plan(A.layout(), B.layout(), options)
         refuse_ooc_flags(args, plan.strategy)
         plan.check_runnable()  # e.g. ooc on integer data: one line, before anything is written
+        # An HDF5 C streams through the driver's JVM heap one partition at a time (to_hdf5):
+        # refuse now, in one line, what would end in an OutOfMemoryError after the multiply.
+        memory = MemoryConf.of(sc)
+        check_plan(plan, memory)
+        if c.kind == "hdf5":
+            ooc_possible = a.kind == b.kind == "hdf5" and \
+                np.dtype(A.dtype).kind == "f" and np.dtype(B.dtype).kind == "f"
+            check_exit(plan, STREAM, memory, num_partitions_flag="--num-partitions",
+                       fallback="use --strategy ooc, which writes C from the files without "
+                                "passing it through the JVM heap" if ooc_possible else "")
         spill = local_spill_folder(sc)
         need = f"{format_bytes(plan.shuffle_bytes)} of shuffle files"
         if spill is not None:

@@ -91,6 +91,13 @@ class BroadcastPlan(MultiplyPlan):
         return self.split_blocks > 0
 
     @property
+    def result_partition_bytes(self) -> list[int]:
+        """Without partial sums the product keeps the larger operand's partitions."""
+        if self.needs_partial_sums:
+            return super().result_partition_bytes
+        return [self.max_task_output_bytes]
+
+    @property
     def broadcast_bytes(self) -> int:
         """Bytes of the broadcast operand (0 when every task reads it from a file)."""
         return 0 if self.delivery in READ_FROM_FILE else self.operand_bytes

@@ -53,6 +53,11 @@ class PasaPlan(MultiplyPlan):
     partitioner: MatrixMultPartitioner = field(repr=False)
     reduce_partitions: int
 
+    @property
+    def result_partition_bytes(self) -> list[int]:
+        """The product is in the join's or the reduce's partitions (a few blocks each)."""
+        return [self.max_task_output_bytes]
+
 
 def grid_sizes(left: BlockLayout, right: BlockLayout) -> tuple[int, int, int]:
     """Marlin's ``(mSplitNum, kSplitNum, nSplitNum)``; an empty dimension counts as 1."""
