@@ -43,6 +43,7 @@ from blockmatrix.errors import (
     ColumnTypeError,
     InputChangedError,
     InputNotFoundError,
+    InsufficientMemoryError,
     InsufficientSpaceError,
     InvalidBlockError,
     InvalidInputError,
@@ -177,6 +178,11 @@ def without_zarr(call):
 
 
 LIBRARY_ROWS = [
+    ("product too large to collect on the driver",
+     lambda sc, d: (BlockMatrix.from_numpy(sc, np.ones((10**5, 1)), 4000, 1)
+                    @ BlockMatrix.from_numpy(sc, np.ones((1, 10**5)), 1, 4000)).to_numpy(),
+     InsufficientMemoryError, r"to_numpy/to_scipy of this product \(collects 74\.5 GiB",
+     "write it with to_hdf5"),
     ("zarr extra not installed",
      lambda sc, d: without_zarr(lambda: BlockMatrix.from_zarr(sc, str(d / "a.zarr"), 2, 2)),
      MissingDependencyError, "need the packages zarr", r"pip install 'blockmatrix\[zarr\]'"),

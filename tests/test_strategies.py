@@ -137,7 +137,8 @@ def test_auto_says_what_it_picks_and_honours_the_budget(megabyte_operands, sc, c
     with caplog.at_level(logging.INFO, logger="blockmatrix.strategies.auto"):
         C = A.multiply(B, strategy="auto", memory_budget_bytes=256 << 20)
     assert C.plan.strategy == "broadcast"
-    assert C.plan.reason.startswith("broadcast:")
+    # In local mode the driver's array may go by reference (a file the tasks read).
+    assert C.plan.reason.split(":")[0] in ("broadcast", "broadcast, by reference")
     assert any("auto multiply strategy: broadcast" in r.getMessage() for r in caplog.records)
     assert_eq(C.to_numpy(), a @ b)
     tight = B.layout().nbytes - 1
