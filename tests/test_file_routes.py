@@ -98,3 +98,22 @@ def test_a_changed_file_is_refused_before_any_task_reads_it(sc, operands, tmp_pa
     with record(sc, "refused") as m, pytest.raises(InputChangedError, match="changed since"):
         A.multiply(B, strategy=name)
     assert m.job_ids == []
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_zarr_operand_is_read_in_the_tasks_too(sc, operands, tmp_path, name):
+    """Any file source FileReader opens (here a local Zarr array) takes the same route."""
+    zarr = pytest.importorskip("zarr")
+    a, b, _ = operands
+    url = str(tmp_path / "b.zarr")
+    zarr.create_array(store=url, shape=b.shape, dtype=b.dtype, chunks=(50, 50),
+                      zarr_format=3)[...] = b
+    A = BlockMatrix.from_numpy(sc, a, BLOCK, BLOCK)
+    spark_only = A.explain_multiply(BlockMatrix.from_numpy(sc, b, BLOCK, BLOCK),
+                                    strategy=name)[name]
+    with record(sc, f"{name}, B in zarr") as m:
+        C = A.multiply(BlockMatrix.from_zarr(sc, url, BLOCK, BLOCK), strategy=name)
+        result = C.to_numpy()
+    assert_eq(result, a @ b)
+    assert m.file_read_bytes == C.plan.read_bytes > 0
+    assert m.shuffle_write_bytes < spark_only.shuffle_bytes

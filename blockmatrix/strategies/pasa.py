@@ -51,7 +51,7 @@ from ..metrics import file_read_counter
 from ..partitioner import MatrixMultPartitioner
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import result_grid
-from ._common import LEFT, RIGHT, FileReader, FileRef, deliver, file_sources
+from ._common import LEFT, RIGHT, FileReader, FileRef, deliver, file_sources, resolved
 from .registry import Strategy, register
 
 
@@ -273,8 +273,8 @@ def join_and_multiply(records, reader: FileReader | None = None):
         sides[key][side].append(block)
     for (i, j, _), (lefts, rights) in sides.items():
         if reader is not None and lefts and rights:
-            lefts, rights = ([reader.read(side, b.key) if isinstance(b, FileRef) else b
-                              for b in blocks] for side, blocks in ((LEFT, lefts), (RIGHT, rights)))
+            lefts, rights = ([resolved(b, side, reader) for b in blocks]
+                             for side, blocks in ((LEFT, lefts), (RIGHT, rights)))
         product = None
         for a in lefts:
             for b in rights:
