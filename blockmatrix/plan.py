@@ -220,9 +220,10 @@ class MultiplyPlan:
         """Whether the product's blocks are computed from A's, B's blocks RDD.
 
         An operand collected to the driver (or read from its file) is not in the product's
-        lineage: the product need not keep it, nor what it holds, alive.
+        lineage: the product need not keep it, nor what it holds, alive. Every strategy reads
+        a file-backed operand in its tasks, never through its blocks RDD.
         """
-        return (True, True)
+        return (self.left.source_kind != "file", self.right.source_kind != "file")
 
     @property
     def moved_bytes(self) -> int:
@@ -308,6 +309,7 @@ class MultiplyPlan:
         ]
         for s in self.shuffles:
             lines.append(f"    {s.name}: {s.records} records, {format_bytes(s.bytes)}")
+        lines.append(f"  read from files: {format_bytes(self.read_bytes)}")
         lines += [
             f"  largest task input: {format_bytes(self.max_task_input_bytes)}",
             f"  largest task memory: {format_bytes(self.max_task_memory_bytes)}",

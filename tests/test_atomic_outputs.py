@@ -374,7 +374,8 @@ def test_a_spill_folder_too_small_for_the_shuffle_is_refused_in_one_line(small_d
                                                                           tmp_path):
     """Spark's local folder (SPARK_LOCAL_DIRS) on the 8 MiB tmpfs: the outer multiply's
     shuffle is refused after planning, before any job, naming the folder (inner would read
-    both operands from the file and shuffle nothing: outer shuffles them)."""
+    both operands from the file and shuffle nothing: outer reads them too, but shuffles its
+    partial products)."""
     rng = np.random.default_rng(5)
     with h5py.File(tmp_path / "in.h5", "w") as f:
         f["A"] = rng.standard_normal((800, 800))

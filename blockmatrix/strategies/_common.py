@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from itertools import chain
 from typing import NamedTuple
 
 from .. import blocks as bk
@@ -149,3 +150,34 @@ def sum_partials(partials, grid):
     """
     return partials.partitionBy(grid.num_partitions, grid).mapPartitions(
         bk.sum_by_key, preservesPartitioning=True)
+
+
+def deliver(sc, routed: list, num_tasks: int, partitioner):
+    """The routed records of the operands only Spark holds, in ``num_tasks`` partitions.
+
+    One ``partitionBy`` of the ``union`` of ``routed`` (the routed records of each operand
+    that is not read from its file); when every operand is read from its file, ``num_tasks``
+    empty partitions and no shuffle at all.
+    """
+    if not routed:
+        return sc.parallelize([[] for _ in range(num_tasks)], num_tasks).flatMap(_same)
+    records = routed[0] if len(routed) == 1 else routed[0].union(routed[1])
+    return records.partitionBy(num_tasks, partitioner)
+
+
+def _same(x):
+    return x
+
+
+def multiply_with_file_refs(records: Iterable, refs: Iterable, sources: dict,
+                            k_of: Callable[[object], int], budget_bytes: int, counter=None):
+    """:func:`accumulate_by_inner_index` of delivered records and a task's file references.
+
+    ``refs`` are records ``(routing key, (side, index, FileRef(key)))`` built by the task from
+    its strategy's plan: they weigh nothing against the spill budget and their blocks are
+    read (:class:`FileReader`) only when their inner index comes, so the task holds at most
+    one slice of them.
+    """
+    with FileReader(sources, counter) as reader:
+        return accumulate_by_inner_index(chain(refs, records), k_of, budget_bytes,
+                                         reader=reader)

@@ -38,8 +38,14 @@ a second shuffle onto the grid (:func:`~._common.sum_partials`).
 
 Planning is linear in the stored blocks: block counts and bytes per slab come from sparse
 products of the operands' block patterns with slab indicators (:mod:`scipy.sparse`), never
-from a loop over block triples. Blocks in files are shuffled like any other (unlike ``inner``,
-this strategy does not read them in the tasks).
+from a loop over block triples.
+
+**Blocks in a file are read, not routed.** An operand read by ``from_hdf5`` is left out of the
+shuffle: each cuboid finds the blocks the routing gives it among the operand's keys and reads
+them from the file when their ``k``-slice comes, so the plan's ``Q |A|`` (``P |B|``) becomes
+:attr:`~blockmatrix.plan.MultiplyPlan.read_bytes` instead of shuffled bytes, and the choice of
+the cut weighs it at the cost model's rate of reading against shuffling
+(:data:`FILE_READ_WEIGHT`). With both operands in files and ``R = 1`` nothing is shuffled.
 """
 
 from __future__ import annotations
@@ -52,8 +58,10 @@ import scipy.sparse as sp
 
 from .. import held
 from ..cost import (
+    FILE_READ_BYTES_PER_CORE_S,
     INDEX_BYTES,
     RECORD_OVERHEAD_BYTES,
+    SHUFFLE_BYTES_PER_CORE_S,
     ProductModel,
     TaskLoads,
     block_fill,
@@ -62,10 +70,20 @@ from ..cost import (
 )
 from ..errors import InvalidParameterError
 from ..layout import BlockLayout, check_multiplicable
+from ..metrics import file_read_counter
 from ..partitioner import GridPartitioner
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
-from ._common import LEFT, RIGHT, inner_and_outer, sum_partials
-from .inner import multiply_delivered
+from ._common import (
+    LEFT,
+    RIGHT,
+    FileRef,
+    deliver,
+    file_sources,
+    inner_and_outer,
+    multiply_with_file_refs,
+    sum_partials,
+)
+from .inner import multiply_delivered, record_k
 from .registry import Strategy, register
 
 
@@ -202,9 +220,15 @@ def choose_cut(pat: _Patterns, left: BlockLayout, right: BlockLayout,
                options: MultiplyOptions) -> tuple[int, int, int]:
     """``(P, Q, R)`` of least communication within the budget with enough tasks."""
     rows, cols, inner = slab_counts(pat.I), slab_counts(pat.J), slab_counts(pat.K)
-    # Q |A|: A's blocks of column k go to the column slabs where B's row k has blocks.
-    a_volume = {q: float(pat.a_col_bytes @ _slabs_hit(pat.b_count, cols[q])) for q in cols}
-    b_volume = {p: float(pat.b_row_bytes @ _slabs_hit(pat.a_count.T, rows[p])) for p in rows}
+    # Q |A|: A's blocks of column k go to the column slabs where B's row k has blocks. An
+    # operand in a file is read by the cuboids: its bytes weigh what reading costs, in bytes
+    # shuffled in the same time.
+    a_weight, b_weight = (FILE_READ_WEIGHT if lay.source_kind == "file" else 1.0
+                          for lay in (left, right))
+    a_volume = {q: a_weight * float(pat.a_col_bytes @ _slabs_hit(pat.b_count, cols[q]))
+                for q in cols}
+    b_volume = {p: b_weight * float(pat.b_row_bytes @ _slabs_hit(pat.a_count.T, rows[p]))
+                for p in rows}
     c_bytes = float(_partial_bytes(left, right, pat.c_count).sum())
     c_bytes += RECORD_OVERHEAD_BYTES * pat.c_count.nnz
     bounds = _MemoryBounds(pat, left, right, options.task_buffer_bytes)
@@ -226,6 +250,10 @@ def choose_cut(pat: _Patterns, left: BlockLayout, right: BlockLayout,
                 elif fallback is None or (memory, rank) < fallback[0]:
                     fallback = ((memory, rank), (p, q, r))
     return (best or fallback)[1]
+
+
+#: A byte read from a file, in bytes shuffled in the same time (the cost model's rates).
+FILE_READ_WEIGHT = SHUFFLE_BYTES_PER_CORE_S / FILE_READ_BYTES_PER_CORE_S
 
 
 def _slabs_hit(pattern, size: int) -> np.ndarray:
@@ -327,9 +355,18 @@ def _plan_for(pat: _Patterns, left: BlockLayout, right: BlockLayout, options: Mu
     b_count = _dense(pat.b_count @ ind_j)  # K x Q
     b_bytes = _dense(pat.b_bytes @ ind_j)
     a_has, b_has = a_count > 0, b_count > 0
+    # An operand in a file is read by the cuboids, not routed: no record overhead.
+    a_in_file, b_in_file = left.source_kind == "file", right.source_kind == "file"
+    if a_in_file:
+        a_bytes = a_bytes - RECORD_OVERHEAD_BYTES * a_count
+    if b_in_file:
+        b_bytes = b_bytes - RECORD_OVERHEAD_BYTES * b_count
     # A's (p, k) blocks go to every q where B's row k has a block, B's (k, q) to every p.
-    records = int((a_count @ b_has).sum() + (a_has @ b_count).sum())
-    routed = float((a_bytes @ b_has).sum() + (a_has @ b_bytes).sum())
+    a_copies, b_copies = int((a_count @ b_has).sum()), int((a_has @ b_count).sum())
+    a_moved, b_moved = float((a_bytes @ b_has).sum()), float((a_has @ b_bytes).sum())
+    records = a_copies * (not a_in_file) + b_copies * (not b_in_file)
+    routed = a_moved * (not a_in_file) + b_moved * (not b_in_file)
+    read = a_moved * a_in_file + b_moved * b_in_file
 
     # Task t = p + P q + P Q r: a (Q, P) array of inner slab r, raveled, is tasks r P Q + ...
     loads = TaskLoads(num_tasks)
@@ -353,7 +390,9 @@ def _plan_for(pat: _Patterns, left: BlockLayout, right: BlockLayout, options: Mu
         partials += counts.nnz
         partial_bytes += sizes.sum() + RECORD_OVERHEAD_BYTES * counts.nnz
 
-    shuffles = [ShuffleEstimate("route blocks to cuboids", records, int(routed))] \
+    read_from = [name for name, in_file in (("A", a_in_file), ("B", b_in_file)) if in_file]
+    shuffles = [ShuffleEstimate("route blocks to cuboids" + (
+        f" ({read_from[0]} read from its file)" if read_from else ""), records, int(routed))] \
         if records else []
     max_input, max_memory, max_output = (loads.max_input(),
                                          loads.max_memory(options.task_buffer_bytes),
@@ -368,13 +407,13 @@ def _plan_for(pat: _Patterns, left: BlockLayout, right: BlockLayout, options: Mu
         max_input = max(max_input, reduce_input.max(initial=0.0))
         max_memory = max(max_memory, final.max(initial=0.0))
         max_output = max(max_output, final.max(initial=0.0))
-    communication = routed + (partial_bytes if R > 1 else 0)
+    communication = routed + read + (partial_bytes if R > 1 else 0)
     return CuboidPlan(
         strategy="cuboid", left=left, right=right, grid=grid, num_tasks=num_tasks,
         shuffles=tuple(shuffles), max_task_input_bytes=int(max_input),
         max_task_memory_bytes=int(max_memory), max_task_output_bytes=int(max_output),
         **_compute(left, right, grid, ks, R),
-        P=P, Q=Q, R=R, row_slab=rs, col_slab=cs, inner_slab=ks,
+        read_bytes=int(read), P=P, Q=Q, R=R, row_slab=rs, col_slab=cs, inner_slab=ks,
         communication_bytes=int(communication),
         left_slabs=_slabs_of(right.cols_of_row, cs), right_slabs=_slabs_of(left.rows_of_col, rs))
 
@@ -412,24 +451,71 @@ def _slabs_of(indices_of_k, size: int) -> dict[int, tuple[int, ...]]:
 
 
 def execute(plan: CuboidPlan, left, right, options: MultiplyOptions):
-    """Run a cuboid plan: one shuffle to the cuboids, a second for the partials if ``R > 1``."""
+    """Run a cuboid plan: one shuffle to the cuboids, a second for the partials if ``R > 1``.
+
+    An operand in a file is not routed: every cuboid reads the blocks the routing would have
+    sent it from the file, one ``k``-slice at a time.
+    """
     sc = left.context
+    in_files = file_sources({LEFT: plan.left, RIGHT: plan.right})
     route = partial(route_to_cuboids, P=plan.P, Q=plan.Q, row_slab=plan.row_slab,
                     col_slab=plan.col_slab, inner_slab=plan.inner_slab,
                     num_tasks=plan.num_tasks)
-    left_slabs, right_slabs = (held.broadcast(sc, slabs)
-                               for slabs in (plan.left_slabs, plan.right_slabs))
-    routed = left.flatMap(partial(route, side=LEFT, slabs=left_slabs)).union(
-        right.flatMap(partial(route, side=RIGHT, slabs=right_slabs)))
+    slabs = {LEFT: held.broadcast(sc, plan.left_slabs),
+             RIGHT: held.broadcast(sc, plan.right_slabs)}
+    routed = [blocks.flatMap(partial(route, side=side, slabs=slabs[side]))
+              for side, blocks in ((LEFT, left), (RIGHT, right)) if side not in in_files]
     # The grid returns an int key unchanged and PySpark takes it modulo the tasks: task t.
-    delivered = routed.partitionBy(plan.num_tasks, plan.grid)
-    products = delivered.mapPartitions(
-        partial(multiply_delivered, num_tasks=plan.num_tasks,
-                budget_bytes=options.task_buffer_bytes),
-        preservesPartitioning=(plan.R == 1))
+    delivered = deliver(sc, routed, plan.num_tasks, plan.grid)
+    if in_files:
+        keys = held.broadcast(sc, {side: keys_by_slab(plan, side) for side in in_files})
+        products = delivered.mapPartitionsWithIndex(
+            partial(multiply_with_file_blocks, keys=keys, slabs=slabs, sources=in_files,
+                    P=plan.P, Q=plan.Q, num_tasks=plan.num_tasks,
+                    budget_bytes=options.task_buffer_bytes, counter=file_read_counter(sc)),
+            preservesPartitioning=(plan.R == 1))
+    else:
+        products = delivered.mapPartitions(
+            partial(multiply_delivered, num_tasks=plan.num_tasks,
+                    budget_bytes=options.task_buffer_bytes),
+            preservesPartitioning=(plan.R == 1))
     if plan.R > 1:
         products = sum_partials(products, plan.grid)
     return products
+
+
+def keys_by_slab(plan: CuboidPlan, side: int) -> dict[tuple[int, int], list]:
+    """An operand's keys by ``(row slab p, inner slab r)`` (A) or ``(column slab q, r)`` (B)."""
+    layout, size = (plan.left, plan.row_slab) if side == LEFT else (plan.right, plan.col_slab)
+    out: dict[tuple[int, int], list] = {}
+    for key in layout.keys:
+        k, index = inner_and_outer(key, side)
+        out.setdefault((index // size, k // plan.inner_slab), []).append(key)
+    return out
+
+
+def multiply_with_file_blocks(task: int, records, keys, slabs: dict, sources: dict, P: int,
+                              Q: int, num_tasks: int, budget_bytes: int, counter=None):
+    """Cuboid ``task = p + P q + P Q r``: its delivered records and the file blocks it uses.
+
+    Those ``route_to_cuboids`` would send it: A's ``(i, k)`` of row slab ``p`` and inner slab
+    ``r`` whose column ``k`` meets slab ``q`` of B, and B's ``(k, j)`` likewise.
+    """
+    p, q, r = task % P, task // P % Q, task // (P * Q)
+    wanted = {LEFT: ((p, r), q), RIGHT: ((q, r), p)}
+
+    def refs():
+        for side, by_slab in keys.value.items():
+            slab, other = wanted[side]
+            meets = slabs[side].value
+            for key in by_slab.get(slab, ()):
+                k, index = inner_and_outer(key, side)
+                if other in meets.get(k, ()):
+                    yield k * num_tasks + task, (side, index, FileRef(key))
+
+    return multiply_with_file_refs(records, refs(), sources,
+                                   partial(record_k, num_tasks=num_tasks), budget_bytes,
+                                   counter)
 
 
 def route_to_cuboids(item, side: int, slabs, P: int, Q: int, row_slab: int, col_slab: int,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import chain
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,11 +49,12 @@ from ..units import format_bytes
 from ._common import (
     LEFT,
     RIGHT,
-    FileReader,
     FileRef,
     accumulate_by_inner_index,
+    deliver,
     file_sources,
     inner_and_outer,
+    multiply_with_file_refs,
     sum_partials,
 )
 from .registry import Strategy, register
@@ -327,13 +327,8 @@ def execute(plan: InnerPlan, left, right, options: MultiplyOptions):
     routed = [blocks.flatMap(partial(route_block, side=side, num_tasks=num_tasks,
                                      routing=routing))
               for side, blocks in ((LEFT, left), (RIGHT, right)) if side not in in_files]
-    if routed:
-        # One shuffle: the routing key is an int, which GridPartitioner maps to
-        # key % num_tasks.
-        delivered = (routed[0].union(routed[1]) if len(routed) == 2 else routed[0]) \
-            .partitionBy(num_tasks, grid)
-    else:
-        delivered = sc.parallelize([[] for _ in range(num_tasks)], num_tasks).flatMap(_same)
+    # One shuffle: the routing key is an int, which GridPartitioner maps to key % num_tasks.
+    delivered = deliver(sc, routed, num_tasks, grid)
     if in_files:
         keys = held.broadcast(sc, {side: plan.routing.keys_by_part(layouts[side].keys, side)
                              for side in in_files})
@@ -363,14 +358,9 @@ def multiply_with_file_blocks(task: int, records, keys, routing, sources: dict, 
     mine = routing.value.keys_for_task(task, keys.value)
     refs = ((k * num_tasks + task, (side, index, FileRef(key)))
             for side, key in mine for k, index in [inner_and_outer(key, side)])
-    with FileReader(sources, counter) as reader:
-        return accumulate_by_inner_index(chain(refs, records),
-                                         partial(_record_k, num_tasks=num_tasks),
-                                         budget_bytes, reader=reader)
-
-
-def _same(x):
-    return x
+    return multiply_with_file_refs(records, refs, sources,
+                                   partial(record_k, num_tasks=num_tasks), budget_bytes,
+                                   counter)
 
 
 def route_block(item, side: int, routing, num_tasks: int):
@@ -382,13 +372,14 @@ def route_block(item, side: int, routing, num_tasks: int):
             for task in plan_routing.targets(key, side)]
 
 
-def _record_k(record, num_tasks: int) -> int:
+def record_k(record, num_tasks: int) -> int:
+    """Inner index ``k`` of a record routed with key ``k * num_tasks + task``."""
     return record[0] // num_tasks
 
 
 def multiply_delivered(records, num_tasks: int, budget_bytes: int):
     """Multiply the blocks delivered to one task, one inner index ``k`` at a time."""
-    return accumulate_by_inner_index(records, partial(_record_k, num_tasks=num_tasks),
+    return accumulate_by_inner_index(records, partial(record_k, num_tasks=num_tasks),
                                      budget_bytes)
 
 

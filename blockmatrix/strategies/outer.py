@@ -17,6 +17,13 @@
    (:func:`~blockmatrix.strategies._common.sum_partials`; ``reduceByKey``'s map-side combine
    would find nothing to combine): the second shuffle, of at most ``tasks x |C|`` blocks.
 
+**Blocks in a file are read, not joined.** An operand read by ``from_hdf5`` is left out of
+the first shuffle: the driver deals the references of its blocks to the join tasks as the plan
+assigns their inner indices, and each task reads its blocks from the file when their ``k``
+comes (:class:`~._common.FileReader`). The plan counts them as
+:attr:`~blockmatrix.plan.MultiplyPlan.read_bytes`; with both operands in files the join moves
+nothing and only the reduce shuffles.
+
 The join task's memory is its accumulators (up to all of C for a dense product) plus one
 ``k``-slice of inputs; that is this formulation's weakness on dense inputs, and its strength on
 block-sparse ones, where the partial products are few.
@@ -31,6 +38,7 @@ from functools import partial
 
 import numpy as np
 
+from .. import held
 from ..cost import (
     RECORD_OVERHEAD_BYTES,
     ProductModel,
@@ -42,9 +50,20 @@ from ..cost import (
     task_seconds,
 )
 from ..layout import BlockLayout, check_multiplicable
+from ..metrics import file_read_counter
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import result_grid
-from ._common import LEFT, RIGHT, accumulate_by_inner_index, inner_and_outer, sum_partials
+from ._common import (
+    LEFT,
+    RIGHT,
+    FileRef,
+    accumulate_by_inner_index,
+    deliver,
+    file_sources,
+    inner_and_outer,
+    multiply_with_file_refs,
+    sum_partials,
+)
 from .registry import Strategy, register
 
 
@@ -70,15 +89,18 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Out
     ranks = {k: r for r, k in enumerate(active)}
 
     # Every active k goes, with A's column k and B's row k, to task rank(k) mod num_tasks.
+    # An operand in a file is read there by that task: its blocks carry no record overhead.
     ks = np.array(active, dtype=np.int64)
     counts = np.array([len(sl[k].index) for k in active for sl in (a_slices, b_slices)],
                       dtype=np.int64)
     slice_bytes = np.array([int(sl[k].nbytes.sum()) for k in active
                             for sl in (a_slices, b_slices)], dtype=np.int64)
+    in_file = np.tile([left.source_kind == "file", right.source_kind == "file"], len(active))
+    routed = slice_bytes + RECORD_OVERHEAD_BYTES * counts * ~in_file
     loads = TaskLoads(num_tasks)
-    loads.deliver(np.repeat(np.arange(len(active)) % num_tasks, 2), np.repeat(ks, 2),
-                  slice_bytes + RECORD_OVERHEAD_BYTES * counts)
-    records = int(counts.sum())
+    loads.deliver(np.repeat(np.arange(len(active)) % num_tasks, 2), np.repeat(ks, 2), routed)
+    records = int(counts[~in_file].sum())
+    read = int(slice_bytes[in_file].sum())
 
     # Partial products, accumulated per (task, i, j); the final blocks per (i, j).
     ak = left.key_array[1]
@@ -91,10 +113,9 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Out
     grid = result_grid(left, right, options.num_partitions)
     reduce_output = grid_bytes(grid, *result_blocks(left, right))
 
-    shuffles = (
-        ShuffleEstimate("join A columns and B rows on k", records, int(loads.input.sum())),
-        ShuffleEstimate("reduce partial products by (i, j)", partial_records, partial_bytes),
-    )
+    join = ShuffleEstimate(_join_name(left, right), records, int(routed[~in_file].sum()))
+    shuffles = ((join,) if not (left.source_kind == right.source_kind == "file") else ()) + (
+        ShuffleEstimate("reduce partial products by (i, j)", partial_records, partial_bytes),)
     model = ProductModel(left, right)
     by_inner = model.seconds_by_inner()
     k_tasks = np.array([ranks[k] % num_tasks if k in ranks else 0
@@ -107,19 +128,61 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Out
                                   + reduce_output),
         max_task_output_bytes=max([loads.max_output()] + reduce_output),
         flops=model.flops, compute_seconds=model.total_seconds(),
-        max_task_compute_seconds=task_seconds(by_inner, k_tasks),
+        max_task_compute_seconds=task_seconds(by_inner, k_tasks), read_bytes=read,
         ranks=ranks, join_tasks=num_tasks)
 
 
+def _join_name(left: BlockLayout, right: BlockLayout) -> str:
+    """The join shuffle's name, saying which operand is read from its file instead."""
+    read = [name for name, lay in (("A", left), ("B", right)) if lay.source_kind == "file"]
+    return "join A columns and B rows on k" + (f" ({read[0]} read from its file)" if read else "")
+
+
 def execute(plan: OuterPlan, left, right, options: MultiplyOptions):
-    """Run an outer-product plan: join on k (shuffle 1), reduce by (i, j) (shuffle 2)."""
-    routed = left.flatMap(partial(route_by_inner, side=LEFT, ranks=plan.ranks)).union(
-        right.flatMap(partial(route_by_inner, side=RIGHT, ranks=plan.ranks)))
-    delivered = routed.partitionBy(plan.join_tasks, task_of_rank)
-    partials = delivered.mapPartitions(
-        partial(accumulate_by_inner_index, k_of=_record_rank,
-                budget_bytes=options.task_buffer_bytes))
+    """Run an outer-product plan: join on k (shuffle 1), reduce by (i, j) (shuffle 2).
+
+    An operand in a file is not joined: each join task reads the blocks of its own inner
+    indices from the file (the references are dealt on the driver, from the plan).
+    """
+    sc = left.context
+    in_files = file_sources({LEFT: plan.left, RIGHT: plan.right})
+    routed = [blocks.flatMap(partial(route_by_inner, side=side, ranks=plan.ranks))
+              for side, blocks in ((LEFT, left), (RIGHT, right)) if side not in in_files]
+    delivered = deliver(sc, routed, plan.join_tasks, task_of_rank)
+    if in_files:
+        refs = held.broadcast(sc, file_refs_by_task(plan, in_files))
+        partials = delivered.mapPartitionsWithIndex(
+            partial(multiply_with_file_blocks, refs=refs, sources=in_files,
+                    budget_bytes=options.task_buffer_bytes, counter=file_read_counter(sc)))
+    else:
+        partials = delivered.mapPartitions(
+            partial(accumulate_by_inner_index, k_of=_record_rank,
+                    budget_bytes=options.task_buffer_bytes))
     return sum_partials(partials, plan.grid)
+
+
+def file_refs_by_task(plan: OuterPlan, in_files) -> dict[int, list]:
+    """``{task: [(rank, side, key), ...]}``: the file blocks each join task reads.
+
+    The blocks ``route_by_inner`` would send it: those of its inner indices that meet
+    something on both sides.
+    """
+    out: dict[int, list] = {}
+    layouts = {LEFT: plan.left, RIGHT: plan.right}
+    for side in in_files:
+        for key in layouts[side].keys:
+            rank = plan.ranks.get(inner_and_outer(key, side)[0])
+            if rank is not None:
+                out.setdefault(rank % plan.join_tasks, []).append((rank, side, key))
+    return out
+
+
+def multiply_with_file_blocks(task: int, records, refs, sources: dict, budget_bytes: int,
+                              counter=None):
+    """A join task: its delivered records and its file blocks, one inner index at a time."""
+    mine = ((rank, (side, inner_and_outer(key, side)[1], FileRef(key)))
+            for rank, side, key in refs.value.get(task, ()))
+    return multiply_with_file_refs(records, mine, sources, _record_rank, budget_bytes, counter)
 
 
 def task_of_rank(rank: int) -> int:

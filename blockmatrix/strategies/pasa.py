@@ -18,6 +18,12 @@ In PySpark the join is one shuffle: the blocks are tagged with their side, ``uni
 ``partitionBy(m*k*n, MatrixMultPartitioner)``, then paired inside each partition. The reduce
 uses PySpark's ``portable_hash`` over ``m * k * n`` partitions, which is what Scala's default
 partitioner gives Marlin's ``reduceByKey`` when ``spark.default.parallelism`` is not set.
+
+**Blocks in a file are read, not replicated.** An operand read by ``from_hdf5`` is left out of
+the join shuffle: the task of product ``(i, j, l)`` (its partition index is ``seq``) reads its
+block from the file once the other operand's block of that product is there, so a block is
+read once per counterpart (:attr:`~blockmatrix.plan.MultiplyPlan.read_bytes`). With both
+operands in files the join moves nothing.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain
 
 import numpy as np
 
 from .. import blocks as bk
+from .. import held
 from ..cost import (
     INDEX_BYTES,
     RECORD_OVERHEAD_BYTES,
@@ -39,10 +47,11 @@ from ..cost import (
     result_itemsize,
 )
 from ..layout import BlockLayout, check_multiplicable
+from ..metrics import file_read_counter
 from ..partitioner import MatrixMultPartitioner
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import result_grid
-from ._common import LEFT, RIGHT
+from ._common import LEFT, RIGHT, FileReader, FileRef, deliver, file_sources, resolved
 from .registry import Strategy, register
 
 
@@ -91,13 +100,17 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Pas
     part = MatrixMultPartitioner(m, k, n)
     tasks = part.num_partitions
     a_sizes, b_sizes = left.key_array[2], right.key_array[2]
+    a_in_file, b_in_file = left.source_kind == "file", right.source_kind == "file"
     replicated = ShuffleEstimate(
-        "replicate A x n, B x m; join on MatrixMultPartitioner",
-        len(a_sizes) * n + len(b_sizes) * m,
-        int((a_sizes + RECORD_OVERHEAD_BYTES).sum()) * n
-        + int((b_sizes + RECORD_OVERHEAD_BYTES).sum()) * m)
+        _join_name(a_in_file, b_in_file),
+        len(a_sizes) * n * (not a_in_file) + len(b_sizes) * m * (not b_in_file),
+        int((a_sizes + RECORD_OVERHEAD_BYTES).sum()) * n * (not a_in_file)
+        + int((b_sizes + RECORD_OVERHEAD_BYTES).sum()) * m * (not b_in_file))
+    a_over = 0 if a_in_file else RECORD_OVERHEAD_BYTES
+    b_over = 0 if b_in_file else RECORD_OVERHEAD_BYTES
 
     a_slices, b_slices = inner_slices(left, axis=1), inner_slices(right, axis=0)
+    read = 0
     itemsize = result_itemsize(left, right)
     rows_i = left.extents(np.arange(m), 0)
     cols_j = right.extents(np.arange(n), 1)
@@ -106,12 +119,15 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Pas
     for ll in range(k):
         a, b = a_slices.get(ll), b_slices.get(ll)
         # Task (i, j, l) receives A (i, l) and B (l, j) whether or not the other exists.
-        a_in = _sizes_on(a, m) + RECORD_OVERHEAD_BYTES * _present_on(a, m)
-        b_in = _sizes_on(b, n) + RECORD_OVERHEAD_BYTES * _present_on(b, n)
+        a_in = _sizes_on(a, m) + a_over * _present_on(a, m)
+        b_in = _sizes_on(b, n) + b_over * _present_on(b, n)
         max_input = max(max_input, int(a_in.max(initial=0) + b_in.max(initial=0)))
         if a is None or b is None:
             continue
         products += len(a.index) * len(b.index)
+        # A block in a file is read by each task that pairs it (one per counterpart).
+        read += int(a.nbytes.sum()) * len(b.index) * a_in_file \
+            + int(b.nbytes.sum()) * len(a.index) * b_in_file
         if np.isnan(a.fill).all() and np.isnan(b.fill).all():
             # Dense products: a product's bytes depend on its block's extents only, so
             # every sum and maximum runs over the (few) distinct extents.
@@ -119,15 +135,15 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Pas
             product_bytes += int(r.sum() * c.sum() * itemsize) \
                 + RECORD_OVERHEAD_BYTES * len(r) * len(c)
             max_output = max(max_output, int(r.max() * c.max() * itemsize))
-            held = (_max_by(a_in[a.index], r)[:, None] + _max_by(b_in[b.index], c)[None, :]
-                    + np.unique(r)[:, None] * np.unique(c)[None, :] * itemsize)
+            holds = (_max_by(a_in[a.index], r)[:, None] + _max_by(b_in[b.index], c)[None, :]
+                     + np.unique(r)[:, None] * np.unique(c)[None, :] * itemsize)
         else:
             sizes = _product_nbytes(a, b, rows_i, cols_j, itemsize)
             product_bytes += int(sizes.sum()) + RECORD_OVERHEAD_BYTES * sizes.size
             max_output = max(max_output, int(sizes.max()))
-            held = a_in[a.index][:, None] + b_in[b.index][None, :] + sizes
-        max_memory = max(max_memory, int(held.max()))
-    shuffles = [replicated]
+            holds = a_in[a.index][:, None] + b_in[b.index][None, :] + sizes
+        max_memory = max(max_memory, int(holds.max()))
+    shuffles = [] if a_in_file and b_in_file else [replicated]
     reduce_output = [0]
     if k > 1:
         shuffles.append(ShuffleEstimate("reduceByKey (i, j), hash partitioner", products,
@@ -147,7 +163,16 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Pas
         max_task_output_bytes=max([max_output] + reduce_output),
         flops=model.flops, compute_seconds=model.total_seconds(),
         max_task_compute_seconds=model.max_product_seconds(),  # a task per triple
-        partitioner=part, reduce_partitions=tasks)
+        read_bytes=read, partitioner=part, reduce_partitions=tasks)
+
+
+def _join_name(a_in_file: bool, b_in_file: bool) -> str:
+    """The join shuffle's name: which operands are replicated, which read from their file."""
+    sent = [what for what, in_file in (("A x n", a_in_file), ("B x m", b_in_file))
+            if not in_file]
+    read = [what for what, in_file in (("A", a_in_file), ("B", b_in_file)) if in_file]
+    return (f"replicate {', '.join(sent)}; join on MatrixMultPartitioner"
+            + (f" ({read[0]} read from its file)" if read else ""))
 
 
 def _max_by(values: np.ndarray, extents: np.ndarray) -> np.ndarray:
@@ -185,15 +210,43 @@ def _product_nbytes(a, b, rows_i, cols_j, itemsize: int) -> np.ndarray:
 
 
 def execute(plan: PasaPlan, left, right, options: MultiplyOptions):
-    """Run Marlin's multiply: one join shuffle, then ``reduceByKey`` (when ``k > 1``)."""
+    """Run Marlin's multiply: one join shuffle, then ``reduceByKey`` (when ``k > 1``).
+
+    An operand in a file is not replicated: the task of product ``(i, j, l)`` reads its block
+    from the file, when the other operand's block of that product is there.
+    """
     part = plan.partitioner
-    emitted = left.flatMap(partial(emit_left, n=part.n)).union(
-        right.flatMap(partial(emit_right, m=part.m)))
-    joined = emitted.partitionBy(part.num_partitions, part)
-    products = joined.mapPartitions(join_and_multiply)
+    sc = left.context
+    in_files = file_sources({LEFT: plan.left, RIGHT: plan.right})
+    emitted = [blocks.flatMap(emit) for side, blocks, emit in (
+        (LEFT, left, partial(emit_left, n=part.n)), (RIGHT, right, partial(emit_right, m=part.m)))
+        if side not in in_files]
+    joined = deliver(sc, emitted, part.num_partitions, part)
+    if in_files:
+        keys = held.broadcast(sc, {side: frozenset(lay.keys) for side, lay in
+                                   ((LEFT, plan.left), (RIGHT, plan.right)) if side in in_files})
+        products = joined.mapPartitionsWithIndex(
+            partial(join_with_file_blocks, keys=keys, sources=in_files, m=part.m, k=part.k,
+                    n=part.n, counter=file_read_counter(sc)))
+    else:
+        products = joined.mapPartitions(join_and_multiply)
     if part.k > 1:
         products = products.reduceByKey(bk.add, plan.reduce_partitions)
     return products
+
+
+def join_with_file_blocks(task: int, records, keys, sources: dict, m: int, k: int, n: int,
+                          counter=None):
+    """The join of task ``seq = i n k + j k + l`` with its file blocks ``A(i, l)``, ``B(l, j)``.
+
+    The file blocks join as :class:`~._common.FileRef` records and are read only when paired.
+    """
+    ll, j, i = task % k, task // k % n, task // (n * k)
+    present = keys.value
+    refs = [((i, j, ll), (side, FileRef(key))) for side, key in ((LEFT, (i, ll)), (RIGHT, (ll, j)))
+            if key in present.get(side, ())]
+    with FileReader(sources, counter) as reader:
+        return list(join_and_multiply(chain(refs, records), reader))
 
 
 def emit_left(item, n: int):
@@ -208,16 +261,20 @@ def emit_right(item, m: int):
     return [((i, j, ll), (RIGHT, block)) for i in range(m)]
 
 
-def join_and_multiply(records):
+def join_and_multiply(records, reader: FileReader | None = None):
     """The join inside one partition: every A x B pair with the same ``(i, j, l)`` multiplied.
 
     A key with blocks on one side only yields nothing (the join drops it). Pairs of duplicate
-    blocks (the same index stored twice) are summed into one product.
+    blocks (the same index stored twice) are summed into one product. :class:`FileRef` blocks
+    are read with ``reader`` once they have a counterpart.
     """
     sides: dict = defaultdict(lambda: ([], []))
     for key, (side, block) in records:
         sides[key][side].append(block)
     for (i, j, _), (lefts, rights) in sides.items():
+        if reader is not None and lefts and rights:
+            lefts, rights = ([resolved(b, side, reader) for b in blocks]
+                             for side, blocks in ((LEFT, lefts), (RIGHT, rights)))
         product = None
         for a in lefts:
             for b in rights:
