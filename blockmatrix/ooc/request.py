@@ -163,7 +163,7 @@ class OocRequest:
                 now = None
             if _plain(now) != _plain(stamp):
                 raise InputChangedError(
-                    f"input {op.location} changed since it was opened ({_plain(stamp)} -> "
+                    f"input {op.path} changed since it was opened ({_plain(stamp)} -> "
                     f"{_plain(now)}): its data would not match the plan; open it again")
 
 
@@ -267,7 +267,7 @@ def check_state(state: dict, operands, output_path: str, shape, dtype, tile: int
         for op, stamp in zip(operands, state.get("input_stamps", []), strict=False):
             if stamp != operand_stamp(op):
                 raise InvalidInputError(
-                    f"resume: input {op.location!r} changed since the interrupted run (size "
+                    f"resume: input {op.path!r} changed since the interrupted run (size "
                     f"or modification time): its finished tiles cannot be reused; run without "
                     f"--resume")
 

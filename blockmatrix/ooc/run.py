@@ -291,7 +291,7 @@ class OocRun:
                 now = None
             if _plain(now) != _plain(stamp):
                 raise InputChangedError(
-                    f"input {op.location} changed while the tasks read it (size, mtime {stamp} -> "
+                    f"input {op.path} changed while the tasks read it (size, mtime {stamp} -> "
                     f"{now}): nothing was written to {self.request.output_location}; restore "
                     f"it and run again (finished tiles are kept for --resume only if it is "
                     f"unchanged)") from None
