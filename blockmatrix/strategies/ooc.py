@@ -61,7 +61,7 @@ def unavailable_reason(left: BlockLayout, right: BlockLayout) -> str:
         kind = layout.source_kind
         if kind != "file":
             return (f"{name} is {_HELD_BY.get(kind, kind)}: the out-of-core product needs both "
-                    f"operands read from HDF5 files or Zarr arrays")
+                    f"operands read from HDF5 or Zarr")
         if getattr(layout.source, "format", "hdf5") not in ("hdf5", "zarr"):
             return (f"{name} is a {layout.source.format} array: the out-of-core product reads "
                     f"HDF5 files and Zarr arrays only")
