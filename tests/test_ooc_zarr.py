@@ -232,8 +232,15 @@ def test_killed_then_resumed_computes_only_the_unfinished_tiles(sc, workers, tmp
     assert not out.exists() and os.path.isdir(zs.parse_url(str(out)).staging.path)
     with pytest.raises(OutputExistsError, match="--resume"):
         gram_hdf5(sc, spec, None, f"zarr:{out}", None)
+    state = work.read_state()
     result = gram_hdf5(sc, spec, None, f"zarr:{out}", None, resume=True)
     assert set(result.reused) == marked
     assert set(result.computed) == {(t.i, t.j) for t in result.plan.tiles} - marked
     assert_eq(read_zarr(str(out)), x @ x.T)
+    check_published(str(out), 30)
+    # Killed after its publication, before its work was removed: resuming finds it complete.
+    work.reset()
+    work.write_state(state)
+    again = gram_hdf5(sc, spec, None, f"zarr:{out}", None, resume=True)
+    assert again.complete and "nothing to do" in str(again)
     check_published(str(out), 30)

@@ -360,6 +360,12 @@ def _zarr_request(operands, shape, dtype, chunks, loc, tile, slab, resume, overw
         check_state(state, operands, loc.url, shape, dtype, tile, slab)
         tile, slab = state["tile"], state["slab"]
         overwrite = overwrite or state.get("overwrite", False)
+        if _published_zarr_request(loc) == request_of(operands, shape, dtype) and \
+                not _exists(loc.staging):
+            # Killed after its publication, before removing its work: the run is complete.
+            work.remove()
+            state, complete = None, True
+            note = f"{loc.url} is complete (its run was published): nothing to do"
     elif resume:
         if _published_zarr_request(loc) == request_of(operands, shape, dtype):
             complete, note = True, (f"{loc.url} is complete (a finished run of this request "
@@ -383,6 +389,13 @@ def _zarr_request(operands, shape, dtype, chunks, loc, tile, slab, resume, overw
         slab=int(slab if slab is not None else DEFAULT_SLAB), resume=resume,
         overwrite=overwrite, same_file=False, work_dir=work.url, lock_path=lock_path,
         state=state, stamps=tuple(stamps), complete=complete, note=note, output_zarr=loc)
+
+
+def _exists(loc) -> bool:
+    """Whether anything is at the location ``loc`` (a folder, or objects under a prefix)."""
+    fs = loc.filesystem()
+    fs.invalidate_cache(loc.path)
+    return bool(fs.exists(loc.path))
 
 
 def _version_ok(state: dict | None) -> dict | None:
@@ -469,9 +482,13 @@ def check_gram_request(input_path: str, input_dataset: str, output_path: str,
     Parameters
     ----------
     input_path, input_dataset : str
-        Location of X (2-D, float64 or float32).
+        Location of X (2-D, float64 or float32); or ``input_path`` a Zarr array,
+        ``"zarr:URL"`` or a :class:`~blockmatrix.io.zarr_store.ZarrLocation`, and
+        ``input_dataset`` None.
     output_path, output_dataset : str
-        Location of Y; the file may be the input file.
+        Location of Y; the file may be the input file. Or ``output_path`` a Zarr array as
+        above (``output_dataset`` None): the tasks write their tiles into it, published
+        when complete.
     tile, slab : int, optional
         Sizes; ``None`` means the default (for the tile: balanced over the cores), or the
         interrupted run's value when resuming.
@@ -589,11 +606,13 @@ def check_matmul_request(a, b, output_path: str, output_dataset: str, tile: int 
 
     Parameters
     ----------
-    a, b : HDF5Dataset, Operand or (path, dataset[, transposed])
+    a, b : HDF5Dataset, ZarrArray, Operand, (path, dataset[, transposed]) or Zarr
         The operands (2-D, float64 or float32; the same file or different ones, possibly the
-        same dataset, possibly read transposed).
+        same dataset, possibly read transposed). A Zarr array is ``"zarr:URL"``, a
+        ``ZarrLocation``, or ``(either, transposed)``.
     output_path, output_dataset : str
-        Location of C; the file may be A's or B's.
+        Location of C; the file may be A's or B's. Or ``output_path`` a Zarr array
+        (``"zarr:URL"`` or a ``ZarrLocation``, ``output_dataset`` None).
     tile, slab : int, optional
         Sizes; ``None``: the balanced tile and the default slab, or the interrupted run's.
     resume, overwrite : bool
