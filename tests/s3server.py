@@ -45,7 +45,9 @@ def s3_server(tmp_path_factory):
            "AWS_SHARED_CREDENTIALS_FILE": str(empty / "credentials")}
     with environment(os.environ, env):
         s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir(BUCKET)
+        # moto's backend is one per process: a module before this one may have made it.
+        with contextlib.suppress(FileExistsError):
+            s3fs.S3FileSystem().mkdir(BUCKET)
         try:
             yield env
         finally:

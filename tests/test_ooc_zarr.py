@@ -156,6 +156,8 @@ def test_the_ooc_strategy_reads_zarr_and_to_zarr_goes_file_to_file(sc, workers, 
     assert json.loads(zarr.open_array(store=out).attrs["blockmatrix_request"])["kind"] == \
         "matmul"
     check_published(out, None)
+    product.to_hdf5(str(tmp_path / "c.h5"), "/C")  # Zarr in, the single HDF5 writer out
+    assert_eq(read_h5(tmp_path / "c.h5", "/C"), a @ b.T)
 
 
 def test_a_changed_input_is_refused_before_any_task(sc, workers, tmp_path):
