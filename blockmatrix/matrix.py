@@ -581,7 +581,27 @@ class BlockMatrix:
             ``chunks`` malformed or not dividing the block shape.
         InvalidBlockError
             Two blocks with one index (nothing is published).
+
+        Notes
+        -----
+        A product of two file-backed operands (HDF5 or Zarr) whose strategy is ``ooc`` (or
+        that ``auto``, asked again knowing C goes to a file, gives to ``ooc``) goes file to
+        file, as with :meth:`to_hdf5` (:func:`blockmatrix.ooc.matmul_hdf5`), when ``chunks``
+        is not given: the tasks write C's tiles into the array, chunked so that each tile is
+        whole chunks; ``X @ X.T`` of a :meth:`from_hdf5` X likewise
+        (:func:`~blockmatrix.ooc.gram_hdf5`).
         """
+        if chunks is None and self._ooc_sources is None and self._auto_options is not None:
+            self._replan_for_a_file()
+        if chunks is None and (self._gram_source or self._ooc_sources) is not None:
+            from .ooc import gram_hdf5, matmul_hdf5
+
+            target = zarr_store.parse_url(url, param="url")
+            result = (gram_hdf5(self._blocks.context, *self._gram_source, target, None,
+                                overwrite=overwrite) if self._gram_source is not None else
+                      matmul_hdf5(self._blocks.context, *self._ooc_sources, target,
+                                  overwrite=overwrite))
+            return len(result.computed) + len(result.reused)
         location = zarr_store.check_output(url, overwrite=overwrite, param="url")
         chunk_shape = zarr_store.output_chunks(chunks, self._rows_per_block,
                                                self._cols_per_block, self._shape)

@@ -224,7 +224,7 @@ def test_the_ooc_strategy_is_unavailable_without_files(sc, operands):
     plan = get_strategy("ooc").plan(product.layout(), B.layout(),
                                     __import__("blockmatrix.plan").plan.MultiplyOptions())
     assert plan.unavailable == ("A is held only by Spark: the out-of-core product needs both "
-                                "operands read from HDF5 files")
+                                "operands read from HDF5 or Zarr")
     auto = A.multiply(B, strategy="auto").plan
     assert auto.strategy != "ooc" and "ooc (A is held by the driver" in auto.reason
 

@@ -628,6 +628,8 @@ class StagedOutput:
         self.shape, self.dtype, self.chunks = shape, np.dtype(dtype), tuple(chunks)
         self.producer, self.overwrite = producer or "blockmatrix", overwrite
         self.param, self.published = param, False
+        #: More attributes the published array records (e.g. the request that produced it).
+        self.extra_attributes: dict = {}
 
     @property
     def url(self) -> str:
@@ -641,8 +643,9 @@ class StagedOutput:
 
     def attributes(self) -> dict:
         """The attributes of the published array: shape, dtype, producer, a write id."""
-        return {SHAPE_ATTR: list(self.shape), DTYPE_ATTR: self.dtype.str,
-                PRODUCER_ATTR: self.producer, WRITE_ID_ATTR: uuid.uuid4().hex}
+        return {**self.extra_attributes, SHAPE_ATTR: list(self.shape),
+                DTYPE_ATTR: self.dtype.str, PRODUCER_ATTR: self.producer,
+                WRITE_ID_ATTR: uuid.uuid4().hex}
 
     def create(self) -> None:
         """Create the empty staging array (all fill value, zero), marked incomplete."""

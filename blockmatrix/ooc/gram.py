@@ -18,7 +18,8 @@ from .tiles import GramPlan
 __all__ = ["gram_hdf5", "spark_slots"]
 
 
-def gram_hdf5(sc, input_path: str, input_dataset: str, output_path: str, output_dataset: str,
+def gram_hdf5(sc, input_path, input_dataset: str | None, output_path,
+              output_dataset: str | None,
               tile: int | None = None, slab: int | None = None, resume: bool = False,
               overwrite: bool = False, progress: Callable[[GramProgress], None] | None = None,
               *, on_plan: Callable[[GramPlan], None] | None = None,
@@ -32,9 +33,14 @@ def gram_hdf5(sc, input_path: str, input_dataset: str, output_path: str, output_
         The context to run the tasks on; its task slots and ``spark.task.cpus`` set how many
         tasks run at once and with how many BLAS threads.
     input_path, input_dataset : str
-        X, ``n x k``, float64 or float32; opened read-only by the tasks.
+        X, ``n x k``, float64 or float32; opened read-only by the tasks. Or ``input_path`` a
+        Zarr array, ``"zarr:URL"`` or a :class:`~blockmatrix.io.zarr_store.ZarrLocation`,
+        and ``input_dataset`` None: the tasks read their slabs from its chunks.
     output_path, output_dataset : str
-        Y, ``n x n``, same dtype as X; the file may be the input file.
+        Y, ``n x n``, same dtype as X; the file may be the input file. Or ``output_path`` a
+        Zarr array as above (``output_dataset`` None): the tasks write their tiles (and the
+        mirrored ones) into a staging array, chunks dividing the tile, published when
+        complete.
     tile : int, optional
         Rows of an output tile (default: balanced over the task slots within the memory of the
         old default tile, :func:`~blockmatrix.ooc.tiles.balanced_gram_tile`; or the interrupted

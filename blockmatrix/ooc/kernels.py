@@ -26,6 +26,7 @@ import math
 import os
 import time
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -202,6 +203,36 @@ def _open_dataset(f: h5py.File, dataset: str, cache_bytes: int) -> h5py.Dataset:
     return h5py.Dataset(h5py.h5d.open(f.id, dataset.encode(), dapl=dapl))
 
 
+class ZarrSlabs:
+    """A read-only Zarr array with the one method :class:`SlabReader` calls on a dataset.
+
+    ``read_direct(buf, selection)`` decodes the chunks of ``selection`` straight into the
+    reused slab buffer (:func:`blockmatrix.io.zarr_store.read_region`), as h5py's does.
+    """
+
+    def __init__(self, url: str):
+        from ..io import zarr_store
+
+        self.array = zarr_store.open_array(url, "r")
+        self.shape = tuple(self.array.shape)
+
+    def read_direct(self, buf: np.ndarray, selection) -> None:
+        from ..io import zarr_store
+
+        zarr_store.read_region(self.array, selection[0], selection[1], out=buf)
+
+
+def _open_zarr(op) -> ZarrSlabs:
+    """The Zarr operand ``op`` opened read-only in a task, or a one-line TaskReadError."""
+    try:
+        return ZarrSlabs(op.path)
+    except Exception as exc:  # storage errors are OSErrors; zarr's own are ValueErrors & co
+        raise TaskReadError(
+            f"{READ_ERROR_MARK}opening {op.location} failed in a task ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}): the array must be on storage "
+            f"every executor can read, with credentials in their environment") from None
+
+
 def _gram_operands(path, dataset, operands):
     """The operands of a task: given, or X and X^T of a gram's ``path::dataset``."""
     if operands is not None:
@@ -223,6 +254,10 @@ def _tile_product(tile: Tile, operands, dt: np.dtype, slab: int, threads: int,
         files: dict = {}
         datasets: dict = {}
         for op in (left_op, right_op):
+            if op.is_zarr:
+                if (op.path, op.dataset) not in datasets:
+                    datasets[(op.path, op.dataset)] = _open_zarr(op)
+                continue
             if op.path not in files:
                 try:
                     files[op.path] = stack.enter_context(open_for_reading(op.path, 0))
@@ -256,9 +291,36 @@ def _tile_product(tile: Tile, operands, dt: np.dtype, slab: int, threads: int,
     return acc, k, read_s, compute_s
 
 
-def compute_tile(tile: Tile, *, dtype: str, slab: int, threads: int, work_dir: str,
+def write_zarr_tile(acc: np.ndarray, tile: Tile, url: str, symmetric: bool) -> None:
+    """Write a finished tile into the staging Zarr array at ``url`` (and its mirror).
+
+    The tile covers whole chunks (:func:`~blockmatrix.ooc.tiles.zarr_output_tile`), which
+    no other task writes; for X X^T an off-diagonal tile ``(i, j)`` is written at ``(j, i)``
+    transposed too, whose chunks are just as much its own.
+    """
+    from ..io import zarr_store
+
+    array = zarr_store.open_array(url, "r+")
+    zarr_store.write_tile(array, tile.r0, tile.c0, acc)
+    if symmetric and not tile.diagonal:
+        zarr_store.write_tile(array, tile.c0, tile.r0, acc.T)
+
+
+def mark_tile_done(marks: str, tile: Tile) -> None:
+    """Record that ``tile`` is in the staging array: an empty object ``marks/NAME.done``.
+
+    Written only after the tile's chunks are: a tile without its mark is computed again.
+    """
+    from ..io import zarr_store
+
+    loc = zarr_store.as_location(marks)
+    loc.filesystem().pipe_file(loc.key(Path(tile.name).stem + ".done"), b"")
+
+
+def compute_tile(tile: Tile, *, dtype: str, slab: int, threads: int, work_dir: str | None,
                  cache_bytes: int, path: str | None = None, dataset: str | None = None,
-                 operands=None) -> dict:
+                 operands=None, zarr_output: str | None = None, zarr_marks: str | None = None,
+                 symmetric: bool = False) -> dict:
     """Compute one tile of X X^T or A @ B from HDF5 and save it in ``work_dir`` (in a task).
 
     The inputs are opened read-only; the tile's accumulator is the only array whose size
@@ -274,14 +336,20 @@ def compute_tile(tile: Tile, *, dtype: str, slab: int, threads: int, work_dir: s
         Elements of the long axis read per step.
     threads : int
         BLAS threads for this task.
-    work_dir : str
-        Folder for finished tiles and progress notes.
+    work_dir : str or None
+        Folder for finished tiles and progress notes (None: no notes; a Zarr output only).
     cache_bytes : int
         HDF5 chunk cache size of each dataset.
     path, dataset : str, optional
         Location of X (for X X^T, when ``operands`` is not given).
     operands : (Operand, Operand), optional
         The left and right operands (X and X read transposed for X X^T).
+    zarr_output : str, optional
+        The staging Zarr array the tile is written into (no tile file then), by this task.
+    zarr_marks : str, optional
+        Where the tile's done mark goes once written (with ``zarr_output``).
+    symmetric : bool
+        Whether the output is X X^T (a Zarr output's off-diagonal tile is mirrored).
 
     Returns
     -------
@@ -291,7 +359,7 @@ def compute_tile(tile: Tile, *, dtype: str, slab: int, threads: int, work_dir: s
     """
     start = time.perf_counter()
     dt = np.dtype(dtype)
-    progress_path = note_path(work_dir, tile)
+    progress_path = note_path(work_dir, tile) if work_dir is not None else None
     try:
         acc, k, read_s, compute_s = _tile_product(
             tile, _gram_operands(path, dataset, operands), dt, slab, threads, cache_bytes,
@@ -300,16 +368,28 @@ def compute_tile(tile: Tile, *, dtype: str, slab: int, threads: int, work_dir: s
         # Returned, not raised: a failed task makes Spark log its traceback on stderr, and the
         # user is owed one line (the driver raises it, see run.OocRun._compute).
         return {"i": tile.i, "j": tile.j, "error": str(exc)[len(READ_ERROR_MARK):]}
+    if zarr_output is not None:
+        try:
+            write_zarr_tile(acc, tile, zarr_output, symmetric)
+            mark_tile_done(zarr_marks, tile)
+        except OSError as exc:
+            # One line for the driver; the tile is computed again by a resumed run.
+            return {"i": tile.i, "j": tile.j, "write_error": True,
+                    "error": f"writing tile {tile.name} into {zarr_output} failed "
+                             f"({type(exc).__name__}: {exc}); finish with --resume"}
+        acc = None
     try:
-        save_tile(acc, work_dir, tile)
+        if acc is not None:
+            save_tile(acc, work_dir, tile)
     except OSError as exc:
         if not is_disk_full(exc, work_dir):
             raise
         # One line for the driver (see TaskReadError): the tile folder is full.
         return {"i": tile.i, "j": tile.j, "disk_full": True,
                 "error": f"no space left in {work_dir} for tile {tile.name}"}
-    with contextlib.suppress(OSError):
-        os.unlink(progress_path)
+    if progress_path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(progress_path)
     return {"i": tile.i, "j": tile.j, "read_s": read_s, "compute_s": compute_s,
             "seconds": time.perf_counter() - start, "flops": tile.flops(k),
             "read_bytes": tile.read_elements(k) * dt.itemsize, "pid": os.getpid()}

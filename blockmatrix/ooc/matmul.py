@@ -32,12 +32,16 @@ def matmul_hdf5(sc, a, b, c, *, tile: int | None = None, slab: int | None = None
     sc : pyspark.SparkContext
         The context to run the tasks on; its task slots and ``spark.task.cpus`` set how many
         tasks run at once and with how many BLAS threads.
-    a, b : HDF5Dataset, Operand or (path, dataset[, transposed])
-        The operands, float64 or float32, opened read-only by the tasks; an
-        :class:`~blockmatrix.sources.HDF5Dataset` (a ``from_hdf5`` matrix's source) is refused
-        if its file changed since it was opened.
-    c : (str, str)
-        ``(path, dataset)`` of C; the file may be A's or B's.
+    a, b : source, Operand, (path, dataset[, transposed]), "zarr:URL", ZarrLocation
+        Or ``(zarr, transposed)`` for a Zarr array read transposed.
+        The operands, float64 or float32, opened read-only by the tasks; a source
+        (:class:`~blockmatrix.sources.HDF5Dataset` or :class:`~blockmatrix.sources.ZarrArray`,
+        a ``from_hdf5`` / ``from_zarr`` matrix's) is refused if its data changed since it
+        was opened, a Zarr array if its metadata changed since the request was checked.
+    c : (str, str), str or ZarrLocation
+        ``(path, dataset)`` of C (the file may be A's or B's), or a Zarr array,
+        ``"zarr:URL"`` or a :class:`~blockmatrix.io.zarr_store.ZarrLocation`: the tasks then
+        write their tiles into it in parallel, published when complete.
     tile : int, optional
         Rows and columns of a tile of C (default: balanced over the task slots within the
         default task memory, :func:`~blockmatrix.ooc.tiles.balanced_product_tile`; or the
@@ -76,13 +80,15 @@ def matmul_hdf5(sc, a, b, c, *, tile: int | None = None, slab: int | None = None
     >>> matmul_hdf5(sc, ("a.h5", "/A"), ("b.h5", "/B"), ("c.h5", "/C"))  # doctest: +SKIP
     """
     if request is None:
+        from .request import zarr_location
+
         try:
-            c_path, c_dataset = c
+            c_path, c_dataset = (c, None) if zarr_location(c) is not None else c
         except (TypeError, ValueError):
             from ..errors import InvalidParameterError
 
             raise InvalidParameterError(
-                f"c must be a (path, dataset) location, got {c!r}: pass e.g. "
-                f"('c.h5', '/C')") from None
+                f"c must be a (path, dataset) location or a Zarr array, got {c!r}: pass e.g. "
+                f"('c.h5', '/C') or 'zarr:s3://bucket/c.zarr'") from None
         request = check_matmul_request(a, b, c_path, c_dataset, tile, slab, resume, overwrite)
     return run_request(sc, request, progress, on_plan, progress_interval)

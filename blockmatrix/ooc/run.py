@@ -11,6 +11,7 @@ the whole run of a checked request: lock, plan, state, run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -23,15 +24,30 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputChangedError, InvalidInputError, task_error_line
+from ..errors import (
+    InputChangedError,
+    InvalidInputError,
+    OutputNotWritableError,
+    task_error_line,
+)
 from ..io import hdf5
 from .kernels import compute_tile, warn_if_blas_unpinned
-from .request import OocRequest, input_stamp, plan_request, start_state, write_state
+from .request import (
+    ZARR_REQUEST_ATTR,
+    OocRequest,
+    _plain,
+    operand_stamp,
+    output_chunks,
+    plan_request,
+    start_state,
+    write_state,
+)
 from .tiles import GramPlan, Operand, ProductPlan
 from .workdir import STAGED_OUTPUT, finished_tiles, output_lock, running_flops
 from .writer import YWriter, link_into_place
 
-__all__ = ["GramProgress", "GramResult", "GramRun", "OocRun", "run_request", "spark_slots"]
+__all__ = ["GramProgress", "GramResult", "GramRun", "OocRun", "ZarrOocRun", "run_request",
+           "spark_slots"]
 
 #: Seconds the driver waits for the job between two looks at the work folder.
 WATCH_INTERVAL = 0.5
@@ -218,7 +234,7 @@ class OocRun:
 
     def _operands(self) -> tuple[Operand, Operand]:
         """Left and right operands of every tile: X and X read transposed for X X^T."""
-        ops = tuple(dataclasses.replace(op, path=os.path.abspath(op.path))
+        ops = tuple(op if op.is_zarr else dataclasses.replace(op, path=os.path.abspath(op.path))
                     for op in self.request.operands)
         if self.request.symmetric:
             return ops[0], dataclasses.replace(ops[0], transposed=not ops[0].transposed)
@@ -255,6 +271,9 @@ class OocRun:
                 raise
         if any(s.get("disk_full") for s in stats):
             raise self._disk_full()
+        unwritten = [s["error"] for s in stats if s.get("write_error")]
+        if unwritten:
+            raise OutputNotWritableError(f"{unwritten[0]} (nothing was published)")
         failed = [s["error"] for s in stats if "error" in s]
         if failed:
             self._explain_failure(None)
@@ -267,10 +286,10 @@ class OocRun:
         for op, stamp in zip(self.request.operands, self.state.get("input_stamps", []),
                              strict=False):
             try:
-                now = input_stamp(op.path)
+                now = operand_stamp(op)
             except OSError:
                 now = None
-            if now != stamp:
+            if _plain(now) != _plain(stamp):
                 raise InputChangedError(
                     f"input {op.path} changed while the tasks read it (size, mtime {stamp} -> "
                     f"{now}): nothing was written to {self.request.output_location}; restore "
@@ -355,6 +374,118 @@ class OocRun:
 GramRun = OocRun
 
 
+class ZarrOocRun(OocRun):
+    """A run whose output is a Zarr array: the tasks write their tiles into it themselves.
+
+    Each task writes its tile (for X X^T also the mirrored one) straight into the staging
+    array (:func:`~blockmatrix.io.zarr_store.staged_output`), whole chunks no other task
+    writes, then its done mark (:class:`~blockmatrix.ooc.zarrwork.ZarrWork`). The driver
+    writes nothing but the resume state, which records the tiles as their marks appear, and
+    publishes the array once every tile is in it. A killed run leaves the staging array and
+    the marks, from which ``resume=True`` continues; nothing that looks like an array is at
+    the target before the publication.
+    """
+
+    def __init__(self, *args, staged, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.staged = staged
+        self.work = self.request.zarr_work
+
+    def run(self) -> GramResult:
+        """Compute the missing tiles into the staging array and publish it. Call once."""
+        self._start = time.perf_counter()
+        result = GramResult(plan=self.plan, output=self.request.output_location,
+                            reused=sorted(self.plan.done))
+        stats = self._compute()
+        result.task_stats = sorted(stats, key=lambda s: (s["i"], s["j"]))
+        result.computed = [(s["i"], s["j"]) for s in result.task_stats]
+        result.compute_seconds = self._elapsed()
+        self._finish()
+        result.seconds = self._elapsed()
+        result.write_seconds = result.seconds - result.compute_seconds
+        self.work.remove()
+        return result
+
+    def _tasks(self):
+        """The RDD of the missing tiles' tasks, each writing its tile into the staging array."""
+        todo = list(self.plan.todo)
+        compute = functools.partial(
+            compute_tile, operands=self._operands(), dtype=self.plan.dtype,
+            slab=self.plan.slab, threads=self.plan.threads_per_task,
+            work_dir=self.work.local_dir, cache_bytes=self.plan.dataset_cache_bytes,
+            zarr_output=self.staged.staging_url, zarr_marks=self.work.url,
+            symmetric=self.plan.symmetric)
+        return self.sc.parallelize(todo, len(todo)).map(compute)
+
+    def _watch(self, job: futures.Future) -> None:
+        """Until ``job`` ends: record the tiles whose marks appeared, report progress."""
+        while True:
+            futures.wait([job], timeout=WATCH_INTERVAL)
+            ended = job.done()
+            done = self.work.finished(self.plan.tiles) | set(self.plan.done)
+            self._record(done)
+            self._report(done)
+            if ended:
+                return
+
+    def _record(self, done: set) -> None:
+        """Write the finished tiles into the resume state when new ones appeared."""
+        recorded = {tuple(t) for t in self.state.get("tiles_done", [])}
+        if done - recorded:
+            self.state["tiles_done"] = sorted([list(t) for t in done | recorded])
+            self.work.write_state(self.state)
+
+    def _report(self, done: set) -> None:
+        if self.work.local_dir is not None:
+            super()._report(done)
+            return
+        # No progress notes on object storage: the finished tiles' work only.
+        now = time.perf_counter()
+        if self.progress is None or (len(done) == self._reported_done
+                                     and now - self._last_report < self.progress_interval):
+            return
+        flops = sum(self.tiles[key].flops(self.plan.k) for key in done - self.plan.done)
+        self.progress(GramProgress(len(done), len(self.plan.tiles), flops,
+                                   self.plan.todo_flops, now - self._start))
+        self._last_report, self._reported_done = now, len(done)
+
+    def _finish(self) -> None:
+        """Check that every tile is in the staging array, then publish it."""
+        done = self.work.finished(self.plan.tiles) | set(self.plan.done)
+        self._record(done)
+        missing = set(self.tiles) - done
+        if missing:
+            raise RuntimeError(f"tiles {sorted(missing)} were not computed: run again with resume")
+        self.staged.extra_attributes = {ZARR_REQUEST_ATTR: self.request.request_json}
+        self.staged.publish()
+
+
+def run_zarr_request(sc, request: OocRequest, plan, progress, progress_interval) -> GramResult:
+    """Run a checked request whose output is Zarr, its lock held and its plan made.
+
+    The staging array of an interrupted run is kept when resuming (its tiles are in it); when
+    it is gone or does not match, every tile is computed again.
+    """
+    from ..io import zarr_store
+
+    chunks = output_chunks(request, plan)
+    if request.state is not None:
+        chunks = tuple(request.state.get("chunks", chunks))
+        probe = zarr_store.StagedOutput(request.output_zarr, plan.out_shape, plan.dtype, chunks)
+        if not probe.staging_matches():
+            plan = dataclasses.replace(plan, done=frozenset())
+            request = dataclasses.replace(request, state=None)
+    state = start_state(request, plan)
+    kind = "gram X X^T" if request.symmetric else "out-of-core matmul A @ B"
+    with zarr_store.staged_output(
+            request.output_zarr, plan.out_shape, plan.dtype, chunks,
+            overwrite=request.overwrite, producer=f"blockmatrix {kind} of "
+            f"{request.input_location}", job="gram" if request.symmetric else
+            "out-of-core multiply", param="output", resume=True, take_lock=False) as staged:
+        return ZarrOocRun(sc, request, plan, state, progress, progress_interval,
+                          staged=staged).run()
+
+
 def space_needed(plan) -> int:
     """Bytes a run still writes beside its output: its tiles to compute and the output.
 
@@ -403,17 +534,21 @@ def run_request(sc, request: OocRequest, progress: Callable[[GramProgress], None
     """
     slots, threads = spark_slots(sc)
     job = "gram" if request.symmetric else "out-of-core multiply"
-    with output_lock(request.lock_path, request.output_path, job=job):
+    guard = (output_lock(request.lock_path, request.output_path, job=job)
+             if request.lock_path else contextlib.nullcontext())
+    with guard:
         plan = plan_request(request, slots, threads)
         if request.complete:
             return GramResult(plan=plan, output=request.output_location, complete=True,
                               note=request.note)
         if on_plan is not None:
             on_plan(plan)
+        warn_if_blas_unpinned(plan.threads_per_task)
+        request.check_inputs_unchanged()
+        if request.output_zarr is not None:
+            return run_zarr_request(sc, request, plan, progress, progress_interval)
         hdf5.check_space(os.path.dirname(os.path.abspath(request.output_path)),
                          space_needed(plan), f"{request.output_location} (its tiles and the "
                          f"output)", param="output and tile")
-        warn_if_blas_unpinned(plan.threads_per_task)
-        request.check_inputs_unchanged()
         state = start_state(request, plan)
         return OocRun(sc, request, plan, state, progress, progress_interval).run()

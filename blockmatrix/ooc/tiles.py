@@ -45,6 +45,8 @@ __all__ = [
     "plan_gram",
     "plan_product",
     "tile_bounds",
+    "zarr_output_tile",
+    "zarr_slab",
 ]
 
 #: Default rows (and columns) of an output tile.
@@ -650,12 +652,14 @@ def balanced_block_tile(m: int, p: int, rows_per_block: int, cols_per_block: int
 
 @dataclass(frozen=True)
 class Operand:
-    """An operand of an out-of-core product: a 2-D HDF5 dataset, possibly read transposed.
+    """An operand of an out-of-core product: a 2-D HDF5 dataset or Zarr array, maybe transposed.
 
     Parameters
     ----------
     path, dataset : str
-        Location (the path absolute).
+        Location (the path absolute). For a Zarr array (``store="zarr"``), ``path`` is its
+        canonical URL (:func:`blockmatrix.io.zarr_store.parse_url`: an absolute local path
+        or ``protocol://bucket/key``) and ``dataset`` is ``""``.
     shape : (int, int)
         Shape as stored.
     dtype : str
@@ -664,10 +668,14 @@ class Operand:
         Chunk shape as stored; None for contiguous data.
     transposed : bool
         Whether the operand is the dataset's transpose.
+    store : {"hdf5", "zarr"}
+        What holds the data.
 
     >>> op = Operand("/d/x.h5", "/X", (3, 5), "float64", (1, 5), transposed=True)
     >>> op.matrix_shape, op.oriented_chunks, op.location
     ((5, 3), (5, 1), '/d/x.h5::/X')
+    >>> Operand("s3://b/x.zarr", "", (3, 5), "float32", (3, 5), store="zarr").location
+    's3://b/x.zarr'
     """
 
     path: str
@@ -676,6 +684,12 @@ class Operand:
     dtype: str
     chunks: tuple[int, int] | None = None
     transposed: bool = False
+    store: str = "hdf5"
+
+    @property
+    def is_zarr(self) -> bool:
+        """Whether the operand is a Zarr array (read with zarr, never opened for writing)."""
+        return self.store == "zarr"
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -691,8 +705,8 @@ class Operand:
 
     @property
     def location(self) -> str:
-        """``FILE::/dataset``."""
-        return f"{self.path}::{self.dataset}"
+        """``FILE::/dataset``, or a Zarr array's URL."""
+        return self.path if self.is_zarr else f"{self.path}::{self.dataset}"
 
     def same_dataset(self, other: Operand) -> bool:
         """Whether both read the same dataset of the same file."""
@@ -884,3 +898,39 @@ def plan_product(shape: tuple[int, int, int], dtype, tile: int | tuple[int, int]
                        tile_cols=cols, slab=slab, concurrent_tasks=concurrent_tasks,
                        threads_per_task=threads_per_task, a_chunks=a_chunks, b_chunks=b_chunks,
                        tiles=tuple(make_product_tiles(m, p, rows, cols)), done=frozenset(done))
+
+
+# ------------------------------------------------------------------------- Zarr sizes
+
+#: Largest side of a chunk of a Zarr output (1024 x 1024 float64 is 8 MiB: a good object).
+ZARR_OUTPUT_CHUNK = 1024
+
+
+def zarr_output_tile(tile: int, chunk: int = ZARR_OUTPUT_CHUNK) -> tuple[int, int]:
+    """``(tile, chunk)`` of a Zarr output: the tile cut into equal chunks of at most ``chunk``.
+
+    The tile is split into ``q = ceil(tile / chunk)`` chunks of ``c = ceil(tile / q)`` and
+    becomes ``q c`` (at most ``q - 1`` larger): every tile boundary is then a chunk boundary,
+    so each task writes whole chunks no other task touches (the array's last tile and chunk
+    may be cut by its edge).
+
+    >>> zarr_output_tile(3000), zarr_output_tile(4999), zarr_output_tile(700)
+    ((3000, 1000), (5000, 1000), (700, 700))
+    """
+    q = max(1, math.ceil(tile / chunk))
+    c = math.ceil(tile / q)
+    return q * c, c
+
+
+def zarr_slab(slab: int, k: int, k_chunks) -> int:
+    """Slab of a run reading Zarr: at least one whole chunk along the long axis.
+
+    Zarr has no chunk cache: a slab narrower than a chunk would decode that chunk once per
+    slab it overlaps. ``k_chunks`` are the Zarr operands' chunk extents along the long axis;
+    the slab is raised to the largest (capped at ``k``); the plan then aligns it to them.
+
+    >>> zarr_slab(2000, 100_000, [4096]), zarr_slab(2000, 3000, [4096]), zarr_slab(2000, 10, [])
+    (4096, 3000, 2000)
+    """
+    widest = max((int(c) for c in k_chunks), default=0)
+    return max(slab, min(widest, k))

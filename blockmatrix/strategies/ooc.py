@@ -1,4 +1,4 @@
-"""``ooc``: the out-of-core product, for operands read from HDF5 files. No shuffle.
+"""``ooc``: the out-of-core product, for operands read from HDF5 files or Zarr. No shuffle.
 
 C is cut into tiles of whole blocks, balanced over the cores
 (:func:`blockmatrix.ooc.tiles.balanced_block_tile`); one task computes one tile over the whole
@@ -8,10 +8,14 @@ the tile (:func:`blockmatrix.ooc.kernels.compute_tile_blocks`). Nothing is shuff
 nothing goes through the driver: the tasks return C's blocks.
 
 Both operands must be file-backed (:class:`~blockmatrix.sources.HDF5Dataset`, from
-``BlockMatrix.from_hdf5`` or its transpose) and floating-point; otherwise the plan is
+``BlockMatrix.from_hdf5``, or :class:`~blockmatrix.sources.ZarrArray`, from
+``BlockMatrix.from_zarr``, or their transposes) and floating-point (a Zarr operand's slab is
+at least one of its chunks along the inner dimension, :func:`blockmatrix.ooc.tiles.zarr_slab`);
+otherwise the plan is
 :attr:`~OocPlan.unavailable` and ``auto`` passes it over, saying why. Written to HDF5
-(``(A @ B).to_hdf5``, ``jobs/multiply.py``), the product goes file to file instead
-(:func:`blockmatrix.ooc.matmul_hdf5`): the same tiles, the single writer, ``--resume``.
+(``(A @ B).to_hdf5``, ``jobs/multiply.py``) or to Zarr (``(A @ B).to_zarr``), the product
+goes file to file instead (:func:`blockmatrix.ooc.matmul_hdf5`): the same tiles, the single
+writer (HDF5) or the tasks writing their tiles (Zarr), ``--resume``.
 
 The predicted time is the busiest core's when the tiles are dealt largest first: each tile's
 compute at :data:`blockmatrix.cost.DENSE_FLOPS_PER_CORE_S` plus its reads at
@@ -37,6 +41,7 @@ from ..ooc.tiles import (
     busiest_core_work,
     plan_product,
     product_slab,
+    zarr_slab,
 )
 from ..plan import MultiplyOptions, MultiplyPlan
 from ..planner import result_grid
@@ -56,10 +61,10 @@ def unavailable_reason(left: BlockLayout, right: BlockLayout) -> str:
         kind = layout.source_kind
         if kind != "file":
             return (f"{name} is {_HELD_BY.get(kind, kind)}: the out-of-core product needs both "
-                    f"operands read from HDF5 files")
-        if getattr(layout.source, "format", "hdf5") != "hdf5":
+                    f"operands read from HDF5 or Zarr")
+        if getattr(layout.source, "format", "hdf5") not in ("hdf5", "zarr"):
             return (f"{name} is a {layout.source.format} array: the out-of-core product reads "
-                    f"HDF5 files only")
+                    f"HDF5 files and Zarr arrays only")
     for name, layout in (("A", left), ("B", right)):
         if np.dtype(layout.dtype) not in (np.dtype(np.float64), np.dtype(np.float32)):
             return (f"{name} is {np.dtype(layout.dtype).name}: the out-of-core product "
@@ -150,7 +155,9 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Ooc
         dtype = np.dtype(np.float64)  # only for the printed plan: it is unavailable
     cores = options.cores
     budget = min(options.budget_bytes, DEFAULT_TASK_BUDGET_BYTES)
-    slab = product_slab(DEFAULT_SLAB, k, None, None)
+    a_chunks, b_chunks = (_zarr_chunks(layout.source) for layout in (left, right))
+    slab = zarr_slab(product_slab(DEFAULT_SLAB, k, a_chunks, b_chunks), k,
+                     [c for c in ((a_chunks or (0, 0))[1], (b_chunks or (0, 0))[0]) if c])
     tile = balanced_block_tile(max(m, 1), max(p, 1), left.rows_per_block,
                                right.cols_per_block, cores, slab, dtype.itemsize, budget)
     tiles = plan_product((m, k, p), dtype, tile, slab, cores)
@@ -182,8 +189,21 @@ def tile_seconds(tiles: ProductPlan, k: int, compute_scale: float = 1.0,
             for t in tiles.tiles]
 
 
+def _zarr_chunks(source) -> tuple[int, int] | None:
+    """A Zarr source's chunks oriented as the operand (one metadata read); None for HDF5."""
+    if getattr(source, "format", None) != "zarr":
+        return None
+    from ..io import zarr_store
+
+    chunks = zarr_store.inspect_input(source.url, "operand")[2]
+    return tuple(chunks[::-1]) if source.transposed else tuple(chunks)
+
+
 def operand_of_source(source) -> Operand:
     """The :class:`~blockmatrix.ooc.tiles.Operand` a task reads for a file-backed source."""
+    if getattr(source, "format", None) == "zarr":
+        return Operand(source.url, "", tuple(source.shape), np.dtype(source.dtype).name, None,
+                       bool(source.transposed), store="zarr")
     return Operand(source.path, source.dataset, tuple(source.shape), np.dtype(source.dtype).name,
                    None, bool(source.transposed))
 
@@ -213,6 +233,6 @@ def execute(plan: OocPlan, left, right, options: MultiplyOptions):
 
 STRATEGY = register(Strategy(
     name="ooc", plan=plan, execute=execute, plan_type=OocPlan,
-    summary="out of core: tiles of C read slab by slab from both operands' HDF5 files, "
-            "no shuffle (file-backed operands only)",
+    summary="out of core: tiles of C read slab by slab from both operands' HDF5 files or "
+            "Zarr arrays, no shuffle (file-backed operands only)",
     operand_sources=("file",)))
