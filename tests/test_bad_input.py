@@ -385,7 +385,7 @@ CLI_ROWS = [
      "is the input table A (parquet:tab.parquet)", "choose another output path"),
     ("resume with a parquet operand",
      job("parquet:tab.parquet", GOOD[1], GOOD[2], "--block-size", "8", "--resume"),
-     "operands in HDF5 files; here auto, A parquet", "run without --resume"),
+     "operands in HDF5 files or Zarr arrays; here auto, A parquet", "run without --resume"),
     ("input file missing", job("nope.h5::/A"),
      "'nope.h5' does not exist", "check the path"),
     ("input file is garbage", job("garbage.h5::/A"),

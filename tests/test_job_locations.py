@@ -12,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 from conftest import assert_eq
 from jobrun import run_in_process, run_process
+from s3server import BUCKET, s3_server  # noqa: F401 (the s3_env fixture)
 
 from blockmatrix import BlockMatrix
 from blockmatrix.cli import locations
@@ -94,18 +95,39 @@ def test_multiply_job_reads_and_writes_zarr(tables):
                      f"zarr:{folder}/c.zarr", "--block-size", "10", "--master", "local[2]",
                      "--verify")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "strategy: ooc, file to file" in result.stdout  # Zarr goes out of core too
     assert "verified against numpy" in result.stdout and "OK" in result.stdout
     c = zarr.open_array(str(folder / "c.zarr"), mode="r")
     assert c.shape == (26, 20) and c.dtype == np.float64
     assert_eq(c[...], a.astype(np.float64) @ b)
 
 
+@pytest.mark.spark
+@pytest.mark.slow
+def test_gram_job_goes_out_of_core_on_object_storage(s3_env, tmp_path):
+    """zarr:s3:// in and out; the credentials reach the job through its environment only."""
+    if s3_env is None:
+        pytest.skip("the test extra's s3fs and moto are not installed")
+    zarr = pytest.importorskip("zarr")
+    x = np.random.default_rng(9).standard_normal((70, 150))
+    zarr.create_array(f"s3://{BUCKET}/jobs/x.zarr", shape=x.shape, chunks=(35, 50),
+                      dtype=x.dtype)[...] = x
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **s3_env)
+    result = run_process(GRAM, f"zarr:s3://{BUCKET}/jobs/x.zarr",
+                         f"zarr:s3://{BUCKET}/jobs/y.zarr", "--tile", "40", "--master",
+                         "local[2]", env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "testing" not in result.stdout + result.stderr  # no credential in any line
+    y = zarr.open_array(f"s3://{BUCKET}/jobs/y.zarr", mode="r")
+    assert_eq(y[...], x @ x.T)
+
+
 GRAM_REFUSALS = [
     (["parquet:{d}/x", "parquet:{d}/x", "--overwrite"], "is the input", "another output"),
-    (["parquet:{d}/x", "{d}/y2.h5::/Y", "--tile", "4"], "--tile apply from HDF5 to HDF5 only",
+    (["parquet:{d}/x", "{d}/y2.h5::/Y", "--tile", "4"], "--tile apply out of core only",
      "drop --tile"),
     (["{d}/b.h5::/B", "{d}/y2.h5::/Y", "--block-size", "4"], "--block-size (4) applies to a "
-     "Zarr or Parquet input or output", "drop --block-size"),
+     "Parquet input or output", "drop --block-size"),
     (["parquet:{d}/x", "parquet:{d}/a"], "'{d}/a' already exists", "--overwrite"),
     (["parquet:{d}/nope", "{d}/y2.h5::/Y"], "'{d}/nope' does not exist", "check the path"),
 ]

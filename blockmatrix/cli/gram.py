@@ -7,15 +7,17 @@ Usage::
     python jobs/gram.py parquet:X.parquet parquet:Y.parquet [--block-size N] ...
     spark-submit --properties-file conf/spark-defaults.conf jobs/gram.py ...
 
-From HDF5 to HDF5 the job runs out of core (:func:`blockmatrix.ooc.gram_hdf5`). Memory is
-bounded by --tile and --slab, not by the length of X: the job prints its prediction
-of the peak resident memory of all its processes before it starts. Every check runs before
-Spark starts and before anything is written; a rejected request prints one line on stderr and
-exits with code 2. A killed run continues with --resume without computing its finished tiles
-again. With a Zarr or Parquet input or output (``zarr:URL``, a local folder or object storage;
-``parquet:PATH``, a table of coordinates ``i, j, v`` or rows ``i, vector``) it computes
-``X @ X.T`` with the Spark strategies, in blocks of ``--block-size``, and writes Y (Parquet as
-coordinates), published when complete.
+Between HDF5 datasets and Zarr arrays (``zarr:URL``: a local folder or object storage such as
+``zarr:s3://bucket/x.zarr``, credentials from the environment) the job runs out of core
+(:func:`blockmatrix.ooc.gram_hdf5`; a Zarr output is written by the tasks, tile by tile, and
+published when complete). Memory is bounded by --tile and --slab, not by the length of X:
+the job prints its prediction of the peak resident memory of all its processes before it
+starts. Every check runs before Spark starts and before anything is written; a rejected
+request prints one line on stderr and exits with code 2. A killed run continues with
+--resume without computing its finished tiles again. With a Parquet input or output
+(``parquet:PATH``, a table of coordinates ``i, j, v`` or rows ``i, vector``) it computes
+``X @ X.T`` with the Spark strategies, in blocks of ``--block-size``, and writes Y (Parquet
+as coordinates), published when complete.
 ``python jobs/gram.py`` runs embedded local Spark (``--master``, default ``local[*]``);
 under spark-submit the file must be on storage every executor can read.
 """
@@ -67,8 +69,7 @@ def parse_args(argv):
                         help="where Y = X X^T (n x n) goes: FILE.h5::/dataset (may be in "
                              "INPUT's file), zarr:URL or parquet:PATH")
     parser.add_argument("--block-size", type=positive_int, default=None,
-                        help=f"with a Zarr or Parquet input or output: rows and columns of a "
-                             f"block "
+                        help=f"with a Parquet input or output: rows and columns of a block "
                              f"(default {SPARK_BLOCK_SIZE})")
     parser.add_argument("--tile", type=positive_int, default=None,
                         help=f"rows of an output tile (default {DEFAULT_TILE}; with --resume, "
@@ -104,13 +105,14 @@ def main(argv=None) -> int:
     """Run the job; returns the process exit code."""
     args = parse_args(argv)
     x, y = locations.parse(args.input, "INPUT"), locations.parse(args.output, "OUTPUT")
-    if not x.kind == y.kind == "hdf5":
+    if not locations.out_of_core(x, y):
         return gram_on_spark(args, x, y)
     if args.block_size is not None:
         raise InvalidParameterError(
-            f"--block-size ({args.block_size}) applies to a Zarr or Parquet input or output; from "
-            f"HDF5 to HDF5 the job runs out of core in tiles: drop --block-size (or use --tile)")
-    in_path, in_name, out_path, out_name = x.path, x.dataset, y.path, y.dataset
+            f"--block-size ({args.block_size}) applies to a Parquet input or output; between "
+            f"HDF5 files and Zarr arrays the job runs out of core in tiles: drop --block-size "
+            f"(or use --tile)")
+    (in_path, in_name), (out_path, out_name) = x.ooc_pair(), y.ooc_pair()
     if args.report is not None:
         _check_report(args.report)
     # Refuses, among the rest, a second job on the same output before Spark's start-up (the
@@ -142,11 +144,11 @@ def main(argv=None) -> int:
 
 
 def gram_on_spark(args, x, y) -> int:
-    """Y = X X^T through the Spark strategies, for a Zarr or Parquet input or output."""
+    """Y = X X^T through the Spark strategies, for a Parquet input or output."""
     given = [f"--{name}" for name in OOC_FLAGS if getattr(args, name) not in (None, False)]
     if given:
         raise InvalidParameterError(
-            f"{', '.join(given)} apply from HDF5 to HDF5 only (out of core), and here the "
+            f"{', '.join(given)} apply out of core only (HDF5 and Zarr), and here the "
             f"input is {x.kind} and the output {y.kind}: drop {', '.join(given)}")
     meta = x.inspect("INPUT")
     shape = None if meta is None else (meta[0][0], meta[0][0])

@@ -2,7 +2,8 @@
 
 A location is checked before Spark starts (:meth:`inspect`, :meth:`check_output`), read into a
 :class:`~blockmatrix.BlockMatrix` and written from one. The out-of-core engine works on HDF5
-locations only; the jobs take their Spark path for any other.
+and Zarr locations (:meth:`ooc_pair`, :meth:`ooc_operand`); the jobs take their Spark path for
+Parquet.
 
 - ``FILE.h5::/dataset``: a 2-D dataset, read by the tasks block by block
   (:meth:`~blockmatrix.BlockMatrix.from_hdf5`), written atomically by ``to_hdf5``.
@@ -85,6 +86,12 @@ class HDF5Location:
         """How a refusal names this location as the input ``name``."""
         return f"the input dataset {name} ({self})"
 
+    def ooc_pair(self) -> tuple[str, str]:
+        """``(path, dataset)``: how the out-of-core engine takes this location."""
+        return self.path, self.dataset
+
+    ooc_operand = ooc_pair
+
     def check_output(self, shape, dtype, overwrite: bool, param: str, job: str) -> None:
         """The output can be written: absent (or ``overwrite``), room for it, no other writer."""
         hdf5.check_output(self.path, self.dataset, overwrite=overwrite, param=param)
@@ -134,6 +141,14 @@ class ZarrArrayLocation:
     def describe_input(self, name: str) -> str:
         """How a refusal names this location as the input ``name``."""
         return f"the input array {name} ({self})"
+
+    def ooc_pair(self) -> tuple:
+        """``(location, None)``: how the out-of-core engine takes it in a path's place."""
+        return self.location, None
+
+    def ooc_operand(self):
+        """How the out-of-core engine takes it as an operand: the location itself."""
+        return self.location
 
     def check_output(self, shape, dtype, overwrite: bool, param: str, job: str) -> None:
         """The output can be written: no array there (or ``overwrite``), room, no writer."""
@@ -232,6 +247,15 @@ class ParquetLocation:
         """The whole matrix on the driver (for ``--verify``)."""
         matrix = self.read(sc, 1024, 1024)
         return matrix.to_numpy()
+
+
+#: The kinds of location the out-of-core engine reads and writes.
+OUT_OF_CORE_KINDS = ("hdf5", "zarr")
+
+
+def out_of_core(*locations_) -> bool:
+    """Whether the out-of-core engine can take every one of these locations."""
+    return all(loc.kind in OUT_OF_CORE_KINDS for loc in locations_)
 
 
 def check_shapes(a_shape, b_shape) -> None:

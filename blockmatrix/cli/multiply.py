@@ -118,13 +118,14 @@ def check_request(args):
             raise InvalidParameterError(
                 f"C ({args.c}) is {operand.describe_input(name)}: writing it would destroy an "
                 f"input; choose another output {'dataset' if c.kind == 'hdf5' else 'path'}")
-    files = a.kind == b.kind == c.kind == "hdf5"
+    files = locations.out_of_core(a, b, c)
     floating = files and a_meta[1].kind == "f" and b_meta[1].kind == "f"
     if args.strategy not in ("ooc", "auto") or not floating:
         if args.resume:
             raise InvalidParameterError(
                 f"--resume continues an out-of-core run (--strategy ooc or auto, floating-point "
-                f"operands in HDF5 files; here {args.strategy}, A {_kind_of(a, a_meta)}, "
+                f"operands in HDF5 files or Zarr arrays; here {args.strategy}, "
+                f"A {_kind_of(a, a_meta)}, "
                 f"B {_kind_of(b, b_meta)}): run without --resume")
         shape = None if a_meta is None or b_meta is None else (a_meta[0][0], b_meta[0][1])
         dtype = None if shape is None else np.result_type(a_meta[1], b_meta[1])
@@ -132,14 +133,13 @@ def check_request(args):
         c.check_output(shape, dtype, overwrite=args.overwrite, param="C", job="multiply")
         return a, b, c, None
     # Checked before Spark starts: the output, the resume state, another job's lock.
-    ooc_request = check_matmul_request((a.path, a.dataset), (b.path, b.dataset), c.path,
-                                       c.dataset, args.tile, args.slab, args.resume,
-                                       args.overwrite)
+    ooc_request = check_matmul_request(a.ooc_operand(), b.ooc_operand(), *c.ooc_pair(), args.tile,
+                                       args.slab, args.resume, args.overwrite)
     return a, b, c, ooc_request
 
 
 def _kind_of(location, meta) -> str:
-    return str(meta[1]) if location.kind == "hdf5" else location.kind
+    return location.kind if meta is None else str(meta[1])
 
 
 def refuse_ooc_flags(args, strategy: str) -> None:
@@ -158,8 +158,8 @@ def run_out_of_core(sc, args, request, start: float) -> int:
     since C goes straight to the file), not the strategy's plan of block-aligned tiles that
     auto weighed: that one describes C as an RDD of blocks.
     """
-    result = matmul_hdf5(sc, request.operands[0], request.operands[1],
-                         (request.output_path, request.output_dataset), request=request,
+    c = request.output_zarr or (request.output_path, request.output_dataset)
+    result = matmul_hdf5(sc, request.operands[0], request.operands[1], c, request=request,
                          progress=lambda report: print(f"multiply: {report}", flush=True),
                          on_plan=lambda tiles: print(
                              f"plan:\n  strategy: ooc, file to file, no shuffle\n{tiles}",
