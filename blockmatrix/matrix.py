@@ -264,13 +264,8 @@ class BlockMatrix:
         shape, dtype, _ = hdf5.inspect_input(path, dataset, param="input")
         path = os.path.abspath(path)
         source = HDF5Dataset(path, dataset, shape, np.dtype(dtype), file_stamp(path))
-        layout = shape_only(shape, rpb, cpb, dtype)
-        keys = [(i, j) for i in range(layout.num_row_blocks) for j in range(layout.num_col_blocks)]
-        n = _num_slices(sc, num_partitions, len(keys))
-        keys_rdd, key_partitions = _parallelize_placed(sc, keys, n, key_of=_same)
-        layout = BlockLayout(shape, rpb, cpb, {k: layout.dense_nbytes(*k) for k in keys}, dtype, n,
-                             key_partitions, source)
-        rdd = keys_rdd.mapPartitions(
+        rdd, layout = _read_by_tasks(
+            sc, source, rpb, cpb, num_partitions,
             partial(hdf5.read_blocks, path=path, dataset=dataset, rows_per_block=rpb,
                     cols_per_block=cpb))
         return cls(rdd, shape, rpb, cpb, layout=layout, source=(path, dataset))
@@ -307,13 +302,8 @@ class BlockMatrix:
         shape, dtype, _ = zarr_store.inspect_input(location, param="url")
         source = ZarrArray(location.url, shape, np.dtype(dtype),
                            zarr_store.metadata_stamp(location))
-        layout = shape_only(shape, rpb, cpb, dtype)
-        keys = [(i, j) for i in range(layout.num_row_blocks) for j in range(layout.num_col_blocks)]
-        n = _num_slices(sc, num_partitions, len(keys))
-        keys_rdd, key_partitions = _parallelize_placed(sc, keys, n, key_of=_same)
-        layout = BlockLayout(shape, rpb, cpb, {k: layout.dense_nbytes(*k) for k in keys}, dtype, n,
-                             key_partitions, source)
-        rdd = keys_rdd.mapPartitions(
+        rdd, layout = _read_by_tasks(
+            sc, source, rpb, cpb, num_partitions,
             partial(zarr_store.read_blocks, url=location.url, rows_per_block=rpb,
                     cols_per_block=cpb))
         return cls(rdd, shape, rpb, cpb, layout=layout, input_files=frozenset({location.url}))
@@ -957,6 +947,24 @@ def _check_operand(other, op: str) -> None:
     if not isinstance(other, BlockMatrix):
         raise TypeError(f"can only {op} a BlockMatrix with another BlockMatrix, "
                         f"not {type(other).__name__}: wrap it with BlockMatrix.from_numpy")
+
+
+def _read_by_tasks(sc, source, rows_per_block: int, cols_per_block: int,
+                   num_partitions: int | None, read_blocks):
+    """``(blocks RDD, layout)`` of a file-backed matrix: every block stored, read by the tasks.
+
+    The block keys are parallelized row-major (their partitions recorded in the layout, with
+    ``source``); ``read_blocks`` reads a partition's keys (executor side).
+    """
+    shape, dtype = tuple(source.shape), source.dtype
+    shell = shape_only(shape, rows_per_block, cols_per_block, dtype)
+    keys = [(i, j) for i in range(shell.num_row_blocks) for j in range(shell.num_col_blocks)]
+    n = _num_slices(sc, num_partitions, len(keys))
+    keys_rdd, key_partitions = _parallelize_placed(sc, keys, n, key_of=_same)
+    layout = BlockLayout(shape, rows_per_block, cols_per_block,
+                         {k: shell.dense_nbytes(*k) for k in keys}, dtype, n, key_partitions,
+                         source)
+    return keys_rdd.mapPartitions(read_blocks), layout
 
 
 def _parallelize_placed(sc, items: list, num_slices: int, key_of):

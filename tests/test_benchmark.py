@@ -17,10 +17,10 @@ from jobrun import run_in_process, run_process
 from blockmatrix.strategies import STRATEGIES, candidate_strategies, strategies_taking
 
 JOB = Path(__file__).resolve().parent.parent / "jobs" / "benchmark.py"
-#: The limit, MLlib and every registered strategy that takes driver-held operands, ``auto``
-#: included.
+#: The limit, MLlib, every registered strategy that takes driver-held operands (``auto``
+#: included) and the by-reference variants (``inner-ref``, ``broadcast-ref``).
 CONTENDERS = {"numpy", "mllib", *strategies_taking("driver"),
-              *(s.name for s in STRATEGIES.values() if s.selector)}
+              *(s.name for s in STRATEGIES.values() if s.selector), "inner-ref", "broadcast-ref"}
 
 
 #: The quick run's file-to-file cases.

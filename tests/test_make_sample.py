@@ -59,6 +59,17 @@ def test_float32_density_and_overwrite(tmp_path):
     assert read(tmp_path / "s.h5", "/S")[0].shape == (5, 4)
 
 
+def test_writes_a_zarr_array_with_the_same_numbers(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    assert main(f"{tmp_path}/a.h5::/A", "--rows", 1100, "--cols", 1500, "--seed", 3) == 0
+    assert main(f"zarr:{tmp_path}/a.zarr", "--rows", 1100, "--cols", 1500, "--seed", 3) == 0
+    z = zarr.open_array(str(tmp_path / "a.zarr"), mode="r")
+    assert z.chunks == (1024, 1024) and z.attrs["blockmatrix_producer"] == \
+        "blockmatrix make_sample"
+    assert np.array_equal(z[...], read(tmp_path / "a.h5", "/A")[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "a.zarr"]  # nothing staged
+
+
 def test_blocks_are_reproducible():
     a = make_sample.sample_block(9, 1, 2, (3, 4), "float64", 0.5)
     b = make_sample.sample_block(9, 1, 2, (3, 4), "float64", 0.5)
@@ -76,6 +87,8 @@ def test_blocks_are_reproducible():
     (["{d}/old.h5::/A", "--rows", "2", "--cols", "3"], "already exists"),
     (["{d}/nodir/e.h5::/E", "--rows", "2", "--cols", "3"], "does not exist"),
     (["{d}/e.h5", "--rows", "2", "--cols", "3"], "FILE.h5::/dataset"),
+    (["parquet:{d}/e.parquet", "--rows", "2", "--cols", "3"], "writes an HDF5 dataset"),
+    (["zarr:{d}/nodir/e.zarr", "--rows", "2", "--cols", "3"], "does not exist"),
 ])
 def test_refuses_with_one_line_and_writes_nothing(tmp_path, args, match):
     with h5py.File(tmp_path / "old.h5", "w") as f:

@@ -189,8 +189,11 @@ def test_the_ooc_strategy_reads_its_operands_from_the_files(sc, operands):
     assert_eq(C.to_numpy(), x @ y)
     S = BlockMatrix.from_hdf5(sc, str(folder / "a.h5"), "/S", 40, 40)
     assert_eq(S.T.multiply(B, strategy="ooc").to_numpy(), s.T @ y)
+    # With both operands in files nothing need move: auto picks a plan without a shuffle
+    # (ooc, or cuboid, which reads its blocks from the files too), having weighed ooc.
     picked = A.multiply(B, strategy="auto").plan
-    assert picked.strategy == "ooc", picked.reason
+    assert picked.num_shuffles == 0 and picked.strategy in ("ooc", "cuboid"), picked.reason
+    assert "ooc" in {c.strategy for c in picked.candidates if c.fits}
 
 
 def test_auto_prices_the_trip_to_the_file_when_c_is_written(sc, operands):

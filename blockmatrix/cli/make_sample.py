@@ -1,9 +1,14 @@
-"""Write a random matrix into an HDF5 dataset, block by block, never all in memory.
+"""Write a random matrix into an HDF5 dataset or a Zarr array, block by block, never all in memory.
 
 Usage::
 
     python jobs/make_sample.py OUT.h5::/NAME --rows R --cols C [--seed S]
         [--dtype float64|float32] [--chunks r,c] [--density D] [--overwrite]
+    python jobs/make_sample.py zarr:URL --rows R --cols C ...
+
+A ``zarr:URL`` output (a local folder or object storage such as ``zarr:s3://bucket/x.zarr``,
+credentials from the environment; the ``zarr`` extra) is staged and published when complete,
+in chunks of ``--chunks`` (default at most 1024 x 1024).
 
 Entries are standard normal; with ``--density D`` each entry is kept with probability D and is
 zero otherwise. The matrix is generated in blocks of at most 1024 x 8192 entries, each from its
@@ -21,9 +26,10 @@ import time
 import h5py
 import numpy as np
 
+from blockmatrix.cli import locations
 from blockmatrix.cli.common import OneLineArgumentParser, positive_int, program, run
 from blockmatrix.errors import InvalidParameterError
-from blockmatrix.io import hdf5
+from blockmatrix.io import zarr_store
 from blockmatrix.samples import random_matrix
 
 PROG = "make_sample.py"
@@ -51,14 +57,16 @@ def _density(text: str) -> float:
 def parse_args(argv):
     """Parse the command line."""
     parser = OneLineArgumentParser(prog=program(PROG), description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", metavar="OUT.h5::/NAME", help="where the matrix goes")
+    parser.add_argument("output", metavar="OUT",
+                        help="where the matrix goes: OUT.h5::/NAME or zarr:URL")
     parser.add_argument("--rows", type=positive_int, required=True, help="number of rows")
     parser.add_argument("--cols", type=positive_int, required=True, help="number of columns")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                         help="element type (default float64)")
     parser.add_argument("--chunks", type=_chunks, default=None, metavar="r,c",
-                        help="HDF5 chunk shape (default: contiguous storage)")
+                        help="chunk shape (HDF5 default: contiguous storage; Zarr default: at "
+                             "most 1024 x 1024)")
     parser.add_argument("--density", type=_density, default=1.0,
                         help="fraction of nonzero entries (default 1)")
     parser.add_argument("--overwrite", action="store_true",
@@ -90,26 +98,55 @@ def write_sample(path: str, dataset: str, rows: int, cols: int, seed: int = 0,
             del f[dataset]
         f.require_group(posixpath.dirname(dataset) or "/")
         out = f.create_dataset(dataset, shape=(rows, cols), dtype=dtype, chunks=chunks)
-        for bi, r0 in enumerate(range(0, rows, BLOCK_ROWS)):
-            r1 = min(r0 + BLOCK_ROWS, rows)
-            for bj, c0 in enumerate(range(0, cols, BLOCK_COLS)):
-                c1 = min(c0 + BLOCK_COLS, cols)
-                out[r0:r1, c0:c1] = sample_block(seed, bi, bj, (r1 - r0, c1 - c0), dtype,
-                                                 density)
+        for rows_, cols_, block in sample_blocks(rows, cols, seed, dtype, density):
+            out[rows_, cols_] = block
+
+
+def sample_blocks(rows: int, cols: int, seed: int, dtype: str, density: float):
+    """``(rows slice, cols slice, block)`` of the sample matrix, block by block."""
+    for bi, r0 in enumerate(range(0, rows, BLOCK_ROWS)):
+        r1 = min(r0 + BLOCK_ROWS, rows)
+        for bj, c0 in enumerate(range(0, cols, BLOCK_COLS)):
+            c1 = min(c0 + BLOCK_COLS, cols)
+            yield (slice(r0, r1), slice(c0, c1),
+                   sample_block(seed, bi, bj, (r1 - r0, c1 - c0), dtype, density))
+
+
+def write_zarr_sample(url, rows: int, cols: int, seed: int = 0, dtype: str = "float64",
+                      chunks: tuple[int, int] | None = None, density: float = 1.0,
+                      overwrite: bool = False) -> None:
+    """Write the sample matrix into a Zarr array, staged and published when complete."""
+    chunks = chunks or (min(rows, 1024), min(cols, 1024))
+    with zarr_store.staged_output(url, (rows, cols), np.dtype(dtype), chunks,
+                                  overwrite=overwrite, producer="blockmatrix make_sample",
+                                  job="make_sample", param="OUT") as staged:
+        out = zarr_store.open_array(staged.staging_url, mode="r+")
+        for rows_, cols_, block in sample_blocks(rows, cols, seed, dtype, density):
+            out[rows_, cols_] = block
+        staged.publish()
 
 
 def main(argv=None) -> int:
     """Run the generator; returns the process exit code."""
     args = parse_args(argv)
-    path, dataset = hdf5.parse_location(args.output, "OUT")
+    location = locations.parse(args.output, "OUT")
+    if location.kind not in locations.OUT_OF_CORE_KINDS:
+        raise InvalidParameterError(
+            f"OUT ({args.output}) is a {location.kind} location: make_sample writes an HDF5 "
+            f"dataset (OUT.h5::/NAME) or a Zarr array (zarr:URL)")
     if args.chunks is not None and (args.chunks[0] > args.rows or args.chunks[1] > args.cols):
         raise InvalidParameterError(
             f"--chunks ({args.chunks[0]},{args.chunks[1]}) exceeds the matrix shape "
             f"({args.rows},{args.cols}): give chunks no larger than --rows,--cols")
-    hdf5.check_output(path, dataset, overwrite=args.overwrite, param="OUT")
+    location.check_output((args.rows, args.cols), np.dtype(args.dtype), args.overwrite, "OUT",
+                          "make_sample")
     start = time.perf_counter()
-    write_sample(path, dataset, args.rows, args.cols, args.seed, args.dtype, args.chunks,
-                 args.density, args.overwrite)
+    if location.kind == "zarr":
+        write_zarr_sample(location.location, args.rows, args.cols, args.seed, args.dtype,
+                          args.chunks, args.density, args.overwrite)
+    else:
+        write_sample(location.path, location.dataset, args.rows, args.cols, args.seed,
+                     args.dtype, args.chunks, args.density, args.overwrite)
     size = args.rows * args.cols * np.dtype(args.dtype).itemsize
     print(f"wrote {args.output}: {args.rows} x {args.cols} {args.dtype} "
           f"({size / 2**20:,.1f} MiB) in {time.perf_counter() - start:.1f} s")
