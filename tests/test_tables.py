@@ -181,8 +181,11 @@ def test_parquet_keeps_the_shape_with_trailing_zero_rows_and_columns(spark, tmp_
     assert back.shape == a.shape
     assert_eq(back.to_numpy(), a)
     # A table without the record is sized by its largest indices.
-    bare = spark.read.parquet(path)
-    bare = bare.select(*(bare[c].alias(c, metadata={}) for c in bare.columns))
+    from pyspark.sql.types import StructField, StructType
+
+    read = spark.read.parquet(path)
+    bare = spark.createDataFrame(read.rdd, StructType(
+        [StructField(f.name, f.dataType, f.nullable) for f in read.schema]))  # no metadata
     inferred = (BlockMatrix.from_coordinates(bare) if kind == "coordinates"
                 else BlockMatrix.from_rows(bare))
     assert inferred.shape == ((5, 4) if kind == "coordinates" else (5, 7))
