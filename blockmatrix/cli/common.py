@@ -66,6 +66,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def given_flags(args, names: Sequence[str]) -> list[str]:
+    """The ``--NAME`` flags among ``names`` that the command line gave (not None, not False).
+
+    >>> given_flags(argparse.Namespace(tile=8, slab=None, resume=False), ("tile", "slab", "resume"))
+    ['--tile']
+    """
+    return [f"--{name}" for name in names if getattr(args, name) not in (None, False)]
+
+
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None,
         prog: str) -> int:
     """Call ``main(argv)``; a :class:`BlockMatrixError` becomes one stderr line and exit 2."""

@@ -33,6 +33,7 @@ from blockmatrix.cli import locations
 from blockmatrix.cli.common import (
     PROGRESS_CHOICES,
     OneLineArgumentParser,
+    given_flags,
     positive_int,
     program,
     progress_conf,
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
 
 def gram_on_spark(args, x, y) -> int:
     """Y = X X^T through the Spark strategies, for a Parquet input or output."""
-    given = [f"--{name}" for name in OOC_FLAGS if getattr(args, name) not in (None, False)]
+    given = given_flags(args, OOC_FLAGS)
     if given:
         raise InvalidParameterError(
             f"{', '.join(given)} apply out of core only (HDF5 and Zarr), and here the "

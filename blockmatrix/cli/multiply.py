@@ -39,6 +39,7 @@ from blockmatrix.cli import locations
 from blockmatrix.cli.common import (
     PROGRESS_CHOICES,
     OneLineArgumentParser,
+    given_flags,
     positive_int,
     program,
     progress_conf,
@@ -144,7 +145,7 @@ def _kind_of(location, meta) -> str:
 
 def refuse_ooc_flags(args, strategy: str) -> None:
     """--tile, --slab and --resume mean nothing to a Spark strategy: refuse before writing."""
-    given = [f"--{name}" for name in OOC_FLAGS if getattr(args, name) not in (None, False)]
+    given = given_flags(args, OOC_FLAGS)
     if given:
         raise InvalidParameterError(
             f"{', '.join(given)} apply to the out-of-core strategy only, and the chosen "

@@ -12,8 +12,10 @@ from itertools import chain
 from typing import NamedTuple
 
 from .. import blocks as bk
+from .. import held
 from .._spill import grouped_by_key
-from ..errors import unreadable_in_task
+from ..errors import InvalidParameterError, unreadable_in_task
+from ..sparkconf import REFERENCE_DIR_CONF
 from ..spilled import SpilledRef, read_spilled
 
 #: The operand a routed block comes from.
@@ -132,6 +134,22 @@ class FileReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def reference_folder(sc, options) -> str:
+    """A new folder, held with the product, for the files of its blocks moved by reference.
+
+    Raises
+    ------
+    InvalidParameterError
+        There is no folder every task can read (``options.reference_parent`` is None).
+    """
+    if options.reference_parent is None:
+        raise InvalidParameterError(
+            f"by_reference=True needs a folder every task can read, and there is none: the "
+            f"master is {sc.master}; set {REFERENCE_DIR_CONF} to a folder on storage every "
+            f"executor sees, or multiply with by_reference=False")
+    return held.folder(options.reference_parent)
 
 
 def file_sources(layouts: dict) -> dict:

@@ -57,10 +57,17 @@ from ..layout import BlockLayout, check_multiplicable
 from ..metrics import file_read_counter
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import result_grid
-from ..sparkconf import REFERENCE_DIR_CONF
 from ..spilled import spill_array
 from ..units import format_bytes
-from ._common import LEFT, RIGHT, FileReader, file_sources, side_name, sum_partials
+from ._common import (
+    LEFT,
+    RIGHT,
+    FileReader,
+    file_sources,
+    reference_folder,
+    side_name,
+    sum_partials,
+)
 from .registry import Strategy, register
 
 
@@ -231,12 +238,7 @@ def execute(plan: BroadcastPlan, left, right, options: MultiplyOptions):
     small_blocks, large = (right, left) if side == RIGHT else (left, right)
     small = plan.right if side == RIGHT else plan.left
     if plan.delivery == "driver-file":
-        if options.reference_parent is None:
-            raise InvalidParameterError(
-                f"by_reference=True needs a folder every task can read, and there is none: "
-                f"the master is {large.context.master}; set {REFERENCE_DIR_CONF} to a folder "
-                f"on storage every executor sees, or multiply with by_reference=False")
-        folder = held.folder(options.reference_parent)
+        folder = reference_folder(large.context, options)
         small = dataclasses.replace(small, source=spill_array(folder, small.source))
     if plan.delivery in READ_FROM_FILE:
         table = FileTable(small, side, file_read_counter(large.context))

@@ -37,13 +37,11 @@ from ..cost import (
     result_itemsize,
     task_seconds,
 )
-from ..errors import InvalidParameterError
 from ..layout import BlockLayout, check_multiplicable
 from ..metrics import file_read_counter
 from ..partitioner import GridPartitioner
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import Destinations, result_grid
-from ..sparkconf import REFERENCE_DIR_CONF
 from ..spilled import spill_partition
 from ..units import format_bytes
 from ._common import (
@@ -55,6 +53,7 @@ from ._common import (
     file_sources,
     inner_and_outer,
     multiply_with_file_refs,
+    reference_folder,
     sum_partials,
 )
 from .registry import Strategy, register
@@ -312,16 +311,11 @@ def execute(plan: InnerPlan, left, right, options: MultiplyOptions):
     """Run a plan made by :func:`plan` on the operands' blocks RDDs; return the product's."""
     grid, s, num_tasks = plan.grid, plan.num_mid_splits, plan.num_tasks
     sc = left.context
-    if plan.by_reference and options.reference_parent is None:
-        raise InvalidParameterError(
-            f"by_reference=True needs a folder every task can read, and there is none: the "
-            f"master is {sc.master}; set {REFERENCE_DIR_CONF} to a folder on storage every "
-            f"executor sees, or multiply with by_reference=False")
+    folder = reference_folder(sc, options) if plan.by_reference else None
     layouts = {LEFT: plan.left, RIGHT: plan.right}
     in_files = file_sources(layouts)
     routing = held.broadcast(sc, plan.routing)
-    if plan.by_reference:  # each block written once; only references go through the shuffle
-        folder = held.folder(options.reference_parent)
+    if folder is not None:  # each block written once; only references go through the shuffle
         left, right = (blocks.mapPartitionsWithIndex(partial(spill_partition, folder=folder))
                        for blocks in (left, right))
     routed = [blocks.flatMap(partial(route_block, side=side, num_tasks=num_tasks,
