@@ -128,11 +128,3 @@ def spill_array(folder: str, source):
         _write(f, array)
     return RawArrayFile(path, tuple(array.shape), array.dtype, file_stamp(path),
                         source.transposed)
-
-
-def ref_nbytes(block) -> int:
-    """Bytes of the block a :class:`SpilledRef` points at (what the reducer reads)."""
-    if block.kind == "dense":
-        return int(np.prod(block.shape)) * np.dtype(block.dtype).itemsize
-    index = np.dtype(block.index_dtype).itemsize
-    return block.nnz * (np.dtype(block.dtype).itemsize + index) + (block.shape[0] + 1) * index
