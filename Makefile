@@ -38,7 +38,7 @@ demo: java $(STAMP)
 	$(BIN)/python jobs/make_sample.py $(DEMO)/A.h5::/A --rows 3000 --cols 2000 --seed 1 --overwrite
 	$(BIN)/python jobs/make_sample.py $(DEMO)/B.h5::/B --rows 2000 --cols 2500 --seed 2 --overwrite
 	$(BIN)/python jobs/multiply.py $(DEMO)/A.h5::/A $(DEMO)/B.h5::/B $(DEMO)/C.h5::/C \
-		--block-size 512 --master 'local[*]' --overwrite --verify
+		--block-size 512 --master 'local[*]' --runner spark --overwrite --verify
 
 # The whole suite on the newest pyspark, then the core on pyspark 3.5; each part's time is
 # printed at its end.

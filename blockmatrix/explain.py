@@ -13,7 +13,7 @@ opt_einsum's path report, and the line saying what ``auto`` picks and why.
 >>> report.auto_choice
 'broadcast'
 >>> {name: plan.num_shuffles for name, plan in report.plans.items()}
-{'inner': 1, 'outer': 2, 'pasa': 2, 'broadcast': 0, 'cuboid': 1, 'ooc': 0}
+{'inner': 1, 'outer': 2, 'pasa': 2, 'broadcast': 0, 'cuboid': 1, 'ooc': 0, 'driver': 0}
 >>> report["ooc"].unavailable
 'A is held only by Spark: the out-of-core product needs both operands read from HDF5 or Zarr'
 >>> shuffle_elements(report["inner"]) == seed_inner_elements(300, 300, 300, 100)

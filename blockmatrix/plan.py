@@ -56,6 +56,10 @@ class MultiplyOptions:
         The folder every task can read where such files go; None when there is none
         (``multiply`` takes it from Spark: :func:`blockmatrix.sparkconf.reference_parent`).
         ``auto`` weighs by-reference variants only when there is one.
+    driver_memory_bytes : int, optional
+        Memory the driver may give a product it computes itself from its own arrays (the
+        ``driver`` strategy); None, where that strategy is unavailable, unless the master is
+        local (``multiply`` takes it from Spark: :func:`blockmatrix.sparkconf.driver_memory`).
     """
 
     num_partitions: int | None = None
@@ -65,6 +69,7 @@ class MultiplyOptions:
     num_cores: int | None = None
     by_reference: bool = False
     reference_parent: str | None = None
+    driver_memory_bytes: int | None = None
 
     @classmethod
     def merged(cls, defaults: dict, given: dict) -> MultiplyOptions:
@@ -72,7 +77,8 @@ class MultiplyOptions:
 
         >>> MultiplyOptions.merged({"num_cores": 4}, {"num_cores": None, "num_partitions": 2})
         MultiplyOptions(num_partitions=2, num_mid_splits=1, task_buffer_bytes=536870912, \
-memory_budget_bytes=None, num_cores=4, by_reference=False, reference_parent=None)
+memory_budget_bytes=None, num_cores=4, by_reference=False, reference_parent=None, \
+driver_memory_bytes=None)
         """
         return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
 
@@ -100,6 +106,8 @@ memory_budget_bytes=None, num_cores=4, by_reference=False, reference_parent=None
                 allow_none="the default, a quarter of the executor memory"),
             "num_cores": check_int(self.num_cores, "num_cores",
                                    allow_none="Spark's defaultParallelism"),
+            "driver_memory_bytes": check_int(self.driver_memory_bytes, "driver_memory_bytes",
+                                             allow_none="no product computed on the driver"),
         }
         for name, value in checked.items():  # numpy integers are stored as ints
             object.__setattr__(self, name, value)
@@ -224,6 +232,18 @@ class MultiplyPlan:
         a file-backed operand in its tasks, never through its blocks RDD.
         """
         return (self.left.source_kind != "file", self.right.source_kind != "file")
+
+    @property
+    def spark_input_bytes(self) -> int:
+        """Bytes of the operands the tasks take from Spark: those read through their RDDs.
+
+        Every stored block of an operand in the product's lineage (:attr:`lineage_operands`)
+        crosses from the JVM into a Python worker once, whatever happens to it next; a
+        file-backed operand's blocks are read from the file instead (:attr:`read_bytes`).
+        """
+        return sum(layout.nbytes for layout, read in zip((self.left, self.right),
+                                                         self.lineage_operands, strict=True)
+                   if read and layout.source_kind != "file")
 
     @property
     def moved_bytes(self) -> int:

@@ -16,6 +16,7 @@ and the UI cannot kill jobs (``spark.ui.killEnabled false``). Set ``SPARK_LOCAL_
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +42,39 @@ def default_conf_dir() -> Path:
 def under_spark_submit() -> bool:
     """Whether this driver was started by ``spark-submit`` (its JVM is already running)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+#: ``local``, ``local[N]``, ``local[*]`` and ``local[N, maxFailures]`` (group 1: N or *).
+LOCAL_MASTER = re.compile(r"local(?:\[\s*(\*|\d+)\s*(?:,\s*\d+\s*)?\])?")
+
+
+def local_master_cores(master: str | None) -> int | None:
+    """The cores of an embedded local master, or None for a cluster or under spark-submit.
+
+    ``master`` as :func:`spark_context` takes it (None: ``local[*]``). Under spark-submit the
+    master is spark-submit's, not this one: None.
+
+    >>> [local_master_cores(m) for m in ("local", "local[3]", "local[2, 4]", "spark://h:7077")]
+    [1, 3, 2, None]
+    >>> local_master_cores(None) == local_master_cores("local[*]") == usable_cores()
+    True
+    """
+    if under_spark_submit():
+        return None
+    match = LOCAL_MASTER.fullmatch((master or "local[*]").strip())
+    if match is None:
+        return None
+    if match.group(1) is None:
+        return 1
+    return usable_cores() if match.group(1) == "*" else max(1, int(match.group(1)))
 
 
 def read_properties(path: str | os.PathLike) -> dict[str, str]:

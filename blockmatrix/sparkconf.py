@@ -6,6 +6,8 @@ Every default that stands in for a Spark setting lives here, so that a plan made
 
 from __future__ import annotations
 
+import os
+
 from ._spill import local_spill_dir
 from .units import parse_memory
 
@@ -41,13 +43,39 @@ def default_memory_budget(sc) -> int:
 def multiply_defaults(sc) -> dict:
     """The options ``multiply`` and ``explain_multiply`` take from Spark when none are given.
 
-    ``task_buffer_bytes``, ``memory_budget_bytes``, ``num_cores`` (``defaultParallelism``)
-    and ``reference_parent`` (:func:`reference_parent`).
+    ``task_buffer_bytes``, ``memory_budget_bytes``, ``num_cores`` (``defaultParallelism``),
+    ``reference_parent`` (:func:`reference_parent`) and ``driver_memory_bytes``
+    (:func:`driver_memory`).
     """
     return {"task_buffer_bytes": worker_buffer_bytes(sc),
             "memory_budget_bytes": default_memory_budget(sc),
             "num_cores": sc.defaultParallelism,
-            "reference_parent": reference_parent(sc)}
+            "reference_parent": reference_parent(sc),
+            "driver_memory_bytes": driver_memory(sc)}
+
+
+def driver_memory(sc) -> int | None:
+    """Memory the driver may give a product it computes itself; None off a local master.
+
+    Half the memory this machine has available now (:func:`available_memory`): the driver
+    holds the operands and C while the tasks that read C back run beside it. On a cluster
+    master the executors' cores are not the driver's, and the ``driver`` strategy is off.
+    """
+    if not (sc.getConf().get("spark.master", "") or "").startswith("local"):
+        return None
+    return available_memory() // 2
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (``MemAvailable``; free pages elsewhere)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 #: Spark property naming a folder on storage every executor sees, where a cluster's tasks may

@@ -103,6 +103,15 @@ def strategy_of(name: str) -> tuple[str, dict]:
     """The strategy a contender runs and the keywords it passes to ``multiply``."""
     return VARIANTS.get(name, (name, {}))
 
+
+def takes(strategy: str, source: str) -> bool:
+    """Whether a contender's strategy multiplies operands held at ``source``.
+
+    numpy, MLlib and ``auto`` take any.
+    """
+    registered = strategies.STRATEGIES.get(strategy)
+    return registered is None or registered.selector or source in registered.operand_sources
+
 #: Where the CPU time goes, by kind of process (``TreePeakRSS.cpu_seconds_by_kind``).
 CPU_KINDS = ("jvm", "python workers", "python")
 
@@ -343,9 +352,13 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
     rows = []
     limit = "scipy" if case.is_sparse else "numpy"
     for name in args.contenders:
+        strategy, keywords = strategy_of(name)
+        if not takes(strategy, "spark" if case.spark_only else "driver"):
+            print(f"{case.name:<28} {name:<10} not run: its operands live only in Spark, and "
+                  f"{strategy} multiplies arrays the driver holds", flush=True)
+            continue
         row = {"case": case.name, "contender": limit if name == "numpy" else name,
                "ran": name}
-        strategy, keywords = strategy_of(name)
         tasks = A.explain_multiply(B, strategy=strategy)[strategy].num_tasks \
             if strategy in STRATEGIES else 0
         if tasks > MAX_TASKS:

@@ -53,13 +53,17 @@ def test_quick_benchmark_checks_every_contender(tmp_path):
         assert set(mine) == {"numpy", "auto"}, case
         assert mine["numpy"]["reference"] and mine["auto"]["checked"], mine
         assert mine["auto"]["max_abs_error"] <= 1e-12, mine
-        assert mine["auto"]["ran"].endswith("job") and mine["auto"]["processes"] >= 3, mine
+        # On local[2] the out-of-core jobs run in their own process: no JVM, no workers.
+        assert mine["auto"]["ran"].endswith("job") and mine["auto"]["processes"] == 1, mine
         assert all(r["peak_rss_bytes"] > 0 and r["cpu_s_per_run"]["total"] > 0
                    for r in mine.values())
     for case in set(cases) - FILE_CASES:
         mine = [r for r in rows if r["case"] == case]
+        # Operands only in Spark: the strategies taking only the driver's arrays do not run.
+        expected = CONTENDERS - (set(strategies_taking("driver")) - set(strategies_taking(
+            "spark")) if case.startswith("spark-only") else set())
         assert {r["ran"] if r["contender"] in ("numpy", "scipy") else r["contender"]
-                for r in mine} == CONTENDERS, case
+                for r in mine} == expected, case
         reference = [r for r in mine if r.get("reference")]
         assert len(reference) == 1 and reference[0]["contender"] == (
             "scipy" if case.startswith("sparse-") else "numpy")

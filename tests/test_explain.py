@@ -219,13 +219,16 @@ def test_predicted_time_counts_stages_bytes_and_the_busiest_task():
     a = dense_layout(2000, 2000, 1000, 1000, num_partitions=2, rows_aligned=True)
     plans = auto_strategy.candidate_plans(a, a, MultiplyOptions(num_cores=2))
     inner, broadcast = plans["inner"], plans["broadcast"]
+    # both operands taken from Spark once (460 MB/s per core), then shuffled
     assert inner.predicted_seconds(2) == pytest.approx(
-        2 * 0.1 + 0.15 + inner.shuffle_bytes / 120e6
+        2 * 0.1 + 0.15 + 2 * a.nbytes / (2 * 460e6) + inner.shuffle_bytes / 120e6
         + max(inner.max_task_compute_seconds, inner.compute_seconds / 2))
     assert broadcast.num_shuffles == 0
-    # blocks only in Spark: collected (a stage of its own), then broadcast
+    # blocks only in Spark: collected (a stage of its own), then broadcast; the other operand
+    # taken from Spark by the tasks
     assert broadcast.predicted_seconds(2) == pytest.approx(
-        2 * 0.1 + a.nbytes / 143e6 + a.nbytes / 243e6 + broadcast.max_task_compute_seconds)
+        2 * 0.1 + a.nbytes / 143e6 + a.nbytes / 243e6 + a.nbytes / (2 * 460e6)
+        + broadcast.max_task_compute_seconds)
     assert inner.predicted_seconds(1) > inner.predicted_seconds(2)
 
 

@@ -97,10 +97,16 @@ def square(tmp_path_factory):
 
 
 def submit_square(cluster, square, out: Path) -> subprocess.Popen:
+    """The multiply job on the cluster, each slab of a task slowed to 1 s.
+
+    Unslowed, a tile of this product takes tens of milliseconds: a kill up to a second after
+    a task was seen running could land after the last one.
+    """
     folder, _, _ = square
     return spark_submit_popen(cluster, MULTIPLY, f"{folder}/in.h5::/A", f"{folder}/in.h5::/B",
                               f"{out}::/C", "--block-size", 256, "--verify",
-                              executor_memory=EXECUTOR_MEMORY)
+                              executor_memory=EXECUTOR_MEMORY,
+                              conf={"spark.executorEnv.BLOCKMATRIX_TEST_PAUSE": "gram.slab=1.0"})
 
 
 def busy(processes: list[psutil.Process], interval: float = 0.2) -> psutil.Process | None:
@@ -187,12 +193,13 @@ def test_long_inner_dimension_in_512mb_executors(cluster, tmp_path):
 
 # ---------------------------------------------------------------------- X X^T job faults
 
-def gram_popen(*args, throttle: float = 0.0) -> subprocess.Popen:
+def gram_popen(*args, throttle: float = 0.0, runner: str = "auto") -> subprocess.Popen:
     """jobs/gram.py with each slab of a task and each tile the writer writes slowed down."""
     pause = f"gram.slab={throttle},gram.writer={throttle}"
     env = dict(os.environ, PYTHONUNBUFFERED="1", BLOCKMATRIX_TEST_PAUSE=pause,
                JAVA_TOOL_OPTIONS=FAST_START_JVM)
-    return subprocess.Popen([sys.executable, str(GRAM), *map(str, args), "--master", "local[2]"],
+    return subprocess.Popen([sys.executable, str(GRAM), *map(str, args), "--master", "local[2]",
+                             "--runner", runner],
                             cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             start_new_session=True)
@@ -219,7 +226,9 @@ def raw_bytes(path: Path, offset: int, count: int) -> bytes:
 
 @pytest.mark.spark  # the job starts local Spark in its subprocess
 @pytest.mark.slow
-def test_gram_killed_at_a_random_moment_then_resumed(tmp_path):
+@pytest.mark.parametrize("killed,resumed_on", [("spark", "local"), ("local", "spark")])
+def test_gram_killed_at_a_random_moment_then_resumed(tmp_path, killed, resumed_on):
+    """Killed on one runner, resumed on the other: the finished tiles are the same files."""
     from blockmatrix.ooc import make_tiles
     from blockmatrix.ooc.workdir import finished_tiles, work_paths
 
@@ -229,18 +238,19 @@ def test_gram_killed_at_a_random_moment_then_resumed(tmp_path):
     tiles = make_tiles(x.shape[0], tile)
     work_dir, _ = work_paths(str(path), "/Y")
     proc = gram_popen(f"{path}::/X", f"{path}::/Y", "--tile", tile, "--slab", slab,
-                      throttle=0.15)
+                      throttle=0.15, runner=killed)
     wait_until(lambda: finished_tiles(work_dir, tiles, x.dtype), proc, "a first tile finished")
     seed = random.randrange(1 << 30)
     time.sleep(random.Random(seed).uniform(0, 3.0))
     assert proc.poll() is None, "the job finished before the kill: raise the throttle"
-    kill_tree(proc)  # SIGKILL to the driver, its JVM and every Python worker
+    kill_tree(proc)  # SIGKILL to the driver (and its JVM and every Python worker on Spark)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     before = finished_tiles(work_dir, tiles, x.dtype)
     assert before, "no finished tile survived the kill"
     report = tmp_path / "report.json"
-    resumed = gram_popen(f"{path}::/X", f"{path}::/Y", "--resume", "--report", report)
+    resumed = gram_popen(f"{path}::/X", f"{path}::/Y", "--resume", "--report", report,
+                         runner=resumed_on)
     out, err = finish(resumed)
     assert resumed.returncode == 0, (f"kill after seed {seed}", out[-2000:], err[-3000:])
     done = json.loads(report.read_text())

@@ -268,7 +268,8 @@ def test_the_job_goes_file_to_file_and_refuses_ooc_flags_elsewhere(operands):
 
 
 @pytest.mark.spark
-def test_a_read_error_inside_a_task_is_one_line(operands):
+@pytest.mark.parametrize("runner", ["spark", "local"])
+def test_a_read_error_inside_a_task_is_one_line(operands, runner):
     folder, *_ = operands
     rng = np.random.default_rng(3)
     write(folder / "big.h5", "A", rng.standard_normal((400, 3000)))
@@ -277,7 +278,7 @@ def test_a_read_error_inside_a_task_is_one_line(operands):
     # Every slab of every task takes 0.3 s: the file is cut short while the tasks read it.
     proc = job(f"{folder}/big.h5::/A", f"{folder}/big.h5::/B", f"{folder}/c.h5::/C",
                "--block-size", 100, "--master", "local[2]", "--tile", 200, "--slab", 300,
-               env={"BLOCKMATRIX_TEST_PAUSE": "gram.slab=0.3"}, popen=True)
+               "--runner", runner, env={"BLOCKMATRIX_TEST_PAUSE": "gram.slab=0.3"}, popen=True)
     work_dir, _ = work_paths(str(folder / "c.h5"), "/C")
     deadline = time.monotonic() + 120
     while not list(Path(work_dir).glob("*.progress")) and time.monotonic() < deadline:
@@ -358,6 +359,8 @@ def test_8192_file_to_file_with_the_shipped_defaults(tmp_path):
         b = fb["B"][()]
         assert_eq(fc["C"][rows], fa["A"][rows] @ b)
     numpy_bytes = 3 * n * n * 8  # A, B and C in memory at once (numpy's peak measured 1.57 GiB)
-    # Measured 1.2-1.35 GiB: about 0.8 GiB of it is the processes themselves (JVM, Python
-    # driver, daemon, two workers with numpy and h5py), the rest two tasks' tiles and slabs.
-    assert peak.peak_bytes < 0.9 * numpy_bytes, peak.peak_breakdown
+    # The issue's goal is half of numpy's. Measured 0.54 GiB in process (no Spark started):
+    # the Python process, one 4096^2 tile and two pairs of slab buffers. On Spark (JVM, daemon,
+    # two workers and their tasks) it was 1.2-1.35 GiB.
+    assert "no Spark" in out
+    assert peak.peak_bytes < 0.5 * numpy_bytes, peak.peak_breakdown

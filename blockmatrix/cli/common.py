@@ -1,7 +1,8 @@
 """Shared plumbing of the command-line jobs: one-line errors and exit code 2 on bad input.
 
 In the package (not beside the jobs) because the installed console scripts use it; it needs
-nothing beyond the standard library and :mod:`blockmatrix.errors`.
+nothing beyond the standard library, :mod:`blockmatrix.errors` and the master parsing of
+:mod:`blockmatrix.session` (which imports pyspark only when it starts Spark).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from blockmatrix.errors import BlockMatrixError
+from blockmatrix.errors import BlockMatrixError, InvalidParameterError
+from blockmatrix.session import local_master_cores, under_spark_submit, usable_cores
 
 #: Exit code for rejected input (arguments, files, shapes), as argparse uses.
 EXIT_BAD_INPUT = 2
@@ -51,6 +53,34 @@ def progress_conf(choice: str) -> dict[str, str]:
     return {"spark.ui.showConsoleProgress": "true" if choice == "spark" else "false"}
 
 
+#: What ``--runner`` takes: where an out-of-core run computes its tiles.
+RUNNER_CHOICES = ("auto", "local", "spark")
+RUNNER_HELP = ("out of core: where the tiles are computed. auto (default): in this process when "
+               "the master is local (no JVM, no worker processes: every core on BLAS, the next "
+               "slabs read while it runs), as Spark tasks otherwise; local: in this process; "
+               "spark: as Spark tasks")
+
+
+def in_process_cores(runner: str | None, master: str | None) -> int | None:
+    """BLAS threads of an out-of-core run in this process, or None to run it on Spark.
+
+    ``--runner auto`` (None) runs in process exactly when the master is an embedded local one
+    (:func:`~blockmatrix.session.local_master_cores`): Spark would run the tasks on this
+    machine anyway, and the JVM and its Python workers only add their start and their memory.
+    """
+    if runner == "spark":
+        return None
+    cores = local_master_cores(master)
+    if cores is None and runner == "local":
+        if under_spark_submit():
+            return usable_cores()
+        raise InvalidParameterError(
+            f"--runner local computes the tiles in this process, and --master {master} is a "
+            f"cluster: drop --runner local to run the tiles as Spark tasks there, or pass a "
+            f"local master such as --master 'local[*]'")
+    return cores
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a positive integer.
 
@@ -64,6 +94,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not positive: give an integer >= 1")
     return value
+
+
+def where_it_ran(cores: int | None, sc) -> str:
+    """``master local[*]``, or ``in this process, no Spark, 2 BLAS threads``, for the last line."""
+    if sc is not None:
+        return f"master {sc.master}"
+    return f"in this process, no Spark, {cores} BLAS thread{'s' if cores != 1 else ''}"
 
 
 def given_flags(args, names: Sequence[str]) -> list[str]:

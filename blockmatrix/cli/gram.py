@@ -12,7 +12,9 @@ Between HDF5 datasets and Zarr arrays (``zarr:URL``: a local folder or object st
 (:func:`blockmatrix.ooc.gram_hdf5`; a Zarr output is written by the tasks, tile by tile, and
 published when complete). Memory is bounded by --tile and --slab, not by the length of X:
 the job prints its prediction of the peak resident memory of all its processes before it
-starts. Every check runs before Spark starts and before anything is written; a rejected
+starts. With a local master (the default) the tiles are computed in this process, one at a time
+on every core, and Spark is not started at all (``--runner spark`` makes them Spark tasks).
+Every check runs before Spark starts and before anything is written; a rejected
 request prints one line on stderr and exits with code 2. A killed run continues with
 --resume without computing its finished tiles again. With a Parquet input or output
 (``parquet:PATH``, a table of coordinates ``i, j, v`` or rows ``i, vector``) it computes
@@ -32,12 +34,16 @@ from contextlib import nullcontext
 from blockmatrix.cli import locations
 from blockmatrix.cli.common import (
     PROGRESS_CHOICES,
+    RUNNER_CHOICES,
+    RUNNER_HELP,
     OneLineArgumentParser,
     given_flags,
+    in_process_cores,
     positive_int,
     program,
     progress_conf,
     run,
+    where_it_ran,
 )
 from blockmatrix.errors import InvalidParameterError, OutputNotWritableError, raised_from_tasks
 from blockmatrix.io import hdf5
@@ -57,7 +63,7 @@ PROG = "gram.py"
 SPARK_BLOCK_SIZE = 1024
 
 #: Flags of the out-of-core path only.
-OOC_FLAGS = ("tile", "slab", "resume", "report")
+OOC_FLAGS = ("tile", "slab", "resume", "report", "runner")
 
 
 def parse_args(argv):
@@ -83,6 +89,7 @@ def parse_args(argv):
     parser.add_argument("--overwrite", action="store_true", help="replace an existing Y")
     parser.add_argument("--master", default=None,
                         help="Spark master URL (default local[*]; ignored under spark-submit)")
+    parser.add_argument("--runner", choices=RUNNER_CHOICES, default=None, help=RUNNER_HELP)
     parser.add_argument("--progress", choices=PROGRESS_CHOICES, default="lines",
                         help="lines: one line per finished tile or stage (default); spark: "
                              "Spark's console progress bar instead")
@@ -126,18 +133,21 @@ def main(argv=None) -> int:
     if request.note:
         print(request.note, flush=True)
     start = time.perf_counter()
-    sc = spark_context(args.master, app_name="blockmatrix gram",
-                       extra_conf=progress_conf(args.progress))
+    cores = in_process_cores(args.runner, args.master)
+    sc = None if cores is not None else spark_context(
+        args.master, app_name="blockmatrix gram", extra_conf=progress_conf(args.progress))
     try:
         result = gram_hdf5(sc, in_path, in_name, out_path, out_name, request=request,
                            progress=_print_progress,
-                           on_plan=lambda plan: print(f"plan:\n{plan}", flush=True))
-        master = sc.master
+                           on_plan=lambda plan: print(f"plan:\n{plan}", flush=True),
+                           cores=cores)
+        where = where_it_ran(cores, sc)
     finally:
-        sc.stop()
+        if sc is not None:
+            sc.stop()
     print(result)
-    print(f"wall time {time.perf_counter() - start:.2f} s (including Spark start-up), "
-          f"master {master}")
+    print(f"wall time {time.perf_counter() - start:.2f} s"
+          f"{' (including Spark start-up)' if sc is not None else ''}, {where}")
     if args.report is not None:
         with open(args.report, "w", encoding="utf-8") as f:
             json.dump(result.to_dict(), f, indent=1)

@@ -20,10 +20,12 @@ stderr and exits with code 2. The job prints the plan, then what it did, and the
 ``--verify`` reads A, B and C back on the driver and compares C with numpy.
 
 When the operands and C are HDF5 files, ``auto`` (the default) runs the out-of-core strategy ``ooc``
-for floating-point operands: tiles of C computed by tasks that read slabs of A and B straight from
-the files, written by the driver as they finish, in memory set by ``--tile`` and ``--slab``
+for floating-point operands: tiles of C computed from slabs of A and B read straight from the
+files, written by the driver as they finish, in memory set by ``--tile`` and ``--slab``
 (printed before the start), never through the JVM heap; a killed run continues with
-``--resume``. Other strategies (``--strategy inner``, ...) read the blocks through Spark and
+``--resume``. With a local master (the default) the tiles are computed in this process, one at
+a time on every core, and Spark is not started at all; ``--runner spark`` makes them Spark
+tasks. Other strategies (``--strategy inner``, ...) read the blocks through Spark and
 report the stages and shuffle bytes Spark measured.
 """
 
@@ -38,12 +40,16 @@ from blockmatrix import STRATEGIES
 from blockmatrix.cli import locations
 from blockmatrix.cli.common import (
     PROGRESS_CHOICES,
+    RUNNER_CHOICES,
+    RUNNER_HELP,
     OneLineArgumentParser,
     given_flags,
+    in_process_cores,
     positive_int,
     program,
     progress_conf,
     run,
+    where_it_ran,
 )
 from blockmatrix.errors import InvalidParameterError, raised_from_tasks
 from blockmatrix.io import hdf5
@@ -89,6 +95,7 @@ def make_parser() -> OneLineArgumentParser:
                              f"{DEFAULT_SLAB}; with --resume, the interrupted run's)")
     parser.add_argument("--resume", action="store_true",
                         help="ooc: continue an interrupted run from its finished tiles")
+    parser.add_argument("--runner", choices=RUNNER_CHOICES, default=None, help=RUNNER_HELP)
     parser.add_argument("--progress", choices=PROGRESS_CHOICES, default="lines",
                         help="lines: one line per finished tile or stage (default); spark: "
                              "Spark's console progress bar instead")
@@ -100,7 +107,7 @@ def parse_args(argv):
     return make_parser().parse_args(argv)
 
 
-OOC_FLAGS = ("tile", "slab", "resume")
+OOC_FLAGS = ("tile", "slab", "resume", "runner")
 
 
 def check_request(args):
@@ -144,7 +151,7 @@ def _kind_of(location, meta) -> str:
 
 
 def refuse_ooc_flags(args, strategy: str) -> None:
-    """--tile, --slab and --resume mean nothing to a Spark strategy: refuse before writing."""
+    """--tile, --slab, --resume and --runner mean nothing to a Spark strategy: refuse them."""
     given = given_flags(args, OOC_FLAGS)
     if given:
         raise InvalidParameterError(
@@ -152,23 +159,24 @@ def refuse_ooc_flags(args, strategy: str) -> None:
             f"strategy is {strategy}: pass --strategy ooc, or drop {', '.join(given)}")
 
 
-def run_out_of_core(sc, args, request, start: float) -> int:
+def run_out_of_core(sc, args, request, start: float, cores: int | None = None) -> int:
     """C = A @ B file to file (blockmatrix.ooc.matmul_hdf5); prints the tiles and the run.
 
-    The plan printed is the run's own (its tiles are square and need not follow the blocks,
-    since C goes straight to the file), not the strategy's plan of block-aligned tiles that
-    auto weighed: that one describes C as an RDD of blocks.
+    ``sc`` None computes the tiles in this process on ``cores`` BLAS threads. The plan printed
+    is the run's own (its tiles are square and need not follow the blocks, since C goes
+    straight to the file), not the strategy's plan of block-aligned tiles that auto weighed:
+    that one describes C as an RDD of blocks.
     """
     c = request.output_zarr or (request.output_path, request.output_dataset)
     result = matmul_hdf5(sc, request.operands[0], request.operands[1], c, request=request,
                          progress=lambda report: print(f"multiply: {report}", flush=True),
                          on_plan=lambda tiles: print(
                              f"plan:\n  strategy: ooc, file to file, no shuffle\n{tiles}",
-                             flush=True))
+                             flush=True), cores=cores)
     wall = time.perf_counter() - start
     print(result)
     print(f"predicted peak resident memory {result.plan.total_bytes / 2**20:,.0f} MiB; wall "
-          f"time {wall:.2f} s (master {sc.master})")
+          f"time {wall:.2f} s ({where_it_ran(cores, sc)})")
     return 0
 
 
@@ -209,6 +217,9 @@ def main(argv=None) -> int:
         return 0
     elif ooc_request.note:
         print(ooc_request.note, flush=True)
+    cores = None if ooc_request is None else in_process_cores(args.runner, args.master)
+    if cores is not None:  # file to file on this machine: no Spark at all
+        return multiply(None, args, a, b, c, ooc_request, cores)
     sc = spark_context(args.master, app_name="blockmatrix multiply",
                        extra_conf=progress_conf(args.progress))
     try:
@@ -217,15 +228,18 @@ def main(argv=None) -> int:
         sc.stop()
 
 
-def multiply(sc, args, a, b, c, ooc_request) -> int:
-    """Plan with the chosen strategy, run it, write C, report and verify."""
+def multiply(sc, args, a, b, c, ooc_request, cores: int | None = None) -> int:
+    """Plan with the chosen strategy, run it, write C, report and verify.
+
+    ``sc`` is None for an out-of-core run in this process (on ``cores`` BLAS threads).
+    """
     start = time.perf_counter()
     # File to file, auto means ooc (check_request made an out-of-core request only for ooc and
     # auto on floating-point files): the plans' cost model does not price C's trip through the
     # driver and the JVM heap that every other strategy's to_hdf5 takes (an OutOfMemoryError
     # at n = 8192 with the shipped 2g), and ooc's writer never takes it.
     if ooc_request is not None:
-        status = run_out_of_core(sc, args, ooc_request, start)
+        status = run_out_of_core(sc, args, ooc_request, start, cores)
         dtype = np.dtype(ooc_request.dtype)
     else:
         A, B = read_operands(sc, a, b, args.block_size)  # noqa: N806

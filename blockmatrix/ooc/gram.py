@@ -24,14 +24,16 @@ def gram_hdf5(sc, input_path, input_dataset: str | None, output_path,
               overwrite: bool = False, progress: Callable[[GramProgress], None] | None = None,
               *, on_plan: Callable[[GramPlan], None] | None = None,
               request: GramRequest | None = None,
-              progress_interval: float = 5.0) -> GramResult:
+              progress_interval: float = 5.0, cores: int | None = None) -> GramResult:
     """Compute Y = X X^T from ``input_path::input_dataset`` into ``output_path::output_dataset``.
 
     Parameters
     ----------
-    sc : pyspark.SparkContext
+    sc : pyspark.SparkContext or None
         The context to run the tasks on; its task slots and ``spark.task.cpus`` set how many
-        tasks run at once and with how many BLAS threads.
+        tasks run at once and with how many BLAS threads. None computes the tiles in this
+        process instead, one at a time with ``cores`` BLAS threads, reading the next slabs
+        while BLAS runs: no JVM, no worker processes (for files on this machine).
     input_path, input_dataset : str
         X, ``n x k``, float64 or float32; opened read-only by the tasks. Or ``input_path`` a
         Zarr array, ``"zarr:URL"`` or a :class:`~blockmatrix.io.zarr_store.ZarrLocation`,
@@ -63,6 +65,8 @@ def gram_hdf5(sc, input_path, input_dataset: str | None, output_path,
         match it.
     progress_interval : float
         Seconds between progress reports.
+    cores : int, optional
+        With ``sc`` None: BLAS threads (default: every core this process may use).
 
     Returns
     -------
@@ -82,4 +86,4 @@ def gram_hdf5(sc, input_path, input_dataset: str | None, output_path,
     if request is None:
         request = check_gram_request(input_path, input_dataset, output_path, output_dataset,
                                      tile, slab, resume, overwrite)
-    return run_request(sc, request, progress, on_plan, progress_interval)
+    return run_request(sc, request, progress, on_plan, progress_interval, cores)

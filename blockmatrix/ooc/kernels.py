@@ -22,10 +22,10 @@ the driver warns (:func:`warn_if_blas_unpinned`).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 import warnings
+from concurrent import futures
 from pathlib import Path
 
 import h5py
@@ -34,6 +34,7 @@ import numpy as np
 from .._testhooks import pause
 from ..errors import READ_ERROR_MARK, PerformanceWarning, TaskReadError
 from ..io.hdf5 import is_disk_full
+from . import blas
 from .tiles import Tile
 from .workdir import note_path, save_tile, write_progress_note
 
@@ -42,15 +43,6 @@ __all__ = ["READ_ERROR_MARK", "compute_tile", "compute_tile_blocks", "mirror_upp
 
 #: Seconds between progress notes written by a task.
 TASK_PROGRESS_INTERVAL = 1.0
-
-def blas_kernels(dtype: np.dtype):
-    """``(syrk, gemm)`` of scipy's BLAS for ``dtype`` (float64 or float32)."""
-    from scipy.linalg import blas
-
-    if dtype == np.float64:
-        return blas.dsyrk, blas.dgemm
-    return blas.ssyrk, blas.sgemm
-
 
 def _threadpool_limits():
     """The function ``threadpoolctl.threadpool_limits``, or None without threadpoolctl."""
@@ -139,40 +131,62 @@ class SlabReader:
         return buf.T, trans
 
 
-def accumulate_slabs(readers, tile: Tile, acc: np.ndarray, k: int, slab: int, kernels,
-                     progress_path: str | None) -> tuple[float, float]:
+def _read_slabs(readers, tile: Tile, s0: int, s1: int):
+    """The slabs ``s0:s1`` of a tile's two operands (the right one None for a syrk tile)."""
+    left, right = readers
+    a = left.read(tile.r0, tile.r1, s0, s1)
+    b = None if tile.uses_syrk else right.read(tile.c0, tile.c1, s0, s1)
+    return a, b
+
+
+class TileStoppedError(Exception):
+    """A tile's computation was asked to stop (the run in process is being cancelled)."""
+
+
+def accumulate_slabs(readers, tile: Tile, acc: np.ndarray, k: int, slab: int,
+                     progress_path: str | None, spare=None, stop=None) -> tuple[float, float]:
     """Stream the slabs through BLAS into ``acc``; return (read, compute) seconds.
 
-    ``readers`` is ``(left, right)``; for a syrk tile only the left one is read.
+    ``readers`` is ``(left, right)``; for a syrk tile only the left one is read. ``spare`` is
+    a second such pair with buffers of its own: given it, slab ``s + 1`` is read in a thread
+    into one pair while BLAS (:mod:`~blockmatrix.ooc.blas`, which releases the GIL) multiplies
+    slab ``s`` from the other, so reading costs only what BLAS does not hide. The read
+    seconds returned are the time spent waiting for slabs. ``stop``, a
+    :class:`threading.Event`, raises :class:`TileStoppedError` after the slab in hand once set.
     """
-    syrk, gemm = kernels
-    left, right = readers
-    n_slabs = math.ceil(k / slab) if k else 0
+    bounds = [(s0, min(s0 + slab, k)) for s0 in range(0, k, slab)]
+    pairs = (readers,) if spare is None else (readers, spare)
     read_s = compute_s = 0.0
     last_note = time.monotonic()
-    for s, s0 in enumerate(range(0, k, slab)):
-        s1 = min(s0 + slab, k)
-        t0 = time.perf_counter()
-        a, trans_a = left.read(tile.r0, tile.r1, s0, s1)
-        if not tile.uses_syrk:
-            b, trans_b = right.read(tile.c0, tile.c1, s0, s1)
-        t1 = time.perf_counter()
-        if tile.uses_syrk:
-            # syrk's trans=1 computes a^T a; with a = A^T (trans_a 1) that is A A^T.
-            out = syrk(1.0, a, beta=1.0, c=acc, trans=trans_a, lower=0, overwrite_c=1)
-        else:
-            out = gemm(1.0, a, b, beta=1.0, c=acc, trans_a=trans_a, trans_b=trans_b,
-                       overwrite_c=1)
-        if out is not acc and not np.shares_memory(out, acc):
-            raise RuntimeError("BLAS copied the accumulator: it must be Fortran-ordered")
-        compute_s += time.perf_counter() - t1
-        read_s += t1 - t0
-        pause("gram.slab")
-        now = time.monotonic()
-        if progress_path is not None and now - last_note >= TASK_PROGRESS_INTERVAL:
-            with contextlib.suppress(OSError):  # a note is advice: a full disk must not fail it
-                write_progress_note(progress_path, s + 1, n_slabs)
-            last_note = now
+    with contextlib.ExitStack() as stack:
+        pool = None if spare is None else stack.enter_context(
+            futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slab-reader"))
+        pending = None
+        for s, (s0, s1) in enumerate(bounds):
+            t0 = time.perf_counter()
+            (a, trans_a), right = (pending.result() if pending is not None
+                                   else _read_slabs(pairs[s % len(pairs)], tile, s0, s1))
+            pending = None
+            if pool is not None and s + 1 < len(bounds):
+                pending = pool.submit(_read_slabs, pairs[(s + 1) % 2], tile, *bounds[s + 1])
+            t1 = time.perf_counter()
+            if tile.uses_syrk:
+                # syrk's trans=1 computes a^T a; with a = A^T (trans_a 1) that is A A^T.
+                blas.syrk(1.0, a, acc, trans=trans_a)
+            else:
+                b, trans_b = right
+                blas.gemm(1.0, a, b, acc, trans_a=trans_a, trans_b=trans_b)
+            compute_s += time.perf_counter() - t1
+            read_s += t1 - t0
+            pause("gram.slab")
+            if stop is not None and stop.is_set():
+                raise TileStoppedError(
+                    f"tile {tile.name} stopped after {s + 1} of {len(bounds)} slabs")
+            now = time.monotonic()
+            if progress_path is not None and now - last_note >= TASK_PROGRESS_INTERVAL:
+                with contextlib.suppress(OSError):  # a note is advice: a full disk must not fail
+                    write_progress_note(progress_path, s + 1, len(bounds))
+                last_note = now
     return read_s, compute_s
 
 
@@ -244,8 +258,12 @@ def _gram_operands(path, dataset, operands):
 
 
 def _tile_product(tile: Tile, operands, dt: np.dtype, slab: int, threads: int,
-                  cache_bytes: int, progress_path: str | None):
-    """The tile computed in memory: ``(acc, k, read seconds, compute seconds)``."""
+                  cache_bytes: int, progress_path: str | None, prefetch: bool = False,
+                  stop=None):
+    """The tile computed in memory: ``(acc, k, read seconds, compute seconds)``.
+
+    With ``prefetch`` the next slabs are read while BLAS runs, into a second pair of buffers.
+    """
     left_op, right_op = operands
     width = max(1, slab)
     acc = np.zeros((tile.rows, tile.cols), dtype=dt, order="F")
@@ -278,14 +296,19 @@ def _tile_product(tile: Tile, operands, dt: np.dtype, slab: int, threads: int,
                         f"file changed or is damaged; restore it and run again") from None
         left_data = datasets[(left_op.path, left_op.dataset)]
         k = int(left_data.shape[0 if left_op.transposed else 1])
-        left = SlabReader(left_data, left=True, transposed=left_op.transposed,
-                          extent=tile.rows, slab=width, dtype=dt, location=left_op.location)
-        right = SlabReader(datasets[(right_op.path, right_op.dataset)], left=False,
-                           transposed=right_op.transposed,
-                           extent=0 if tile.uses_syrk else tile.cols, slab=width, dtype=dt,
-                           location=right_op.location)
-        read_s, compute_s = accumulate_slabs((left, right), tile, acc, k, width,
-                                             blas_kernels(dt), progress_path)
+        right_data = datasets[(right_op.path, right_op.dataset)]
+
+        def reader_pair():
+            left = SlabReader(left_data, left=True, transposed=left_op.transposed,
+                              extent=tile.rows, slab=width, dtype=dt, location=left_op.location)
+            right = SlabReader(right_data, left=False, transposed=right_op.transposed,
+                               extent=0 if tile.uses_syrk else tile.cols, slab=width, dtype=dt,
+                               location=right_op.location)
+            return left, right
+
+        read_s, compute_s = accumulate_slabs(reader_pair(), tile, acc, k, width, progress_path,
+                                             spare=reader_pair() if prefetch else None,
+                                             stop=stop)
     if tile.uses_syrk:
         mirror_upper(acc)  # syrk wrote the upper triangle only
     return acc, k, read_s, compute_s
@@ -320,7 +343,7 @@ def mark_tile_done(marks: str, tile: Tile) -> None:
 def compute_tile(tile: Tile, *, dtype: str, slab: int, threads: int, work_dir: str | None,
                  cache_bytes: int, path: str | None = None, dataset: str | None = None,
                  operands=None, zarr_output: str | None = None, zarr_marks: str | None = None,
-                 symmetric: bool = False) -> dict:
+                 symmetric: bool = False, prefetch: bool = False, stop=None) -> dict:
     """Compute one tile of X X^T or A @ B from HDF5 and save it in ``work_dir`` (in a task).
 
     The inputs are opened read-only; the tile's accumulator is the only array whose size
@@ -350,6 +373,12 @@ def compute_tile(tile: Tile, *, dtype: str, slab: int, threads: int, work_dir: s
         Where the tile's done mark goes once written (with ``zarr_output``).
     symmetric : bool
         Whether the output is X X^T (a Zarr output's off-diagonal tile is mirrored).
+    prefetch : bool
+        Read the next slabs while BLAS runs (a second pair of slab buffers): for a tile that
+        has every core to itself, whose reads no other task overlaps.
+    stop : threading.Event, optional
+        In process only: once set, the tile stops after its current slab
+        (:class:`TileStoppedError`).
 
     Returns
     -------
@@ -363,7 +392,7 @@ def compute_tile(tile: Tile, *, dtype: str, slab: int, threads: int, work_dir: s
     try:
         acc, k, read_s, compute_s = _tile_product(
             tile, _gram_operands(path, dataset, operands), dt, slab, threads, cache_bytes,
-            progress_path)
+            progress_path, prefetch, stop)
     except TaskReadError as exc:
         # Returned, not raised: a failed task makes Spark log its traceback on stderr, and the
         # user is owed one line (the driver raises it, see run.OocRun._compute).

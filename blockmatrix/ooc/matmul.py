@@ -24,14 +24,16 @@ def matmul_hdf5(sc, a, b, c, *, tile: int | None = None, slab: int | None = None
                 overwrite: bool = False, resume: bool = False,
                 progress: Callable[[GramProgress], None] | None = None,
                 on_plan: Callable | None = None, request: OocRequest | None = None,
-                progress_interval: float = 5.0) -> GramResult:
+                progress_interval: float = 5.0, cores: int | None = None) -> GramResult:
     """Compute ``C = A @ B`` from HDF5 into HDF5, out of core.
 
     Parameters
     ----------
-    sc : pyspark.SparkContext
+    sc : pyspark.SparkContext or None
         The context to run the tasks on; its task slots and ``spark.task.cpus`` set how many
-        tasks run at once and with how many BLAS threads.
+        tasks run at once and with how many BLAS threads. None computes the tiles in this
+        process instead, one at a time with ``cores`` BLAS threads, reading the next slabs
+        while BLAS runs: no JVM, no worker processes (for files on this machine).
     a, b : source, Operand, (path, dataset[, transposed]), "zarr:URL", ZarrLocation
         Or ``(zarr, transposed)`` for a Zarr array read transposed.
         The operands, float64 or float32, opened read-only by the tasks; a source
@@ -62,6 +64,8 @@ def matmul_hdf5(sc, a, b, c, *, tile: int | None = None, slab: int | None = None
         An already validated request (the other arguments but ``sc`` are then ignored).
     progress_interval : float
         Seconds between progress reports.
+    cores : int, optional
+        With ``sc`` None: BLAS threads (default: every core this process may use).
 
     Returns
     -------
@@ -91,4 +95,4 @@ def matmul_hdf5(sc, a, b, c, *, tile: int | None = None, slab: int | None = None
                 f"c must be a (path, dataset) location or a Zarr array, got {c!r}: pass e.g. "
                 f"('c.h5', '/C') or 'zarr:s3://bucket/c.zarr'") from None
         request = check_matmul_request(a, b, c_path, c_dataset, tile, slab, resume, overwrite)
-    return run_request(sc, request, progress, on_plan, progress_interval)
+    return run_request(sc, request, progress, on_plan, progress_interval, cores)

@@ -687,7 +687,7 @@ def _check_output(output_path: str, output_dataset: str, overwrite: bool, resume
 
 
 def plan_request(request: OocRequest, concurrent_tasks: int = 2,
-                 threads_per_task: int = 1) -> GramPlan | ProductPlan:
+                 threads_per_task: int = 1, runner: str = "spark") -> GramPlan | ProductPlan:
     """The plan of a validated request, counting the tiles an interrupted run finished.
 
     Zarr inputs read at least a whole chunk along the long axis per slab
@@ -700,18 +700,19 @@ def plan_request(request: OocRequest, concurrent_tasks: int = 2,
     slab = zarr_slab(request.slab, k, k_chunks)
     if request.symmetric:
         plan = plan_gram(request.shape, request.dtype, request.tile, slab,
-                         concurrent_tasks, threads_per_task, request.operands[0].oriented_chunks)
+                         concurrent_tasks, threads_per_task, request.operands[0].oriented_chunks,
+                         runner=runner)
     else:
         a, b = request.operands
         plan = plan_product(request.shape, request.dtype, request.tile, slab,
                             concurrent_tasks, threads_per_task, a.oriented_chunks,
-                            b.oriented_chunks)
+                            b.oriented_chunks, runner=runner)
     if request.output_zarr is not None and request.tile is None:
         # The balanced tile, grown to a whole number of chunks (replanned with that tile).
         tile = zarr_output_tile(plan.tile)[0]
         if tile != plan.tile:
             return plan_request(dataclasses.replace(request, tile=tile), concurrent_tasks,
-                                threads_per_task)
+                                threads_per_task, runner)
     if request.resume and request.state is not None:
         if request.output_zarr is not None:
             done = request.zarr_work.finished(plan.tiles)

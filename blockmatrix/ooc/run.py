@@ -1,9 +1,11 @@
-"""The driver of a run: the Spark job in the background, the driver streaming tiles out.
+"""The driver of a run: the tiles computed in the background, the driver streaming them out.
 
-:class:`OocRun` (``GramRun``) runs Y = X X^T and C = A @ B alike: it submits one task per
-missing tile (:func:`~blockmatrix.ooc.kernels.compute_tile`) as one Spark job in a background
-thread, and meanwhile watches the work folder: it hands each finished tile to the single writer
-when the output file is new, and reports progress. When the job is over it writes the remaining
+:class:`OocRun` (``GramRun``) runs Y = X X^T and C = A @ B alike: in a background thread it
+computes the missing tiles (:func:`~blockmatrix.ooc.kernels.compute_tile`), either as one Spark
+job of one task per tile or, with no SparkContext (``runner="local"``), one tile after another
+in this process with every core on BLAS and the next slabs read while BLAS runs. Meanwhile it
+watches the work folder: it hands each finished tile to the single writer when the output file
+is new, and reports progress. When the job is over it writes the remaining
 tiles (all of them when the output file exists, since an input may live in it and must not be
 opened for writing while tasks read it) and puts the output in place. :func:`run_request` is
 the whole run of a checked request: lock, plan, state, run.
@@ -17,6 +19,7 @@ import functools
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -31,6 +34,7 @@ from ..errors import (
     task_error_line,
 )
 from ..io import hdf5
+from ..session import usable_cores
 from .kernels import compute_tile, warn_if_blas_unpinned
 from .request import (
     ZARR_REQUEST_ATTR,
@@ -42,7 +46,7 @@ from .request import (
     start_state,
     write_state,
 )
-from .tiles import GramPlan, Operand, ProductPlan
+from .tiles import GramPlan, Operand, ProductPlan, check_positive
 from .workdir import STAGED_OUTPUT, finished_tiles, output_lock, running_flops
 from .writer import YWriter, link_into_place
 
@@ -99,7 +103,7 @@ class GramResult:
     seconds : float
         Wall time of the run (from the start of the tasks to Y complete).
     compute_seconds : float
-        Wall time of the Spark job.
+        Wall time of the tiles' computation (the Spark job, or the run in this process).
     write_seconds : float
         Wall time of the final write of Y after the Spark job.
     task_stats : list of dict
@@ -118,6 +122,10 @@ class GramResult:
     note: str = ""
 
     @property
+    def _computed_by(self) -> str:
+        return "tiles computed in this process in" if self.plan.in_process else "Spark job"
+
+    @property
     def gflops(self) -> float:
         """GFLOP/s of this run's tiles over its whole wall time."""
         flops = sum(s["flops"] for s in self.task_stats)
@@ -131,7 +139,8 @@ class GramResult:
         comp = sum(s["compute_s"] for s in self.task_stats)
         return (f"wrote {self.output} in {self.seconds:.2f} s ({self.gflops:.1f} GFLOP/s): "
                 f"tiles computed {len(self.computed)}, reused {len(self.reused)}, total "
-                f"{len(self.plan.tiles)}; Spark job {self.compute_seconds:.2f} s, final write "
+                f"{len(self.plan.tiles)}; {self._computed_by} {self.compute_seconds:.2f} s, "
+                f"final write "
                 f"{self.write_seconds:.2f} s; task time reading {read:.1f} s, BLAS {comp:.1f} s")
 
     def to_dict(self) -> dict:
@@ -155,8 +164,9 @@ class OocRun:
 
     Parameters
     ----------
-    sc : pyspark.SparkContext
-        The context the tasks run on.
+    sc : pyspark.SparkContext or None
+        The context the tasks run on; None computes the tiles in this process (the plan's
+        runner is then ``"local"``).
     request : OocRequest
         The validated request; its output's lock must be held.
     plan : GramPlan or ProductPlan
@@ -187,6 +197,7 @@ class OocRun:
         self._start = 0.0
         self._last_report = -math.inf
         self._reported_done = -1
+        self._stop = threading.Event()  # asks a run in this process to stop after its slab
 
     def run(self) -> GramResult:
         """Compute, write and put Y in place; remove the work folder. Call once."""
@@ -240,29 +251,55 @@ class OocRun:
             return ops[0], dataclasses.replace(ops[0], transposed=not ops[0].transposed)
         return ops
 
-    def _tasks(self):
-        """The RDD of the missing tiles' tasks, one tile per partition."""
+    def _task_arguments(self) -> dict:
+        """The keyword arguments of every tile's :func:`compute_tile`."""
+        return dict(operands=self._operands(), dtype=self.plan.dtype, slab=self.plan.slab,
+                    threads=self.plan.threads_per_task, work_dir=self.request.work_dir,
+                    cache_bytes=self.plan.dataset_cache_bytes)
+
+    def _compute_tiles(self) -> list[dict]:
+        """Compute the missing tiles (in the background thread); return their task stats."""
         todo = list(self.plan.todo)
-        compute = functools.partial(
-            compute_tile, operands=self._operands(), dtype=self.plan.dtype,
-            slab=self.plan.slab, threads=self.plan.threads_per_task,
-            work_dir=self.request.work_dir, cache_bytes=self.plan.dataset_cache_bytes)
-        return self.sc.parallelize(todo, len(todo)).map(compute)
+        if self.sc is None:
+            return self._compute_here(todo)
+        compute = functools.partial(compute_tile, **self._task_arguments())
+        description = f"{self.request.kind}: {len(todo)} tiles of {self.request.input_location}"
+        return _collect(self.sc.parallelize(todo, len(todo)).map(compute), description)
+
+    def _compute_here(self, todo) -> list[dict]:
+        """The tiles one after another in this process, every core on each, reading ahead.
+
+        Stops at the first tile that could not be computed (its error is in its stats), and
+        after the current slab when :meth:`_cancel` is called.
+        """
+        compute = functools.partial(compute_tile, **self._task_arguments(), prefetch=True,
+                                    stop=self._stop)
+        stats = []
+        for tile in todo:
+            stats.append(compute(tile))
+            if "error" in stats[-1]:
+                break
+        return stats
+
+    def _cancel(self) -> None:
+        """Stop the tiles' computation; the pool's shutdown then waits for its end."""
+        if self.sc is None:
+            self._stop.set()
+        else:
+            self.sc.cancelAllJobs()
 
     def _compute(self) -> list[dict]:
-        """Run the Spark job of the missing tiles while watching it; return its task stats."""
+        """Compute the missing tiles while watching them; return their task stats."""
         if not self.plan.todo:
             return []
         self.request.check_inputs_unchanged()
-        description = (f"{self.request.kind}: {len(self.plan.todo)} tiles of "
-                       f"{self.request.input_location}")
         with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ooc-job") as pool:
-            job = pool.submit(_collect, self._tasks(), description)
+            job = pool.submit(self._compute_tiles)
             try:
                 self._watch(job)
             except BaseException:
                 if not job.done():
-                    self.sc.cancelAllJobs()  # the pool's shutdown then waits for the job's end
+                    self._cancel()
                 raise
             try:
                 stats = job.result()
@@ -406,16 +443,11 @@ class ZarrOocRun(OocRun):
         self.work.remove()
         return result
 
-    def _tasks(self):
-        """The RDD of the missing tiles' tasks, each writing its tile into the staging array."""
-        todo = list(self.plan.todo)
-        compute = functools.partial(
-            compute_tile, operands=self._operands(), dtype=self.plan.dtype,
-            slab=self.plan.slab, threads=self.plan.threads_per_task,
-            work_dir=self.work.local_dir, cache_bytes=self.plan.dataset_cache_bytes,
-            zarr_output=self.staged.staging_url, zarr_marks=self.work.url,
-            symmetric=self.plan.symmetric)
-        return self.sc.parallelize(todo, len(todo)).map(compute)
+    def _task_arguments(self) -> dict:
+        """Every tile's arguments: its task writes the tile into the staging array."""
+        return {**super()._task_arguments(), "work_dir": self.work.local_dir,
+                "zarr_output": self.staged.staging_url, "zarr_marks": self.work.url,
+                "symmetric": self.plan.symmetric}
 
     def _watch(self, job: futures.Future) -> None:
         """Until ``job`` ends: record the tiles whose marks appeared, report progress."""
@@ -510,13 +542,15 @@ def spark_slots(sc) -> tuple[int, int]:
 
 
 def run_request(sc, request: OocRequest, progress: Callable[[GramProgress], None] | None = None,
-                on_plan: Callable | None = None, progress_interval: float = 5.0) -> GramResult:
+                on_plan: Callable | None = None, progress_interval: float = 5.0,
+                cores: int | None = None) -> GramResult:
     """Run a checked request: take the output's lock, plan, start the state, run, clean up.
 
     Parameters
     ----------
-    sc : pyspark.SparkContext
+    sc : pyspark.SparkContext or None
         Its task slots and ``spark.task.cpus`` set the tasks at once and their BLAS threads.
+        None computes the tiles in this process, one at a time on ``cores`` BLAS threads.
     request : OocRequest
         From :func:`~blockmatrix.ooc.request.check_gram_request` or
         :func:`~blockmatrix.ooc.request.check_matmul_request`.
@@ -527,17 +561,22 @@ def run_request(sc, request: OocRequest, progress: Callable[[GramProgress], None
         Called with the plan before any task starts.
     progress_interval : float
         Seconds between progress reports.
+    cores : int, optional
+        With ``sc`` None: BLAS threads (default :func:`usable_cores`).
 
     Returns
     -------
     GramResult
     """
-    slots, threads = spark_slots(sc)
+    if sc is None:
+        slots, threads, runner = 1, check_positive(cores or usable_cores(), "cores"), "local"
+    else:
+        (slots, threads), runner = spark_slots(sc), "spark"
     job = "gram" if request.symmetric else "out-of-core multiply"
     guard = (output_lock(request.lock_path, request.output_path, job=job)
              if request.lock_path else contextlib.nullcontext())
     with guard:
-        plan = plan_request(request, slots, threads)
+        plan = plan_request(request, slots, threads, runner)
         if request.complete:
             return GramResult(plan=plan, output=request.output_location, complete=True,
                               note=request.note)

@@ -30,6 +30,8 @@ __all__ = [
     "DEFAULT_TASK_BUDGET_BYTES",
     "DEFAULT_TILE",
     "IMBALANCE_GOAL",
+    "LOCAL_BUDGET_BYTES",
+    "RUNNERS",
     "GramPlan",
     "GramTile",
     "Operand",
@@ -56,6 +58,13 @@ DEFAULT_SLAB = 2000
 #: Default memory budget of one task's data (accumulator and slab buffers): what the default
 #: tile and slab of float64 take, so that a balanced tile never needs more than they did.
 DEFAULT_TASK_BUDGET_BYTES = (DEFAULT_TILE ** 2 + 2 * DEFAULT_TILE * DEFAULT_SLAB) * 8
+#: Memory budget of the one tile a run in this process computes at a time (``runner="local"``):
+#: what two tasks of the default budget hold, so that on two cores both runners hold about the
+#: same arrays, the local one without a JVM and worker processes beside them.
+LOCAL_BUDGET_BYTES = 2 * DEFAULT_TASK_BUDGET_BYTES
+#: Where the tiles of a run are computed: Spark tasks, or this process (one tile at a time,
+#: every core on its BLAS, the next slabs read while BLAS runs).
+RUNNERS = ("spark", "local")
 #: The busiest core may carry at most this multiple of the mean work (balanced tiles).
 IMBALANCE_GOAL = 1.15
 #: Smallest tile the balancer proposes: below it per-task overheads and re-reads dominate.
@@ -232,11 +241,15 @@ class TilePlan:
     slab : int
         Elements of the inner dimension read per step (aligned to the operands' chunks).
     concurrent_tasks, threads_per_task : int
-        Spark task slots and BLAS threads per task (``spark.task.cpus``).
+        Spark task slots and BLAS threads per task (``spark.task.cpus``); 1 and the cores for
+        a run in this process.
     tiles : tuple of Tile
         Every tile computed, in submission order.
     done : frozenset of (int, int)
         Tiles already finished by an interrupted run (not computed again).
+    runner : {"spark", "local"}
+        Spark tasks, or this process: one tile at a time, its next slabs read into a second
+        pair of buffers while BLAS runs.
     """
 
     dtype: str
@@ -245,6 +258,7 @@ class TilePlan:
     threads_per_task: int
     tiles: tuple[Tile, ...]
     done: frozenset = field(default_factory=frozenset)
+    runner: str = "spark"
 
     #: Whether the output is symmetric (only tiles on or above the diagonal are computed).
     symmetric = False
@@ -258,6 +272,16 @@ class TilePlan:
     def task_bytes(self) -> int:
         """Predicted peak memory of one task (accumulator, slab buffers, chunk caches)."""
         raise NotImplementedError
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the tiles are computed in this process (no Spark), with read-ahead."""
+        return self.runner == "local"
+
+    @property
+    def slab_pairs(self) -> int:
+        """Pairs of slab buffers a task holds: two when it reads ahead."""
+        return 2 if self.in_process else 1
 
     @property
     def itemsize(self) -> int:
@@ -296,35 +320,50 @@ class TilePlan:
 
     @property
     def worker_bytes(self) -> int:
-        """Predicted peak resident memory of one Python worker process."""
-        return WORKER_BASE_BYTES + self.task_bytes
+        """Predicted peak resident memory of one Python worker process (none in process)."""
+        return 0 if self.in_process else WORKER_BASE_BYTES + self.task_bytes
 
     @property
     def driver_bytes(self) -> int:
-        """Predicted peak resident memory of the Python driver (the single writer)."""
-        return DRIVER_BASE_BYTES + 3 * WRITE_BAND_BYTES
+        """Predicted peak resident memory of the Python driver (the single writer).
+
+        In process it also computes the tiles, one at a time.
+        """
+        own = self.task_bytes if self.in_process else 0
+        return DRIVER_BASE_BYTES + 3 * WRITE_BAND_BYTES + own
 
     @property
     def total_bytes(self) -> int:
         """Predicted peak resident memory of all processes: JVM, driver, daemon, workers.
 
         A worker per task slot that has a tile to compute: fewer tiles than slots start
-        fewer workers.
+        fewer workers. In process, the driver alone.
         """
+        if self.in_process:
+            return self.driver_bytes
         workers = min(self.concurrent_tasks, max(1, len(self.tiles)))
         return JVM_BYTES + self.driver_bytes + DAEMON_BYTES + workers * self.worker_bytes
 
     def _run_lines(self, tile_bytes: int, slab_bytes: int) -> list[str]:
         """The printed lines on tasks, memory and scratch (the same for both kinds)."""
         mib = 2**20
+        parts = (f"tile {tile_bytes / mib:,.0f} + slabs {slab_bytes / mib:,.0f} + chunk cache "
+                 f"{self.cache_bytes / mib:,.0f}")
+        if self.in_process:
+            tasks = (f"  tasks      in this process, no Spark: one tile at a time x "
+                     f"{self.threads_per_task} BLAS thread(s), the next slabs read while BLAS "
+                     f"runs")
+            memory = (f"  memory     per tile {self.task_bytes / mib:,.0f} MiB ({parts}); this "
+                      f"process {self.driver_bytes / mib:,.0f}")
+        else:
+            tasks = (f"  tasks      {self.concurrent_tasks} at once x {self.threads_per_task} "
+                     f"BLAS thread(s)")
+            memory = (f"  memory     per task {self.task_bytes / mib:,.0f} MiB ({parts}); worker "
+                      f"{self.worker_bytes / mib:,.0f}, driver {self.driver_bytes / mib:,.0f}, "
+                      f"JVM {JVM_BYTES / mib:,.0f}, daemon {DAEMON_BYTES / mib:,.0f}")
         return [
-            f"  tasks      {self.concurrent_tasks} at once x {self.threads_per_task} BLAS "
-            f"thread(s)",
-            f"  memory     per task {self.task_bytes / mib:,.0f} MiB (tile "
-            f"{tile_bytes / mib:,.0f} + slabs {slab_bytes / mib:,.0f} + chunk cache "
-            f"{self.cache_bytes / mib:,.0f}); worker {self.worker_bytes / mib:,.0f}, driver "
-            f"{self.driver_bytes / mib:,.0f}, JVM {JVM_BYTES / mib:,.0f}, daemon "
-            f"{DAEMON_BYTES / mib:,.0f}",
+            tasks,
+            memory,
             f"  predicted peak resident memory of all processes: "
             f"{self.total_bytes / mib:,.0f} MiB (independent of k)",
             f"  scratch    {self.scratch_bytes / mib:,.0f} MiB of finished tiles beside the "
@@ -393,9 +432,9 @@ class GramPlan(TilePlan):
 
     @property
     def task_bytes(self) -> int:
-        """Predicted peak memory of one task: accumulator, two slab buffers, chunk cache."""
+        """Predicted peak memory of one task: accumulator, slab buffers, chunk cache."""
         t, b = self.tile_rows, self.itemsize
-        return t * t * b + 2 * t * self.slab * b + self.cache_bytes
+        return t * t * b + 2 * self.slab_pairs * t * self.slab * b + self.cache_bytes
 
     @property
     def scratch_bytes(self) -> int:
@@ -423,13 +462,14 @@ class GramPlan(TilePlan):
             f"  reads      {self.read_bytes / mib:,.0f} MiB of X "
             f"({self.read_bytes / max(1, self.x_bytes):.2f} x X)",
         ]
-        return "\n".join(lines + self._run_lines(t * t * b, 2 * t * self.slab * b))
+        return "\n".join(lines + self._run_lines(t * t * b,
+                                                 2 * self.slab_pairs * t * self.slab * b))
 
 
 def plan_gram(shape: tuple[int, int], dtype, tile: int = DEFAULT_TILE,
               slab: int = DEFAULT_SLAB, concurrent_tasks: int = 2, threads_per_task: int = 1,
               chunks: tuple[int, int] | None = None,
-              done: frozenset | set = frozenset()) -> GramPlan:
+              done: frozenset | set = frozenset(), runner: str = "spark") -> GramPlan:
     """Plan Y = X X^T from X's shape, dtype and chunking and the two size flags.
 
     Parameters
@@ -451,6 +491,9 @@ def plan_gram(shape: tuple[int, int], dtype, tile: int = DEFAULT_TILE,
         X's chunk shape; ``None`` for contiguous storage.
     done : set of (int, int)
         Tiles already finished.
+    runner : {"spark", "local"}
+        Spark tasks, or this process (one tile at a time, reading ahead: its balanced tile
+        fits :data:`LOCAL_BUDGET_BYTES` with two pairs of slab buffers).
 
     Returns
     -------
@@ -469,16 +512,39 @@ def plan_gram(shape: tuple[int, int], dtype, tile: int = DEFAULT_TILE,
     slab = check_positive(slab, "slab")
     concurrent_tasks = check_positive(concurrent_tasks, "concurrent_tasks")
     threads_per_task = check_positive(threads_per_task, "threads_per_task")
+    runner = check_runner(runner)
     n, k = (int(s) for s in shape)
     if tile is None:
-        tile = balanced_gram_tile(n, concurrent_tasks, effective_slab(slab, k, chunks),
-                                  np.dtype(dtype).itemsize)
+        width, budget = _sizing(runner, effective_slab(slab, k, chunks))
+        tile = balanced_gram_tile(n, concurrent_tasks, width, np.dtype(dtype).itemsize, budget)
     tile = check_positive(tile, "tile")
     return GramPlan(shape=(n, k), dtype=np.dtype(dtype).name, tile=tile,
                     slab=effective_slab(slab, k, chunks), concurrent_tasks=concurrent_tasks,
                     threads_per_task=threads_per_task,
                     chunks=tuple(chunks) if chunks is not None else None,
-                    tiles=tuple(make_tiles(n, tile)), done=frozenset(done))
+                    tiles=tuple(make_tiles(n, tile)), done=frozenset(done), runner=runner)
+
+
+def check_runner(runner: str) -> str:
+    """``runner`` if it is one of :data:`RUNNERS`, else InvalidParameterError."""
+    if runner not in RUNNERS:
+        from ..errors import InvalidParameterError
+
+        raise InvalidParameterError(
+            f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}: pass runner='local' "
+            f"to compute the tiles in this process, or 'spark' for Spark tasks")
+    return runner
+
+
+def _sizing(runner: str, slab: int) -> tuple[int, int]:
+    """``(slab width, budget)`` a balanced tile is sized with.
+
+    A run in process reads ahead into a second pair of slab buffers: it sizes its tile as if
+    the slab were twice as wide, within :data:`LOCAL_BUDGET_BYTES`.
+    """
+    if runner == "local":
+        return 2 * slab, LOCAL_BUDGET_BYTES
+    return slab, DEFAULT_TASK_BUDGET_BYTES
 
 
 def check_positive(value, name: str) -> int:
@@ -815,9 +881,10 @@ class ProductPlan(TilePlan):
 
     @property
     def task_bytes(self) -> int:
-        """Predicted peak memory of one task: accumulator, two slab buffers, chunk caches."""
+        """Predicted peak memory of one task: accumulator, slab buffers, chunk caches."""
         rows, cols = self._tile_shape
-        return (rows * cols + (rows + cols) * self.slab) * self.itemsize + self.cache_bytes
+        slabs = self.slab_pairs * (rows + cols) * self.slab
+        return (rows * cols + slabs) * self.itemsize + self.cache_bytes
 
     @property
     def scratch_bytes(self) -> int:
@@ -844,14 +911,15 @@ class ProductPlan(TilePlan):
             f"({self.read_bytes / max(1, self.a_bytes + self.b_bytes):.2f} x A + B)",
         ]
         b = self.itemsize
-        return "\n".join(lines + self._run_lines(rows * cols * b, (rows + cols) * self.slab * b))
+        return "\n".join(lines + self._run_lines(
+            rows * cols * b, self.slab_pairs * (rows + cols) * self.slab * b))
 
 
 def plan_product(shape: tuple[int, int, int], dtype, tile: int | tuple[int, int] | None = None,
                  slab: int = DEFAULT_SLAB, concurrent_tasks: int = 2,
                  threads_per_task: int = 1, a_chunks=None, b_chunks=None,
                  done: frozenset | set = frozenset(),
-                 budget_bytes: int = DEFAULT_TASK_BUDGET_BYTES) -> ProductPlan:
+                 budget_bytes: int | None = None, runner: str = "spark") -> ProductPlan:
     """Plan ``C = A @ B`` from the shapes, dtype, chunking and the two size flags.
 
     Parameters
@@ -871,8 +939,12 @@ def plan_product(shape: tuple[int, int, int], dtype, tile: int | tuple[int, int]
         Chunk shapes oriented as the operands.
     done : set of (int, int)
         Tiles already finished.
-    budget_bytes : int
-        Memory a task's accumulator and slabs may take, for the balanced tile.
+    budget_bytes : int, optional
+        Memory a task's accumulator and slabs may take, for the balanced tile (default
+        :data:`DEFAULT_TASK_BUDGET_BYTES`, or :data:`LOCAL_BUDGET_BYTES` in process).
+    runner : {"spark", "local"}
+        Spark tasks, or this process (one tile at a time, reading ahead into a second pair of
+        slab buffers).
 
     Examples
     --------
@@ -890,14 +962,18 @@ def plan_product(shape: tuple[int, int, int], dtype, tile: int | tuple[int, int]
     b_chunks = tuple(b_chunks) if b_chunks is not None else None
     slab = product_slab(slab, k, a_chunks, b_chunks)
     itemsize = np.dtype(dtype).itemsize
+    runner = check_runner(runner)
     if tile is None:
-        tile = balanced_product_tile(m, p, concurrent_tasks, slab, itemsize, budget_bytes)
+        width, budget = _sizing(runner, slab)
+        tile = balanced_product_tile(m, p, concurrent_tasks, width, itemsize,
+                                     budget if budget_bytes is None else budget_bytes)
     rows, cols = (tile, tile) if not isinstance(tile, tuple) else tile
     rows, cols = check_positive(rows, "tile"), check_positive(cols, "tile")
     return ProductPlan(shape=(m, k, p), dtype=np.dtype(dtype).name, tile_rows=rows,
                        tile_cols=cols, slab=slab, concurrent_tasks=concurrent_tasks,
                        threads_per_task=threads_per_task, a_chunks=a_chunks, b_chunks=b_chunks,
-                       tiles=tuple(make_product_tiles(m, p, rows, cols)), done=frozenset(done))
+                       tiles=tuple(make_product_tiles(m, p, rows, cols)), done=frozenset(done),
+                       runner=runner)
 
 
 # ------------------------------------------------------------------------- Zarr sizes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # isort: off
 # Each module registers itself on import; this order is the registry's (reports, tie-breaks).
-from . import inner, outer, pasa, broadcast, cuboid, ooc, auto  # noqa: F401
+from . import inner, outer, pasa, broadcast, cuboid, ooc, driver, auto  # noqa: F401
 # isort: on
 from .registry import (
     STRATEGIES,
