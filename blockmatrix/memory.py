@@ -40,6 +40,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import InsufficientMemoryError
+from .sparkconf import is_local_master
 from .units import format_bytes, parse_memory
 
 #: Heap the JVM keeps for Spark itself (Spark's ``RESERVED_SYSTEM_MEMORY_BYTES``).
@@ -98,7 +99,7 @@ class MemoryConf:
         def get(key):
             return conf.get(key, None) or SPARK_DEFAULTS.get(key)
 
-        return cls(local=(conf.get("spark.master", "") or "").startswith("local"),
+        return cls(local=is_local_master(conf),
                    driver_bytes=parse_memory(get("spark.driver.memory")),
                    max_result_bytes=parse_memory(get("spark.driver.maxResultSize")),
                    memory_fraction=float(get("spark.memory.fraction")))

@@ -29,14 +29,22 @@ def worker_buffer_bytes(sc) -> int:
     return parse_memory(value) if value else DEFAULT_TASK_BUFFER_BYTES
 
 
+def is_local_master(conf) -> bool:
+    """Whether ``conf`` (a SparkConf, or anything with its ``get``) names a local master.
+
+    >>> is_local_master({"spark.master": "local[2]"}), is_local_master({})
+    (True, False)
+    """
+    return (conf.get("spark.master", "") or "").startswith("local")
+
+
 def default_memory_budget(sc) -> int:
     """A quarter of ``spark.executor.memory`` (``spark.driver.memory`` in local mode), in bytes.
 
     Spark's own default for either setting is 1g, giving 256 MiB.
     """
     conf = sc.getConf()
-    local = (conf.get("spark.master", "") or "").startswith("local")
-    setting = "spark.driver.memory" if local else "spark.executor.memory"
+    setting = "spark.driver.memory" if is_local_master(conf) else "spark.executor.memory"
     return int(parse_memory(conf.get(setting, "1g") or "1g") * BUDGET_FRACTION)
 
 
@@ -61,7 +69,7 @@ def driver_memory(sc) -> int | None:
     holds the operands and C while the tasks that read C back run beside it. On a cluster
     master the executors' cores are not the driver's, and the ``driver`` strategy is off.
     """
-    if not (sc.getConf().get("spark.master", "") or "").startswith("local"):
+    if not is_local_master(sc.getConf()):
         return None
     return available_memory() // 2
 
@@ -102,6 +110,6 @@ def local_spill_folder(sc) -> str | None:
     executors' folders are on other machines.
     """
     conf = sc.getConf()
-    if not (conf.get("spark.master", "") or "").startswith("local"):
+    if not is_local_master(conf):
         return None
     return local_spill_dir(conf.get("spark.local.dir", None))

@@ -112,6 +112,7 @@ def takes(strategy: str, source: str) -> bool:
     registered = strategies.STRATEGIES.get(strategy)
     return registered is None or registered.selector or source in registered.operand_sources
 
+
 #: Where the CPU time goes, by kind of process (``TreePeakRSS.cpu_seconds_by_kind``).
 CPU_KINDS = ("jvm", "python workers", "python")
 

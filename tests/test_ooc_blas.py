@@ -2,9 +2,9 @@
 
 import threading
 
-import h5py
 import numpy as np
 import pytest
+from test_ooc_matmul import write
 
 from blockmatrix.errors import TaskReadError
 from blockmatrix.ooc import blas
@@ -96,11 +96,6 @@ def test_blas_lets_other_threads_run():
 
 
 # ---------------------------------------------------------------- slabs read while BLAS runs
-
-def write(path, name, array, chunks=None):
-    with h5py.File(path, "a") as f:
-        f.create_dataset(name, data=array, chunks=chunks)
-
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("slab", [7, 40, 100])

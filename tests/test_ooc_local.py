@@ -8,6 +8,8 @@ the Spark runner's own (tests/test_gram.py, tests/test_ooc_matmul.py).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -102,6 +104,13 @@ def test_an_in_process_gram_tile_fits_its_budget_with_read_ahead():
     assert wide.total_bytes == plan.total_bytes
 
 
+def test_zero_cores_is_refused_before_anything_is_written(tmp_path):
+    write_x(tmp_path / "x.h5", (20, 30))
+    with pytest.raises(InvalidParameterError, match="cores must be a positive integer, got 0"):
+        gram_hdf5(None, str(tmp_path / "x.h5"), "/X", str(tmp_path / "y.h5"), "/Y", cores=0)
+    assert not (tmp_path / "y.h5").exists()
+
+
 def test_an_unknown_runner_is_refused():
     with pytest.raises(InvalidParameterError, match="runner must be one of spark, local"):
         plan_gram((10, 10), "float64", runner="threads")
@@ -179,9 +188,6 @@ def test_the_jobs_peak_memory_does_not_grow_with_the_inner_dimension(tmp_path):
 
     Measured (not timed): the job runs in its own process, its whole tree sampled at 50 Hz.
     """
-    import subprocess
-    import sys
-
     sys.path.insert(0, str(REPO / "jobs"))  # the benchmark plumbing lives with the jobs
     from _support.memory import TreePeakRSS
 

@@ -18,7 +18,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["gemm", "kernels", "syrk"]
+__all__ = ["gemm", "syrk"]
 
 #: The one-letter arguments, kept alive for the module's life (BLAS reads them by address).
 _LETTERS = {letter: ctypes.create_string_buffer(letter) for letter in (b"N", b"T", b"U")}
@@ -129,8 +129,3 @@ def syrk(alpha: float, a: np.ndarray, c: np.ndarray, trans: int = 0) -> np.ndarr
         _letter(True, b"U"), _letter(trans, b"T"), _ref(n_), _ref(k_), _ref(alpha_),
         a.ctypes.data, _ref(lda), _ref(beta_), c.ctypes.data, _ref(ldc))
     return c
-
-
-def kernels():
-    """``(syrk, gemm)``, the pair :func:`~blockmatrix.ooc.kernels.accumulate_slabs` calls."""
-    return syrk, gemm

@@ -569,7 +569,8 @@ def run_request(sc, request: OocRequest, progress: Callable[[GramProgress], None
     GramResult
     """
     if sc is None:
-        slots, threads, runner = 1, check_positive(cores or usable_cores(), "cores"), "local"
+        threads = usable_cores() if cores is None else check_positive(cores, "cores")
+        slots, runner = 1, "local"
     else:
         (slots, threads), runner = spark_slots(sc), "spark"
     job = "gram" if request.symmetric else "out-of-core multiply"

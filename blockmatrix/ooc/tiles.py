@@ -284,6 +284,11 @@ class TilePlan:
         return 2 if self.in_process else 1
 
     @property
+    def slab_bytes(self) -> int:
+        """Slab buffers of one task (both operands, every pair)."""
+        raise NotImplementedError
+
+    @property
     def itemsize(self) -> int:
         """Bytes per element."""
         return np.dtype(self.dtype).itemsize
@@ -344,11 +349,11 @@ class TilePlan:
         workers = min(self.concurrent_tasks, max(1, len(self.tiles)))
         return JVM_BYTES + self.driver_bytes + DAEMON_BYTES + workers * self.worker_bytes
 
-    def _run_lines(self, tile_bytes: int, slab_bytes: int) -> list[str]:
+    def _run_lines(self, tile_bytes: int) -> list[str]:
         """The printed lines on tasks, memory and scratch (the same for both kinds)."""
         mib = 2**20
-        parts = (f"tile {tile_bytes / mib:,.0f} + slabs {slab_bytes / mib:,.0f} + chunk cache "
-                 f"{self.cache_bytes / mib:,.0f}")
+        parts = (f"tile {tile_bytes / mib:,.0f} + slabs {self.slab_bytes / mib:,.0f} + chunk "
+                 f"cache {self.cache_bytes / mib:,.0f}")
         if self.in_process:
             tasks = (f"  tasks      in this process, no Spark: one tile at a time x "
                      f"{self.threads_per_task} BLAS thread(s), the next slabs read while BLAS "
@@ -433,8 +438,13 @@ class GramPlan(TilePlan):
     @property
     def task_bytes(self) -> int:
         """Predicted peak memory of one task: accumulator, slab buffers, chunk cache."""
-        t, b = self.tile_rows, self.itemsize
-        return t * t * b + 2 * self.slab_pairs * t * self.slab * b + self.cache_bytes
+        t = self.tile_rows
+        return t * t * self.itemsize + self.slab_bytes + self.cache_bytes
+
+    @property
+    def slab_bytes(self) -> int:
+        """Slab buffers of one task: a row block of X on each side, per pair."""
+        return 2 * self.slab_pairs * self.tile_rows * self.slab * self.itemsize
 
     @property
     def scratch_bytes(self) -> int:
@@ -462,8 +472,7 @@ class GramPlan(TilePlan):
             f"  reads      {self.read_bytes / mib:,.0f} MiB of X "
             f"({self.read_bytes / max(1, self.x_bytes):.2f} x X)",
         ]
-        return "\n".join(lines + self._run_lines(t * t * b,
-                                                 2 * self.slab_pairs * t * self.slab * b))
+        return "\n".join(lines + self._run_lines(t * t * b))
 
 
 def plan_gram(shape: tuple[int, int], dtype, tile: int = DEFAULT_TILE,
@@ -883,8 +892,13 @@ class ProductPlan(TilePlan):
     def task_bytes(self) -> int:
         """Predicted peak memory of one task: accumulator, slab buffers, chunk caches."""
         rows, cols = self._tile_shape
-        slabs = self.slab_pairs * (rows + cols) * self.slab
-        return (rows * cols + slabs) * self.itemsize + self.cache_bytes
+        return rows * cols * self.itemsize + self.slab_bytes + self.cache_bytes
+
+    @property
+    def slab_bytes(self) -> int:
+        """Slab buffers of one task: A's row block and B's column block, per pair."""
+        rows, cols = self._tile_shape
+        return self.slab_pairs * (rows + cols) * self.slab * self.itemsize
 
     @property
     def scratch_bytes(self) -> int:
@@ -911,8 +925,7 @@ class ProductPlan(TilePlan):
             f"({self.read_bytes / max(1, self.a_bytes + self.b_bytes):.2f} x A + B)",
         ]
         b = self.itemsize
-        return "\n".join(lines + self._run_lines(
-            rows * cols * b, self.slab_pairs * (rows + cols) * self.slab * b))
+        return "\n".join(lines + self._run_lines(rows * cols * b))
 
 
 def plan_product(shape: tuple[int, int, int], dtype, tile: int | tuple[int, int] | None = None,

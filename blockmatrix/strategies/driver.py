@@ -149,9 +149,7 @@ class DriverPlan(MultiplyPlan):
         """C's layout once executed, with C as its source (the driver holds it)."""
         if self.product.array is None:
             return None
-        shell = shape_only(self.result_shape, self.left.rows_per_block,
-                           self.right.cols_per_block, self.product.array.dtype)
-        return BlockLayout(self.result_shape, shell.rows_per_block, shell.cols_per_block,
+        return BlockLayout(self.result_shape, self.left.rows_per_block, self.right.cols_per_block,
                            dict(self.product.block_nbytes), self.product.array.dtype,
                            num_partitions, {key: self.grid(key) for key in
                                             self.product.block_nbytes},
