@@ -10,8 +10,9 @@ lineage needs its broadcasts. A broadcast is not destroyed earlier: a product's 
 persisted or collected, may be computed again (a later use, a lost partition, a product that
 takes it as an operand), and that needs its broadcasts. The folders of blocks shuffled by
 reference (:func:`folder`, :mod:`blockmatrix.spilled`) go with the broadcasts, for the same
-reason. Outside :func:`collecting` (a strategy's ``execute`` called directly) these functions
-are Spark's own calls, and nothing is tracked.
+reason, and so do the in-memory files a local master's tasks read the driver's arrays from
+(:func:`memory_file`). Outside :func:`collecting` (a strategy's ``execute`` called directly)
+these functions are Spark's own calls, and nothing is tracked.
 
 Releases that garbage collection asks for are queued and carried out by the next call of
 :func:`release_pending` (every product and every exit calls it): a finalizer runs wherever
@@ -28,15 +29,20 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import shutil
 import threading
+import weakref
 
-__all__ = ["Held", "broadcast", "collecting", "folder", "persist", "release_later",
-           "release_pending"]
+__all__ = ["Held", "broadcast", "collecting", "folder", "memory_file", "persist",
+           "release_later", "release_pending"]
 
 _current: contextvars.ContextVar[Held | None] = contextvars.ContextVar("held", default=None)
 _pending: list[Held] = []
 _pending_lock = threading.Lock()
+
+#: Whether this platform has in-memory files (:func:`memory_file`): Linux.
+MEMORY_FILES = hasattr(os, "memfd_create")
 
 
 class Held:
@@ -49,6 +55,8 @@ class Held:
         Persisted by the strategy; not the product's own blocks.
     folders : list of str
         Folders of blocks the product's tasks wrote (:func:`folder`), removed on release.
+    descriptors : list of int
+        In-memory files the product's tasks read (:func:`memory_file`), closed on release.
     released : bool
         Whether :meth:`release` ran.
     """
@@ -57,10 +65,11 @@ class Held:
         self.broadcasts: list = []
         self.intermediates: list = []
         self.folders: list[str] = []
+        self.descriptors: list[int] = []
         self.released = False
 
     def __bool__(self) -> bool:
-        return bool(self.broadcasts or self.intermediates or self.folders)
+        return bool(self.broadcasts or self.intermediates or self.folders or self.descriptors)
 
     def __repr__(self) -> str:
         state = "released" if self.released else "held"
@@ -87,6 +96,10 @@ class Held:
         for path in self.folders:
             shutil.rmtree(path, ignore_errors=True)
         self.folders.clear()
+        for fd in self.descriptors:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.descriptors.clear()
         self.released = True
 
 
@@ -167,6 +180,46 @@ def folder(parent: str) -> str:
     if held is not None:
         held.folders.append(path)
     return path
+
+
+def memory_file(nbytes: int):
+    """A new anonymous in-memory file of ``nbytes`` zero bytes, mapped; or None.
+
+    Linux's ``memfd_create``: the file lives in memory, not on a disk (no write-back, no size
+    limit of ``/dev/shm``), and goes when its last descriptor and mapping do, so a killed
+    driver leaves nothing behind. The tasks of a local master, on this machine, open it as
+    ``/proc/<pid>/fd/<fd>`` (:func:`blockmatrix.spilled.memory_file_path`). The
+    :class:`Held` being collected (if any) closes the descriptor with the product's
+    broadcasts; outside one it is closed when the mapping is garbage collected.
+
+    Parameters
+    ----------
+    nbytes : int
+        Its size, > 0.
+
+    Returns
+    -------
+    (int, mmap.mmap) or None
+        The descriptor and a shared, writable mapping of the whole file; None where the
+        platform has no ``memfd_create`` or the file could not be made (out of memory).
+    """
+    import mmap
+
+    if nbytes <= 0 or not MEMORY_FILES:
+        return None
+    fd = os.memfd_create("blockmatrix-driver-array", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, nbytes)
+        mapping = mmap.mmap(fd, nbytes)
+    except OSError:
+        os.close(fd)
+        return None
+    held = _current.get()
+    if held is not None:
+        held.descriptors.append(fd)
+    else:
+        weakref.finalize(mapping, os.close, fd)
+    return fd, mapping
 
 
 def release_later(held: Held) -> None:

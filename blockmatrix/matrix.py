@@ -423,14 +423,32 @@ class BlockMatrix:
         return cls(blocks, shape, rpb, cpb, dtype=dtype)
 
     # ------------------------------------------------------------------ exits
+    def _driver_array(self):
+        """The array the driver holds with this matrix's values, or None.
+
+        Set for ``from_numpy``/``from_scipy`` and ``driver`` products (and their transposes):
+        their blocks are slices of it.
+        """
+        layout = self._layout
+        if layout is None or layout.source_kind != "driver":
+            return None
+        source = layout.source
+        return source.array.T if source.transposed else source.array
+
     def to_numpy(self) -> np.ndarray:
         """Collect into a dense ndarray on the driver (absent blocks are zero).
 
         Refused before any job (:class:`~blockmatrix.errors.InsufficientMemoryError`) when
-        the driver is not configured to hold it (:mod:`blockmatrix.memory`).
+        the driver is not configured to hold it (:mod:`blockmatrix.memory`). A matrix whose
+        values the driver holds already (``from_numpy``, a ``driver`` product) is copied from
+        there, with no job.
         """
-        self._check_exit_memory(COLLECT)
         release_pending()
+        held_array = self._driver_array()
+        if held_array is not None:
+            dense = held_array.toarray() if sp.issparse(held_array) else held_array
+            return np.array(dense, dtype=self._layout.dtype, order="C")
+        self._check_exit_memory(COLLECT)
         items = self._blocks.collect()
         self._release_after_exit()
         if items:
@@ -445,8 +463,11 @@ class BlockMatrix:
 
     def to_scipy(self) -> sp.csr_matrix:
         """Collect into a scipy.sparse CSR matrix on the driver (checked as :meth:`to_numpy`)."""
-        self._check_exit_memory(COLLECT)
         release_pending()
+        held_array = self._driver_array()
+        if held_array is not None:
+            return sp.csr_matrix(held_array, dtype=self._layout.dtype, copy=True)
+        self._check_exit_memory(COLLECT)
         items = self._blocks.collect()
         self._release_after_exit()
         parts = []

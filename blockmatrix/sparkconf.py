@@ -23,9 +23,9 @@ DEFAULT_MEMORY_BUDGET_BYTES = 256 << 20
 BUDGET_FRACTION = 0.25
 
 
-def worker_buffer_bytes(sc) -> int:
-    """``spark.python.worker.memory`` of a context, in bytes (PySpark's default 512m)."""
-    value = sc.getConf().get("spark.python.worker.memory", None)
+def worker_buffer_bytes(conf) -> int:
+    """``spark.python.worker.memory`` of a SparkConf, in bytes (PySpark's default 512m)."""
+    value = conf.get("spark.python.worker.memory", None)
     return parse_memory(value) if value else DEFAULT_TASK_BUFFER_BYTES
 
 
@@ -38,12 +38,11 @@ def is_local_master(conf) -> bool:
     return (conf.get("spark.master", "") or "").startswith("local")
 
 
-def default_memory_budget(sc) -> int:
+def default_memory_budget(conf) -> int:
     """A quarter of ``spark.executor.memory`` (``spark.driver.memory`` in local mode), in bytes.
 
-    Spark's own default for either setting is 1g, giving 256 MiB.
+    Spark's own default for either setting is 1g, giving 256 MiB. ``conf``: a SparkConf.
     """
-    conf = sc.getConf()
     setting = "spark.driver.memory" if is_local_master(conf) else "spark.executor.memory"
     return int(parse_memory(conf.get(setting, "1g") or "1g") * BUDGET_FRACTION)
 
@@ -55,21 +54,24 @@ def multiply_defaults(sc) -> dict:
     ``reference_parent`` (:func:`reference_parent`) and ``driver_memory_bytes``
     (:func:`driver_memory`).
     """
-    return {"task_buffer_bytes": worker_buffer_bytes(sc),
-            "memory_budget_bytes": default_memory_budget(sc),
+    # One copy of the settings: each getConf() copies all of them over Py4J (12 ms here).
+    conf = sc.getConf()
+    return {"task_buffer_bytes": worker_buffer_bytes(conf),
+            "memory_budget_bytes": default_memory_budget(conf),
             "num_cores": sc.defaultParallelism,
-            "reference_parent": reference_parent(sc),
-            "driver_memory_bytes": driver_memory(sc)}
+            "reference_parent": reference_parent(conf),
+            "driver_memory_bytes": driver_memory(conf)}
 
 
-def driver_memory(sc) -> int | None:
+def driver_memory(conf) -> int | None:
     """Memory the driver may give a product it computes itself; None off a local master.
 
     Half the memory this machine has available now (:func:`available_memory`): the driver
     holds the operands and C while the tasks that read C back run beside it. On a cluster
     master the executors' cores are not the driver's, and the ``driver`` strategy is off.
+    ``conf``: a SparkConf.
     """
-    if not is_local_master(sc.getConf()):
+    if not is_local_master(conf):
         return None
     return available_memory() // 2
 
@@ -91,25 +93,23 @@ def available_memory() -> int:
 REFERENCE_DIR_CONF = "spark.blockmatrix.referenceDir"
 
 
-def reference_parent(sc) -> str | None:
+def reference_parent(conf) -> str | None:
     """Where tasks may write blocks shuffled by reference, or None when nowhere.
 
     :data:`REFERENCE_DIR_CONF` when set (a cluster's shared storage); else, for a local
     master, its spill folder (:func:`local_spill_folder`: every task runs on this machine);
-    else None.
+    else None. ``conf``: a SparkConf.
     """
-    configured = sc.getConf().get(REFERENCE_DIR_CONF, None)
-    return configured or local_spill_folder(sc)
+    return conf.get(REFERENCE_DIR_CONF, None) or local_spill_folder(conf)
 
 
-def local_spill_folder(sc) -> str | None:
+def local_spill_folder(conf) -> str | None:
     """The folder a local master's tasks write shuffle and spill files in, or None.
 
     ``SPARK_LOCAL_DIRS`` wins over ``spark.local.dir`` (as in Spark), the default is the
     temporary folder; the first of a comma-separated list. None for a cluster master: its
-    executors' folders are on other machines.
+    executors' folders are on other machines. ``conf``: a SparkConf.
     """
-    conf = sc.getConf()
     if not is_local_master(conf):
         return None
     return local_spill_dir(conf.get("spark.local.dir", None))

@@ -563,6 +563,26 @@ def add_ratios(rows: list[dict]) -> None:
         row["mllib_speedup"] = round(mllib / row["median_s"], 3) if mllib else None
 
 
+def blas_in_use() -> str:
+    """Which BLAS numpy runs, for the figures: ratios to MLlib (Java BLAS) depend on it.
+
+    ``OPENBLAS_CORETYPE`` in the environment overrides OpenBLAS's choice of kernels for the
+    CPU (on the reference machine, ``Haswell``'s AVX2 ran a float64 matmul at 100-110 GFLOP/s
+    on two cores against 155-180 with the AVX-512 kernels OpenBLAS picks there by itself).
+    Every contender here and in its child processes (numpy, the jobs, Spark's Python
+    workers) loads the same BLAS with the same environment; MLlib's JVM does not use it.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl is not installed)"
+    libraries = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}"
+                 for i in threadpool_info() if i.get("user_api") == "blas"]
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return (", ".join(libraries) or "none loaded") + (
+        f" (OPENBLAS_CORETYPE={forced} in the environment)" if forced else "")
+
+
 def warm_up(sc, contenders) -> None:
     """Start the Python workers and load every code path once, untimed."""
     a = np.arange(64.0).reshape(8, 8)
@@ -628,7 +648,9 @@ def main(argv=None) -> int:
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
             "repeats": args.repeats, "contenders": args.contenders, "quick": args.quick,
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "cases": [c.__dict__ for c in args.case_list]}
+            "numpy": np.__version__, "blas": blas_in_use(),
+            "cases": [c.__dict__ for c in args.case_list]}
+    print(f"BLAS: {meta['blas']}", flush=True)
     rows = []
     # Whole processes first, while this job has no JVM of its own taking memory.
     for case in file_cases:

@@ -96,7 +96,7 @@ def count_referenced_blocks(items):
 
 def shuffle_by_reference(sc, source, fanout: int) -> int:
     """The shuffle with blocks by reference, in a folder removed afterwards."""
-    folder = new_folder(reference_parent(sc))
+    folder = new_folder(reference_parent(sc.getConf()))
     try:
         return source.mapPartitionsWithIndex(partial(spill_partition, folder=folder)) \
             .flatMap(partial(fan_out, fanout=fanout)) \

@@ -165,8 +165,11 @@ def test_spilled_blocks_read_back_exactly(tmp_path):
                   block.toarray() if sp.issparse(block) else block)
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_broadcast_by_reference_writes_the_drivers_array_once(sc, transposed):
+def test_broadcast_by_reference_puts_the_drivers_array_in_a_file_once(sc, transposed, in_memory,
+                                                                       monkeypatch):
+    monkeypatch.setattr(held, "MEMORY_FILES", in_memory)  # False: a platform without memfd
     a, b = rng.standard_normal((50, 43)), rng.standard_normal((33, 43)).astype(np.float32)
     A = BlockMatrix.from_numpy(sc, a, 10, 10, num_partitions=2)
     B = BlockMatrix.from_numpy(sc, b if transposed else np.ascontiguousarray(b.T), 10, 10)
@@ -174,10 +177,29 @@ def test_broadcast_by_reference_writes_the_drivers_array_once(sc, transposed):
     C = A.multiply(B, "broadcast", by_reference=True)
     assert C.plan.delivery == "driver-file" and C.plan.broadcast_bytes == 0
     assert C.plan.spilled_bytes == C.plan.operand_bytes and C.plan.read_bytes > 0
-    assert "written once by the driver to a file every task reads" in C.plan.note
+    assert "put once by the driver in a file every task reads" in C.plan.note
     assert_eq(C.to_numpy(), a @ b.T.astype(np.float64))
-    (folder,) = C._held.folders
-    assert [name for name in os.listdir(folder) if name.startswith("driver-array-")]
+    if in_memory:  # a local master: the tasks read an in-memory file, nothing on disk
+        (fd,) = C._held.descriptors
+        assert not C._held.folders and os.fstat(fd).st_size == b.nbytes
+    else:
+        (folder,) = C._held.folders
+        assert [name for name in os.listdir(folder) if name.startswith("driver-array-")]
+
+
+def test_the_in_memory_file_lives_as_long_as_the_product(sc):
+    a = rng.standard_normal((40, 30))
+    A = BlockMatrix.from_numpy(sc, a, 10, 10)
+    C = A.multiply(A.T, "broadcast", by_reference=True)
+    assert_eq(C.to_numpy(), a @ a.T)
+    (fd,) = C._held.descriptors
+    path = f"/proc/{os.getpid()}/fd/{fd}"
+    assert os.path.exists(path)
+    kept = C._held
+    del C
+    gc.collect()
+    held.release_pending()
+    assert kept.released and not os.path.exists(path)
 
 
 def test_a_sparse_drivers_array_is_still_broadcast(sc):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from conftest import assert_eq
 
-from blockmatrix import BlockMatrix
+from blockmatrix import BlockMatrix, held
 from blockmatrix.cost import DEFAULT_RATES
 from blockmatrix.errors import InvalidParameterError
 from blockmatrix.layout import BlockLayout, product_keys
@@ -63,12 +64,28 @@ def test_a_transposed_operand_is_read_transposed(sc):
 
 
 def test_auto_computes_the_drivers_arrays_on_the_driver(sc):
-    a = rng.standard_normal((256, 256))
+    a = rng.standard_normal((256, 200))
     A = BlockMatrix.from_numpy(sc, a, 64, 64)
-    C = A.multiply(A, strategy="auto")
+    C = A.multiply(A.T, strategy="auto")
     assert C.plan.strategy == "driver", C.plan.reason
     assert {"driver", "broadcast", "inner"} <= {c.label for c in C.plan.candidates}
-    assert_eq(C.to_numpy(), a @ a)
+    assert_eq(C.to_numpy(), a @ a.T)
+    # BLAS wrote C into the in-memory file the tasks read (no other copy, nothing on disk).
+    (fd,) = C._held.descriptors
+    assert not C._held.folders and "in-memory file" in C.plan.note
+    held_c = C.layout().source.array
+    assert isinstance(held_c.base, mmap.mmap)  # the driver's C is the file's mapping
+    in_file = np.frombuffer(os.pread(fd, held_c.nbytes, 0), held_c.dtype).reshape(held_c.shape)
+    assert_eq(in_file, a @ a.T)
+
+
+def test_without_in_memory_files_c_is_written_to_a_folder_of_the_product(sc, monkeypatch):
+    monkeypatch.setattr(held, "MEMORY_FILES", False)  # a platform without memfd
+    a = rng.standard_normal((100, 70)).astype(np.float32)
+    A = BlockMatrix.from_numpy(sc, a, 32, 32)
+    C = A.multiply(A.T, strategy="driver")
+    assert C.plan.spilled_bytes == 100 * 100 * 4 and "written once to a file" in C.plan.note
+    assert_eq(C.to_numpy(), a @ a.T)
     (folder,) = C._held.folders  # C's file goes with the product
     assert [name for name in os.listdir(folder) if name.startswith("driver-array-")]
 
@@ -140,4 +157,34 @@ def test_planning_costs_one_multiply_on_every_core():
                                                              driver_memory_bytes=1 << 30))
     terms = plan.seconds_terms(2, DEFAULT_RATES)
     assert terms["driver multiply"] == pytest.approx(2 * 4096**3 / 40e9 / 2)
-    assert plan.num_shuffles == 0 and plan.spilled_bytes == 4096 * 4096 * 8
+    c_bytes = 4096 * 4096 * 8
+    # BLAS writes C into an in-memory file: the tasks only read it (and, without one, C is
+    # first written to disk).
+    assert plan.num_shuffles == 0 and plan.read_bytes == c_bytes
+    assert plan.spilled_bytes == (0 if held.MEMORY_FILES else c_bytes)
+    assert terms["C to the tasks"] == pytest.approx(
+        (c_bytes + plan.spilled_bytes) / (DEFAULT_RATES.disk_bytes_per_core_s * 2))
+
+
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_values_the_driver_holds_are_copied_out_without_a_job(sc, sparse_input):
+    a = rng.standard_normal((45, 30)).astype(np.float32)
+    if sparse_input:
+        a = sp.csr_matrix(np.where(np.abs(a) > 1, a, 0))
+    A = BlockMatrix.from_numpy(sc, a, 16, 16)
+    C = A.multiply(A.T, strategy="driver")
+    dense_a = a.toarray() if sparse_input else a
+    jobs_before = sc.statusTracker().getJobIdsForGroup()
+    for matrix, expected in ((A, dense_a), (A.T, dense_a.T), (C, dense_a @ dense_a.T),
+                             (C.T, dense_a @ dense_a.T)):
+        got = matrix.to_numpy()
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        assert_eq(got, expected)
+        assert_eq(matrix.to_scipy().toarray(), expected)
+        got[...] = 7  # a copy: the matrix keeps its values
+    assert sc.statusTracker().getJobIdsForGroup() == jobs_before
+    assert_eq(A.to_numpy(), dense_a)
+    assert_eq(C.to_numpy(), dense_a @ dense_a.T)
+    # and the blocks the tasks read are untouched too
+    np.testing.assert_allclose(C.blocks.map(lambda kv: float(kv[1].sum())).sum(),
+                               (dense_a @ dense_a.T).sum(), rtol=1e-4)

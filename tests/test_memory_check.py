@@ -91,7 +91,7 @@ def test_max_result_size_and_a_small_driver_are_named():
         check_exit(plan, STREAM, small)
     tiny = MemoryConf.from_conf({"spark.master": "local", "spark.driver.memory": "512m"})
     with pytest.raises(InsufficientMemoryError,
-                       match=r"to_hdf5 .* spark\.driver\.memory=1g .*num_partitions >= "):
+                       match=r"to_hdf5 .* spark\.driver\.memory=2g .*num_partitions >= "):
         check_exit(plan_of("inner", 4096, 1024), STREAM, tiny)
 
 

@@ -259,7 +259,7 @@ def multiply(sc, args, a, b, c, ooc_request, cores: int | None = None) -> int:
             check_exit(plan, STREAM, memory, num_partitions_flag="--num-partitions",
                        fallback="use --strategy ooc, which writes C from the files without "
                                 "passing it through the JVM heap" if ooc_possible else "")
-        spill = local_spill_folder(sc)
+        spill = local_spill_folder(sc.getConf())
         need = f"{format_bytes(plan.shuffle_bytes)} of shuffle files"
         if spill is not None:
             hdf5.check_space(spill, plan.shuffle_bytes, f"the {plan.strategy} multiply's "

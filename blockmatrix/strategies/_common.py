@@ -15,8 +15,8 @@ from .. import blocks as bk
 from .. import held
 from .._spill import grouped_by_key
 from ..errors import InvalidParameterError, unreadable_in_task
-from ..sparkconf import REFERENCE_DIR_CONF
-from ..spilled import SpilledRef, read_spilled
+from ..sparkconf import REFERENCE_DIR_CONF, is_local_master
+from ..spilled import SpilledRef, read_spilled, share_array, spill_array
 
 #: The operand a routed block comes from.
 LEFT, RIGHT = 0, 1
@@ -150,6 +150,24 @@ def reference_folder(sc, options) -> str:
             f"master is {sc.master}; set {REFERENCE_DIR_CONF} to a folder on storage every "
             f"executor sees, or multiply with by_reference=False")
     return held.folder(options.reference_parent)
+
+
+def driver_array_file(sc, options, source):
+    """The driver's dense array ``source`` (a DriverArray) as a file every task reads.
+
+    On a local master (the tasks run on this machine) an in-memory file the product holds
+    (:func:`blockmatrix.held.memory_file`); elsewhere, or without one, a file written into a
+    new folder of :func:`reference_folder`.
+
+    Returns
+    -------
+    blockmatrix.sources.RawArrayFile
+    """
+    memory = (held.memory_file(source.array.nbytes) if is_local_master(sc.getConf())
+              else None)
+    if memory is not None:
+        return share_array(memory, source)
+    return spill_array(reference_folder(sc, options), source)
 
 
 def file_sources(layouts: dict) -> dict:

@@ -57,14 +57,13 @@ from ..layout import BlockLayout, check_multiplicable
 from ..metrics import file_read_counter
 from ..plan import MultiplyOptions, MultiplyPlan, ShuffleEstimate
 from ..planner import result_grid
-from ..spilled import spill_array
 from ..units import format_bytes
 from ._common import (
     LEFT,
     RIGHT,
     FileReader,
+    driver_array_file,
     file_sources,
-    reference_folder,
     side_name,
     sum_partials,
 )
@@ -150,7 +149,8 @@ class BroadcastPlan(MultiplyPlan):
 DELIVERIES = {
     "collect": "collected to the driver, then broadcast",
     "driver": "broadcast from the driver's own array",
-    "driver-file": "written once by the driver to a file every task reads",
+    "driver-file": "put once by the driver in a file every task reads (in memory on a local "
+                   "master)",
     "file": "read by every task from its file",
 }
 
@@ -161,8 +161,9 @@ READ_FROM_FILE = ("file", "driver-file")
 def delivery_of(layout: BlockLayout, by_reference: bool = False) -> str:
     """The fastest way the operand's blocks reach every task (see :data:`DELIVERIES`).
 
-    ``by_reference``: a dense array the driver holds is written to a file the tasks read
-    (:func:`blockmatrix.spilled.spill_array`) rather than pickled into a broadcast.
+    ``by_reference``: a dense array the driver holds is put in a file the tasks read
+    (:func:`blockmatrix.strategies._common.driver_array_file`) rather than pickled into a
+    broadcast.
     """
     kind = layout.source_kind
     if kind == "driver" and by_reference and not sp.issparse(layout.source.array):
@@ -238,8 +239,8 @@ def execute(plan: BroadcastPlan, left, right, options: MultiplyOptions):
     small_blocks, large = (right, left) if side == RIGHT else (left, right)
     small = plan.right if side == RIGHT else plan.left
     if plan.delivery == "driver-file":
-        folder = reference_folder(large.context, options)
-        small = dataclasses.replace(small, source=spill_array(folder, small.source))
+        small = dataclasses.replace(
+            small, source=driver_array_file(large.context, options, small.source))
     if plan.delivery in READ_FROM_FILE:
         table = FileTable(small, side, file_read_counter(large.context))
     else:

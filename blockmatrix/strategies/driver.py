@@ -5,10 +5,11 @@ The fastest path for a block is the one it need not take. When ``A`` and ``B`` c
 master is local (Spark's tasks would run on the driver's own cores), ``C = A @ B`` is computed
 where the operands already are: numpy's BLAS on every core for dense arrays, scipy.sparse for
 sparse ones (CSR x CSR stays CSR, a dense factor makes C dense). No task receives an operand, no
-block is shuffled. A dense C reaches Spark as a driver array does in ``broadcast`` by
-reference: the driver writes it once, raw, into a file of a folder held with the product
-(:func:`blockmatrix.spilled.spill_array`), and one task per partition of Spark's result grid
-reads its blocks from there (the page cache). A sparse C's CSR blocks are parallelized. Either
+block is shuffled. A dense C reaches Spark without a write: BLAS computes it straight into an
+in-memory file held with the product (:func:`blockmatrix.held.memory_file`), which one task
+per partition of Spark's result grid reads its blocks from (on a machine without one, C is
+written into a file of a folder held with the product, as :func:`blockmatrix.spilled.spill_array`
+does; at n = 8192 that write took 1.6 s of 8.2). A sparse C's CSR blocks are parallelized. Either
 way the product has the blocks every other strategy would give it (a block at every key that
 receives a product), and it stays an array the driver holds: a product of it is again a
 ``driver`` candidate.
@@ -31,12 +32,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import blocks as bk
-from .. import cost
+from .. import cost, held
 from ..layout import BlockLayout, check_multiplicable, product_keys, shape_only
 from ..plan import MultiplyOptions, MultiplyPlan
 from ..planner import result_grid
 from ..sources import DriverArray
-from ..spilled import spill_array
+from ..spilled import memory_file_array, memory_file_source, spill_array
 from ..units import format_bytes
 from ._common import LEFT, FileReader, reference_folder
 from .registry import Strategy, register
@@ -119,9 +120,11 @@ class DriverPlan(MultiplyPlan):
         if self.unavailable:
             return f"not possible: {self.unavailable}"
         if self.dense_result:
+            where = ("computed into an in-memory file" if self.spilled_bytes == 0
+                     else "written once to a file")
             return (f"computed on the driver from its own arrays (local master), numpy's BLAS "
-                    f"on every core; C ({format_bytes(self.result_bytes)}) written once to a "
-                    f"file its tasks read, no shuffle")
+                    f"on every core; C ({format_bytes(self.result_bytes)}) {where} its tasks "
+                    f"read, no shuffle")
         return (f"computed on the driver from its own arrays (local master) by scipy.sparse; "
                 f"C's CSR blocks ({format_bytes(self.result_bytes)}) parallelized, no shuffle")
 
@@ -129,11 +132,13 @@ class DriverPlan(MultiplyPlan):
         """The driver's multiply, C's trip to the tasks, one stage.
 
         A dense product uses every core (BLAS), a sparse one scipy's single thread; a dense C
-        is written and read back at the file rate, a sparse one pickled at the broadcast rate.
+        is read by the tasks (and first written, without in-memory files) at the file rate, a
+        sparse one pickled at the broadcast rate.
         """
         multiply = rates.compute_scale(self) * self.compute_seconds
         if self.dense_result:
-            trip = 2 * self.result_bytes / (rates.disk_bytes_per_core_s * cores)
+            trip = ((self.read_bytes + self.spilled_bytes)
+                    / (rates.disk_bytes_per_core_s * cores))
         else:
             trip = self.result_bytes / rates.broadcast_bytes_per_s
         return {"stages": cost.STAGE_SECONDS,
@@ -178,7 +183,8 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Dri
         max_task_output_bytes=0, flops=0 if why else flops,
         compute_seconds=(0.0 if why else flops / cost.DENSE_FLOPS_PER_CORE_S if both_dense
                          else cost.ProductModel(left, right).total_seconds()),
-        read_bytes=c_bytes if dense else 0, spilled_bytes=c_bytes if dense else 0,
+        read_bytes=c_bytes if dense else 0,
+        spilled_bytes=c_bytes if dense and not (both_dense and held.MEMORY_FILES) else 0,
         result_bytes=c_bytes, dense_result=dense, why_unavailable=why)
 
 
@@ -187,15 +193,19 @@ def operand_array(source: DriverArray):
     return source.array.T if source.transposed else source.array
 
 
-def driver_product(a, b, shape: tuple[int, int]):
-    """``a @ b`` as numpy and scipy make it: dense if a factor is dense, else CSR."""
+def driver_product(a, b, shape: tuple[int, int], out: np.ndarray | None = None):
+    """``a @ b`` as numpy and scipy make it: dense if a factor is dense, else CSR.
+
+    ``out``, a zeroed array of C's shape and dtype, receives a dense product of two dense
+    factors (BLAS writes into it; no other copy of C is made).
+    """
     dtype = np.result_type(a.dtype, b.dtype)
     if sp.issparse(a) and sp.issparse(b):
         return sp.csr_matrix(a @ b, dtype=dtype)
     if not (sp.issparse(a) or sp.issparse(b)):
         if not (a.size and b.size):
-            return np.zeros(shape, dtype=dtype)
-        return np.matmul(a, b, dtype=dtype)
+            return np.zeros(shape, dtype=dtype) if out is None else out
+        return np.matmul(a, b, dtype=dtype, out=out)
     return np.asarray(a @ b, dtype=dtype)
 
 
@@ -209,12 +219,16 @@ def read_result_blocks(keys, source, rows_per_block: int, cols_per_block: int):
 def execute(plan: DriverPlan, left, right, options: MultiplyOptions):
     """Multiply on the driver; return the RDD of C's blocks at every key receiving a product.
 
-    A dense C is written once to a file its tasks read; a sparse C's blocks are parallelized.
+    BLAS writes a dense C into an in-memory file its tasks read (or C is written once to a
+    file, without one); a sparse C's blocks are parallelized.
     """
     plan.check_runnable()
     sc = left.context
-    c = driver_product(*(operand_array(layout.source) for layout in (plan.left, plan.right)),
-                       plan.result_shape)
+    a, b = (operand_array(layout.source) for layout in (plan.left, plan.right))
+    memory = held.memory_file(result_bytes(plan.left, plan.right)) if plan.both_dense else None
+    out = None if memory is None else memory_file_array(
+        memory, plan.result_shape, np.result_type(a.dtype, b.dtype))
+    c = driver_product(a, b, plan.result_shape, out)
     rows, cols = plan.left.rows_per_block, plan.right.cols_per_block
     keys = sorted(product_keys(plan.left, plan.right))
     runs = [[] for _ in range(plan.grid.num_partitions)]
@@ -229,7 +243,8 @@ def execute(plan: DriverPlan, left, right, options: MultiplyOptions):
     else:
         shell = shape_only(plan.result_shape, rows, cols, c.dtype)
         plan.product.block_nbytes = {key: shell.dense_nbytes(*key) for key in keys}
-        source = spill_array(reference_folder(sc, options), held_c)
+        source = (spill_array(reference_folder(sc, options), held_c) if memory is None
+                  else memory_file_source(memory, c))
         read = partial(read_result_blocks, source=source, rows_per_block=rows,
                        cols_per_block=cols)
         rdd = sc.parallelize(runs, len(runs)).flatMap(read)
