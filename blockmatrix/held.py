@@ -97,8 +97,7 @@ class Held:
             shutil.rmtree(path, ignore_errors=True)
         self.folders.clear()
         for fd in self.descriptors:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            _close(fd)
         self.descriptors.clear()
         self.released = True
 
@@ -218,8 +217,13 @@ def memory_file(nbytes: int):
     if held is not None:
         held.descriptors.append(fd)
     else:
-        weakref.finalize(mapping, os.close, fd)
+        weakref.finalize(mapping, _close, fd)
     return fd, mapping
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):  # closed already
+        os.close(fd)
 
 
 def release_later(held: Held) -> None:
