@@ -32,7 +32,6 @@ import contextvars
 import os
 import shutil
 import threading
-import weakref
 
 __all__ = ["Held", "broadcast", "collecting", "folder", "memory_file", "persist",
            "release_later", "release_pending"]
@@ -97,7 +96,8 @@ class Held:
             shutil.rmtree(path, ignore_errors=True)
         self.folders.clear()
         for fd in self.descriptors:
-            _close(fd)
+            with contextlib.suppress(OSError):  # closed already
+                os.close(fd)
         self.descriptors.clear()
         self.released = True
 
@@ -181,15 +181,16 @@ def folder(parent: str) -> str:
     return path
 
 
-def memory_file(nbytes: int):
-    """A new anonymous in-memory file of ``nbytes`` zero bytes, mapped; or None.
+def memory_file(nbytes: int) -> int | None:
+    """A new anonymous in-memory file of ``nbytes`` zero bytes: its descriptor, or None.
 
     Linux's ``memfd_create``: the file lives in memory, not on a disk (no write-back, no size
     limit of ``/dev/shm``), and goes when its last descriptor and mapping do, so a killed
     driver leaves nothing behind. The tasks of a local master, on this machine, open it as
     ``/proc/<pid>/fd/<fd>`` (:func:`blockmatrix.spilled.memory_file_path`). The
     :class:`Held` being collected (if any) closes the descriptor with the product's
-    broadcasts; outside one it is closed when the mapping is garbage collected.
+    broadcasts; outside one it stays open as long as the process, as a folder of
+    :func:`folder` stays on disk.
 
     Parameters
     ----------
@@ -198,32 +199,21 @@ def memory_file(nbytes: int):
 
     Returns
     -------
-    (int, mmap.mmap) or None
-        The descriptor and a shared, writable mapping of the whole file; None where the
-        platform has no ``memfd_create`` or the file could not be made (out of memory).
+    int or None
+        None where the platform has no ``memfd_create`` or the file could not be made.
     """
-    import mmap
-
     if nbytes <= 0 or not MEMORY_FILES:
         return None
     fd = os.memfd_create("blockmatrix-driver-array", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, nbytes)
-        mapping = mmap.mmap(fd, nbytes)
     except OSError:
         os.close(fd)
         return None
     held = _current.get()
     if held is not None:
         held.descriptors.append(fd)
-    else:
-        weakref.finalize(mapping, _close, fd)
-    return fd, mapping
-
-
-def _close(fd: int) -> None:
-    with contextlib.suppress(OSError):  # closed already
-        os.close(fd)
+    return fd
 
 
 def release_later(held: Held) -> None:

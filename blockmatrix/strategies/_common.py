@@ -163,10 +163,9 @@ def driver_array_file(sc, options, source):
     -------
     blockmatrix.sources.RawArrayFile
     """
-    memory = (held.memory_file(source.array.nbytes) if is_local_master(sc.getConf())
-              else None)
-    if memory is not None:
-        return share_array(memory, source)
+    fd = held.memory_file(source.array.nbytes) if is_local_master(sc.getConf()) else None
+    if fd is not None:
+        return share_array(fd, source)
     return spill_array(reference_folder(sc, options), source)
 
 

@@ -225,9 +225,9 @@ def execute(plan: DriverPlan, left, right, options: MultiplyOptions):
     plan.check_runnable()
     sc = left.context
     a, b = (operand_array(layout.source) for layout in (plan.left, plan.right))
-    memory = held.memory_file(result_bytes(plan.left, plan.right)) if plan.both_dense else None
-    out = None if memory is None else memory_file_array(
-        memory, plan.result_shape, np.result_type(a.dtype, b.dtype))
+    fd = held.memory_file(result_bytes(plan.left, plan.right)) if plan.both_dense else None
+    out = None if fd is None else memory_file_array(
+        fd, plan.result_shape, np.result_type(a.dtype, b.dtype))
     c = driver_product(a, b, plan.result_shape, out)
     rows, cols = plan.left.rows_per_block, plan.right.cols_per_block
     keys = sorted(product_keys(plan.left, plan.right))
@@ -243,8 +243,8 @@ def execute(plan: DriverPlan, left, right, options: MultiplyOptions):
     else:
         shell = shape_only(plan.result_shape, rows, cols, c.dtype)
         plan.product.block_nbytes = {key: shell.dense_nbytes(*key) for key in keys}
-        source = (spill_array(reference_folder(sc, options), held_c) if memory is None
-                  else memory_file_source(memory, c))
+        source = (spill_array(reference_folder(sc, options), held_c) if fd is None
+                  else memory_file_source(fd, c))
         read = partial(read_result_blocks, source=source, rows_per_block=rows,
                        cols_per_block=cols)
         rdd = sc.parallelize(runs, len(runs)).flatMap(read)
