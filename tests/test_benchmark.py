@@ -7,6 +7,7 @@ was checked against the single-process numpy / scipy.sparse result.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,10 @@ def test_quick_benchmark_checks_every_contender(tmp_path):
     meta, rows = data["meta"], data["rows"]
     assert meta["quick"] is True and meta["repeats"] == 1
     assert "jobs/benchmark.py --quick" in meta["command"]
+    # which BLAS kernels every contender ran, and a forced choice, are on record
+    assert meta["blas"].startswith("openblas ") and f"BLAS: {meta['blas']}" in done.stdout
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    assert (f"OPENBLAS_CORETYPE={forced} in the environment" in meta["blas"]) == bool(forced)
     cases = [c["name"] for c in meta["cases"]]
     assert {"dense-256", "long-inner"} <= set(cases)
     assert any(c.startswith("sparse-") and c.endswith("-sxd") for c in cases)

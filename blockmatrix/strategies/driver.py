@@ -225,7 +225,7 @@ def execute(plan: DriverPlan, left, right, options: MultiplyOptions):
     plan.check_runnable()
     sc = left.context
     a, b = (operand_array(layout.source) for layout in (plan.left, plan.right))
-    fd = held.memory_file(result_bytes(plan.left, plan.right)) if plan.both_dense else None
+    fd = held.memory_file(plan.result_bytes) if plan.both_dense else None
     out = None if fd is None else memory_file_array(
         fd, plan.result_shape, np.result_type(a.dtype, b.dtype))
     c = driver_product(a, b, plan.result_shape, out)
