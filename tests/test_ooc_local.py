@@ -7,6 +7,7 @@ the Spark runner's own (tests/test_gram.py, tests/test_ooc_matmul.py).
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from test_gram import read, write_x
 from test_ooc_matmul import CASES as MATMUL_CASES
 from test_ooc_matmul import operands  # noqa: F401 (the fixture)
 
+from blockmatrix.cli.common import given_flags
 from blockmatrix.errors import InvalidParameterError
 from blockmatrix.ooc import gram_hdf5, matmul_hdf5, plan_gram, plan_product
 from blockmatrix.ooc.tiles import DEFAULT_TASK_BUDGET_BYTES, LOCAL_BUDGET_BYTES
@@ -211,3 +213,17 @@ def test_the_jobs_peak_memory_does_not_grow_with_the_inner_dimension(tmp_path):
             assert_eq(fc["C"][:64], fa["A"][:64] @ fb["B"][()])
     # The operands doubled (64 -> 128 MiB each); the tile and slab buffers did not.
     assert peaks[16384] < peaks[8192] * 1.1 + (8 << 20), peaks
+
+
+@pytest.mark.parametrize("module", ["multiply", "gram"])
+def test_runner_auto_given_is_the_default_not_an_out_of_core_flag(module):
+    """``--runner auto`` spelled out means what leaving it out means: a Spark strategy or a
+    Parquet gram, which refuse out-of-core flags, take it."""
+    cli = importlib.import_module(f"blockmatrix.cli.{module}")
+    paths = (["a.h5::/A", "b.h5::/B", "c.h5::/C", "--block-size", "8"] if module == "multiply"
+             else ["x.h5::/X", "y.h5::/Y"])
+    spelled, omitted = (cli.parse_args([*paths, *extra]) for extra in (["--runner", "auto"], []))
+    assert spelled.runner is omitted.runner is None
+    assert given_flags(spelled, cli.OOC_FLAGS) == []
+    forced = cli.parse_args([*paths, "--runner", "spark"])
+    assert given_flags(forced, cli.OOC_FLAGS) == ["--runner"]

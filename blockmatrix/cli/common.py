@@ -61,6 +61,25 @@ RUNNER_HELP = ("out of core: where the tiles are computed. auto (default): in th
                "spark: as Spark tasks")
 
 
+class _RunnerAction(argparse.Action):
+    """Store ``--runner``'s choice, ``auto`` (the default) as None: no out-of-core flag given."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, None if value == "auto" else value)
+
+
+def add_runner_argument(parser: argparse.ArgumentParser) -> None:
+    """``--runner auto|local|spark``; ``--runner auto`` leaves ``args.runner`` None, as omitted.
+
+    >>> parser = argparse.ArgumentParser()
+    >>> add_runner_argument(parser)
+    >>> [parser.parse_args(a).runner for a in ([], ["--runner", "auto"], ["--runner", "local"])]
+    [None, None, 'local']
+    """
+    parser.add_argument("--runner", choices=RUNNER_CHOICES, default=None, action=_RunnerAction,
+                        help=RUNNER_HELP)
+
+
 def in_process_cores(runner: str | None, master: str | None) -> int | None:
     """BLAS threads of an out-of-core run in this process, or None to run it on Spark.
 

@@ -34,9 +34,8 @@ from contextlib import nullcontext
 from blockmatrix.cli import locations
 from blockmatrix.cli.common import (
     PROGRESS_CHOICES,
-    RUNNER_CHOICES,
-    RUNNER_HELP,
     OneLineArgumentParser,
+    add_runner_argument,
     given_flags,
     in_process_cores,
     positive_int,
@@ -89,7 +88,7 @@ def parse_args(argv):
     parser.add_argument("--overwrite", action="store_true", help="replace an existing Y")
     parser.add_argument("--master", default=None,
                         help="Spark master URL (default local[*]; ignored under spark-submit)")
-    parser.add_argument("--runner", choices=RUNNER_CHOICES, default=None, help=RUNNER_HELP)
+    add_runner_argument(parser)
     parser.add_argument("--progress", choices=PROGRESS_CHOICES, default="lines",
                         help="lines: one line per finished tile or stage (default); spark: "
                              "Spark's console progress bar instead")

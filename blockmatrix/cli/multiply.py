@@ -40,9 +40,8 @@ from blockmatrix import STRATEGIES
 from blockmatrix.cli import locations
 from blockmatrix.cli.common import (
     PROGRESS_CHOICES,
-    RUNNER_CHOICES,
-    RUNNER_HELP,
     OneLineArgumentParser,
+    add_runner_argument,
     given_flags,
     in_process_cores,
     positive_int,
@@ -95,7 +94,7 @@ def make_parser() -> OneLineArgumentParser:
                              f"{DEFAULT_SLAB}; with --resume, the interrupted run's)")
     parser.add_argument("--resume", action="store_true",
                         help="ooc: continue an interrupted run from its finished tiles")
-    parser.add_argument("--runner", choices=RUNNER_CHOICES, default=None, help=RUNNER_HELP)
+    add_runner_argument(parser)
     parser.add_argument("--progress", choices=PROGRESS_CHOICES, default="lines",
                         help="lines: one line per finished tile or stage (default); spark: "
                              "Spark's console progress bar instead")
