@@ -895,8 +895,9 @@ class BlockMatrix:
         """
         _check_operand(other, "multiply")
         check_multiplicable(self._shape_only_layout(), other._shape_only_layout())
+        conf = self._blocks.context.getConf()
         options = MultiplyOptions.merged(
-            multiply_defaults(self._blocks.context),
+            multiply_defaults(self._blocks.context, conf),
             {"num_partitions": num_partitions, "num_mid_splits": num_mid_splits,
              "task_buffer_bytes": task_buffer_bytes, "memory_budget_bytes": memory_budget_bytes,
              "by_reference": by_reference})
@@ -904,7 +905,7 @@ class BlockMatrix:
         release_pending()
         plan = chosen.plan(self.layout(), other.layout(), options)
         plan.check_runnable()
-        check_plan(plan, MemoryConf.of(self._blocks.context))
+        check_plan(plan, MemoryConf.from_conf(conf))
         if plan.strategy != "ooc":  # ooc reads tiles from the files, never whole blocks
             check_blocks_fit(plan.left, plan.right, options.budget_bytes)
         with collecting() as held:

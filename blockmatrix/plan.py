@@ -60,6 +60,11 @@ class MultiplyOptions:
         Memory the driver may give a product it computes itself from its own arrays (the
         ``driver`` strategy); None, where that strategy is unavailable, unless the master is
         local (``multiply`` takes it from Spark: :func:`blockmatrix.sparkconf.driver_memory`).
+    local_master : bool
+        Whether the tasks run on the driver's machine (a local master): the driver's arrays
+        may then reach them through in-memory files (:func:`blockmatrix.held.memory_file`).
+        False, the safe default, puts such arrays in ``reference_parent`` (``multiply`` takes
+        it from Spark: :func:`blockmatrix.sparkconf.is_local_master`).
     """
 
     num_partitions: int | None = None
@@ -70,6 +75,7 @@ class MultiplyOptions:
     by_reference: bool = False
     reference_parent: str | None = None
     driver_memory_bytes: int | None = None
+    local_master: bool = False
 
     @classmethod
     def merged(cls, defaults: dict, given: dict) -> MultiplyOptions:
@@ -78,7 +84,7 @@ class MultiplyOptions:
         >>> MultiplyOptions.merged({"num_cores": 4}, {"num_cores": None, "num_partitions": 2})
         MultiplyOptions(num_partitions=2, num_mid_splits=1, task_buffer_bytes=536870912, \
 memory_budget_bytes=None, num_cores=4, by_reference=False, reference_parent=None, \
-driver_memory_bytes=None)
+driver_memory_bytes=None, local_master=False)
         """
         return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
 

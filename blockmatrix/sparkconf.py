@@ -47,20 +47,22 @@ def default_memory_budget(conf) -> int:
     return int(parse_memory(conf.get(setting, "1g") or "1g") * BUDGET_FRACTION)
 
 
-def multiply_defaults(sc) -> dict:
+def multiply_defaults(sc, conf=None) -> dict:
     """The options ``multiply`` and ``explain_multiply`` take from Spark when none are given.
 
     ``task_buffer_bytes``, ``memory_budget_bytes``, ``num_cores`` (``defaultParallelism``),
-    ``reference_parent`` (:func:`reference_parent`) and ``driver_memory_bytes``
-    (:func:`driver_memory`).
+    ``reference_parent`` (:func:`reference_parent`), ``driver_memory_bytes``
+    (:func:`driver_memory`) and ``local_master`` (:func:`is_local_master`). ``conf``: the
+    context's SparkConf when the caller already has it; else one is taken.
     """
     # One copy of the settings: each getConf() copies all of them over Py4J (12 ms here).
-    conf = sc.getConf()
+    conf = sc.getConf() if conf is None else conf
     return {"task_buffer_bytes": worker_buffer_bytes(conf),
             "memory_budget_bytes": default_memory_budget(conf),
             "num_cores": sc.defaultParallelism,
             "reference_parent": reference_parent(conf),
-            "driver_memory_bytes": driver_memory(conf)}
+            "driver_memory_bytes": driver_memory(conf),
+            "local_master": is_local_master(conf)}
 
 
 def driver_memory(conf) -> int | None:

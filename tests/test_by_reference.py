@@ -18,6 +18,8 @@ from blockmatrix.cost import RECORD_OVERHEAD_BYTES
 from blockmatrix.errors import InvalidInputError, InvalidParameterError, raised_from_tasks
 from blockmatrix.metrics import record
 from blockmatrix.plan import MultiplyOptions
+from blockmatrix.sources import DriverArray
+from blockmatrix.sparkconf import multiply_defaults
 from blockmatrix.spilled import (
     FOLDER_PREFIX,
     SpilledRef,
@@ -26,6 +28,7 @@ from blockmatrix.spilled import (
     spill_partition,
 )
 from blockmatrix.strategies import get_strategy
+from blockmatrix.strategies._common import driver_array_file
 
 
 def spark_only(sc, a, rows, cols, parts=3):
@@ -187,6 +190,24 @@ def test_broadcast_by_reference_puts_the_drivers_array_in_a_file_once(sc, transp
         assert [name for name in os.listdir(folder) if name.startswith("driver-array-")]
 
 
+@pytest.mark.parametrize("local_master", [True, False])
+def test_the_options_say_whether_the_drivers_array_may_be_an_in_memory_file(sc, tmp_path,
+                                                                            local_master):
+    """multiply takes local_master from Spark; False (a cluster's tasks) writes to the folder."""
+    assert multiply_defaults(sc)["local_master"] is True  # the tests' local[2]
+    a = rng.standard_normal((20, 30))
+    options = MultiplyOptions(local_master=local_master, reference_parent=str(tmp_path))
+    with held.collecting() as kept:
+        source = driver_array_file(sc, options, DriverArray(a))
+    try:
+        in_memory = local_master and held.MEMORY_FILES
+        assert bool(kept.descriptors) == in_memory and bool(kept.folders) != in_memory
+        assert source.path.startswith("/proc/" if in_memory else str(tmp_path))
+        assert_eq(np.fromfile(source.path, dtype=a.dtype).reshape(a.shape), a)
+    finally:
+        kept.release()
+
+
 def test_the_in_memory_file_lives_as_long_as_the_product(sc):
     a = rng.standard_normal((40, 30))
     A = BlockMatrix.from_numpy(sc, a, 10, 10)
@@ -220,8 +241,6 @@ def test_auto_weighs_broadcast_by_reference_for_the_drivers_arrays(sc):
 
 
 def test_a_drivers_array_reads_back_block_by_block(tmp_path):
-    from blockmatrix.sources import DriverArray
-
     a = rng.standard_normal((23, 17))
     for transposed in (False, True):
         source = spill_array(str(tmp_path), DriverArray(a, transposed))

@@ -242,15 +242,16 @@ def multiply(sc, args, a, b, c, ooc_request, cores: int | None = None) -> int:
         dtype = np.dtype(ooc_request.dtype)
     else:
         A, B = read_operands(sc, a, b, args.block_size)  # noqa: N806
+        conf = sc.getConf()
         options = MultiplyOptions.merged(
-            multiply_defaults(sc), {"num_partitions": args.num_partitions,
+            multiply_defaults(sc, conf), {"num_partitions": args.num_partitions,
                                     "num_mid_splits": args.num_mid_splits})
         plan = get_strategy(args.strategy).plan(A.layout(), B.layout(), options)
         refuse_ooc_flags(args, plan.strategy)
         plan.check_runnable()  # e.g. ooc on integer data: one line, before anything is written
         # An HDF5 C streams through the driver's JVM heap one partition at a time (to_hdf5):
         # refuse now, in one line, what would end in an OutOfMemoryError after the multiply.
-        memory = MemoryConf.of(sc)
+        memory = MemoryConf.from_conf(conf)
         check_plan(plan, memory)
         if c.kind == "hdf5":
             ooc_possible = a.kind == b.kind == "hdf5" and \
@@ -258,7 +259,7 @@ def multiply(sc, args, a, b, c, ooc_request, cores: int | None = None) -> int:
             check_exit(plan, STREAM, memory, num_partitions_flag="--num-partitions",
                        fallback="use --strategy ooc, which writes C from the files without "
                                 "passing it through the JVM heap" if ooc_possible else "")
-        spill = local_spill_folder(sc.getConf())
+        spill = local_spill_folder(conf)
         need = f"{format_bytes(plan.shuffle_bytes)} of shuffle files"
         if spill is not None:
             hdf5.check_space(spill, plan.shuffle_bytes, f"the {plan.strategy} multiply's "

@@ -15,7 +15,7 @@ from .. import blocks as bk
 from .. import held
 from .._spill import grouped_by_key
 from ..errors import InvalidParameterError, unreadable_in_task
-from ..sparkconf import REFERENCE_DIR_CONF, is_local_master
+from ..sparkconf import REFERENCE_DIR_CONF
 from ..spilled import SpilledRef, read_spilled, share_array, spill_array
 
 #: The operand a routed block comes from.
@@ -155,15 +155,15 @@ def reference_folder(sc, options) -> str:
 def driver_array_file(sc, options, source):
     """The driver's dense array ``source`` (a DriverArray) as a file every task reads.
 
-    On a local master (the tasks run on this machine) an in-memory file the product holds
-    (:func:`blockmatrix.held.memory_file`); elsewhere, or without one, a file written into a
-    new folder of :func:`reference_folder`.
+    On a local master (``options.local_master``: the tasks run on this machine) an in-memory
+    file the product holds (:func:`blockmatrix.held.memory_file`); elsewhere, or without one,
+    a file written into a new folder of :func:`reference_folder`.
 
     Returns
     -------
     blockmatrix.sources.RawArrayFile
     """
-    fd = held.memory_file(source.array.nbytes) if is_local_master(sc.getConf()) else None
+    fd = held.memory_file(source.array.nbytes) if options.local_master else None
     if fd is not None:
         return share_array(fd, source)
     return spill_array(reference_folder(sc, options), source)

@@ -93,6 +93,8 @@ class DriverPlan(MultiplyPlan):
         C's bytes, held by the driver (with the product) and read by the tasks.
     dense_result : bool
         Whether C is dense (a factor is dense): written to a file, else parallelized.
+    both_dense : bool
+        Whether both operands are dense arrays: BLAS on every core, computing C in place.
     why_unavailable : str
         Why the plan cannot run ("" when it can).
     product : Product
@@ -101,6 +103,7 @@ class DriverPlan(MultiplyPlan):
 
     result_bytes: int
     dense_result: bool
+    both_dense: bool = False
     why_unavailable: str = ""
     product: Product = field(default_factory=Product, repr=False, compare=False)
 
@@ -145,11 +148,6 @@ class DriverPlan(MultiplyPlan):
                 "driver multiply": multiply / (cores if self.both_dense else 1),
                 "C to the tasks": trip}
 
-    @property
-    def both_dense(self) -> bool:
-        """Whether both operands are dense arrays (BLAS on every core)."""
-        return not self.unavailable and is_dense(self.left) and is_dense(self.right)
-
     def result_layout(self, num_partitions: int) -> BlockLayout | None:
         """C's layout once executed, with C as its source (the driver holds it)."""
         if self.product.array is None:
@@ -185,7 +183,7 @@ def plan(left: BlockLayout, right: BlockLayout, options: MultiplyOptions) -> Dri
                          else cost.ProductModel(left, right).total_seconds()),
         read_bytes=c_bytes if dense else 0,
         spilled_bytes=c_bytes if dense and not (both_dense and held.MEMORY_FILES) else 0,
-        result_bytes=c_bytes, dense_result=dense, why_unavailable=why)
+        result_bytes=c_bytes, dense_result=dense, both_dense=both_dense, why_unavailable=why)
 
 
 def operand_array(source: DriverArray):
@@ -196,17 +194,25 @@ def operand_array(source: DriverArray):
 def driver_product(a, b, shape: tuple[int, int], out: np.ndarray | None = None):
     """``a @ b`` as numpy and scipy make it: dense if a factor is dense, else CSR.
 
-    ``out``, a zeroed array of C's shape and dtype, receives a dense product of two dense
-    factors (BLAS writes into it; no other copy of C is made).
+    ``out``, a zeroed array of C's shape and dtype (:func:`result_dtype`), receives a dense
+    product of two dense factors (BLAS writes into it; no other copy of C is made).
     """
-    dtype = np.result_type(a.dtype, b.dtype)
+    dtype = result_dtype(a, b)
     if sp.issparse(a) and sp.issparse(b):
         return sp.csr_matrix(a @ b, dtype=dtype)
     if not (sp.issparse(a) or sp.issparse(b)):
         if not (a.size and b.size):
             return np.zeros(shape, dtype=dtype) if out is None else out
-        return np.matmul(a, b, dtype=dtype, out=out)
+        # Non-finite values propagate as in numpy, with no warning, as from every strategy
+        # whose BLAS runs in Spark's workers: a product must not depend on where it ran.
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.matmul(a, b, dtype=dtype, out=out)
     return np.asarray(a @ b, dtype=dtype)
+
+
+def result_dtype(a, b) -> np.dtype:
+    """C's dtype, as numpy and scipy.sparse promote the factors'."""
+    return np.result_type(a.dtype, b.dtype)
 
 
 def read_result_blocks(keys, source, rows_per_block: int, cols_per_block: int):
@@ -226,8 +232,7 @@ def execute(plan: DriverPlan, left, right, options: MultiplyOptions):
     sc = left.context
     a, b = (operand_array(layout.source) for layout in (plan.left, plan.right))
     fd = held.memory_file(plan.result_bytes) if plan.both_dense else None
-    out = None if fd is None else memory_file_array(
-        fd, plan.result_shape, np.result_type(a.dtype, b.dtype))
+    out = None if fd is None else memory_file_array(fd, plan.result_shape, result_dtype(a, b))
     c = driver_product(a, b, plan.result_shape, out)
     rows, cols = plan.left.rows_per_block, plan.right.cols_per_block
     keys = sorted(product_keys(plan.left, plan.right))
