@@ -4,7 +4,7 @@ Usage::
 
     python jobs/benchmark.py [--cases dense-2048,dense-4096,...] [--repeats 3]
         [--contenders inner,outer,pasa,broadcast,auto,numpy,mllib] [--out bench.json]
-        [--master local[2]] [--conf KEY=VALUE ...] [--long-run 60] [--quick]
+        [--master local[2]] [--conf KEY=VALUE ...] [--long-run 60] [--interleave] [--quick]
     spark-submit --properties-file conf/spark-defaults.conf jobs/benchmark.py ...
 
 For each case the job builds seeded random operands once, distributes them as persisted
@@ -19,14 +19,21 @@ persisted in the JVM), and then, in this one process, on the same inputs and the
   driver's array written to a file the tasks read instead of broadcast);
 * ``mllib``: ``pyspark.mllib``'s ``BlockMatrix.multiply``, computed to the end on the JVM.
 
-Every contender's product is collected once (outside the timing) and compared with the
-single-process result; a wrong product stops the job. Times are the median of ``--repeats``
-runs (fewer when a run takes longer than ``--long-run`` seconds). Shuffle bytes are what Spark
-measured (:mod:`blockmatrix.metrics`); peak memory is the summed resident memory of the whole
-process tree (driver, JVM, Python workers; ``jobs/_support/memory.py``) while the contender ran,
-and the CPU seconds per run of each kind of process (the JVM, the Python workers, the Python
-driver): where the seconds go.
+Every contender's product is collected once, after its first run (outside the timing), and
+compared with the single-process result; a wrong product stops the job. Times are the median
+of ``--repeats`` runs (fewer when a run takes longer than ``--long-run`` seconds). Shuffle bytes
+are what Spark measured (:mod:`blockmatrix.metrics`); peak memory is the summed resident memory
+of the whole process tree (driver, JVM, Python workers; ``jobs/_support/memory.py``) while the
+contender ran, and the CPU seconds per run of each kind of process (the JVM, the Python
+workers, the Python driver): where the seconds go.
 The job prints a table and writes JSON (``--out``).
+
+With ``--interleave`` the runs are made in rounds, every contender once per round, in an order
+turned by one each round, and each ratio is the median of the ratios within a round: on a
+shared machine, whose speed drifts from one minute to the next, both sides of a ratio then ran
+under the same conditions. (Without it, each contender's runs follow one another, and at
+n = 8192 the same code's median moved from 6.9 to 8.3 s between two such blocks of one run.)
+Peak RSS is then that of the contender's own runs, while the others' operands are held too.
 
 Cases (``--quick`` swaps them for small ones that run in well under a minute):
 
@@ -59,7 +66,8 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -236,6 +244,9 @@ def parse_args(argv):
                         help=f"comma-separated subset of {','.join(CONTENDERS)}")
     parser.add_argument("--repeats", type=positive_int, default=3,
                         help="timed runs per contender; the median is reported (default 3)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="run the contenders in rounds, each once per round, and compare "
+                             "times round by round (default: each contender's runs in a row)")
     parser.add_argument("--long-run", type=float, default=60.0,
                         help="stop repeating a contender after a run longer than this many "
                              "seconds (default 60)")
@@ -308,32 +319,142 @@ def check(got, expected) -> float:
 
 
 # ---------------------------------------------------------------------------------- timing
-def timed_runs(fn, repeats: int, long_run: float, sc=None, label: str = ""):
-    """Run ``fn`` up to ``repeats`` times; times, peak tree RSS, Spark's shuffle figures."""
-    times, metrics = [], None
+def one_run(fn, sc=None, label: str = "") -> dict:
+    """One timed run of ``fn``: wall seconds, peak tree RSS, CPU by kind, Spark's figures."""
     with TreePeakRSS(_root_pid(), interval=0.05) as peak:
-        for _ in range(repeats):
-            if sc is None:
-                start = time.perf_counter()
+        if sc is None:
+            start = time.perf_counter()
+            fn()
+            wall, metrics = time.perf_counter() - start, None
+        else:
+            with record(sc, label) as metrics:
                 fn()
-                times.append(time.perf_counter() - start)
-            else:
-                with record(sc, label) as m:
-                    fn()
-                times.append(m.wall_time_s)
-                metrics = m
-            if times[-1] > long_run:
-                break
-    cpu = peak.cpu_seconds_by_kind()
-    out = {"times_s": [round(t, 4) for t in times], "median_s": statistics.median(times),
-           "runs": len(times), "peak_rss_bytes": peak.peak_bytes,
-           "cpu_s_per_run": {kind: round(cpu.get(kind, 0.0) / len(times), 3)
-                             for kind in CPU_KINDS}}
+            wall = metrics.wall_time_s
+    return {"wall_s": wall, "peak_rss_bytes": peak.peak_bytes,
+            "cpu": peak.cpu_seconds_by_kind(), "metrics": metrics}
+
+
+def summary(runs: list[dict]) -> dict:
+    """A row's figures from its runs: times, their median, peak RSS, CPU per run, shuffle."""
+    times = [r["wall_s"] for r in runs]
+    out = {"times_s": [round(t, 6) for t in times], "median_s": statistics.median(times),
+           "runs": len(times), "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
+           "cpu_s_per_run": {kind: round(sum(r["cpu"].get(kind, 0.0) for r in runs)
+                                         / len(runs), 3) for kind in CPU_KINDS}}
+    metrics = runs[-1]["metrics"]
     if metrics is not None:
         out.update(shuffle_stages=metrics.shuffle_stages,
                    shuffle_write_bytes=metrics.shuffle_write_bytes,
                    spark_tasks=metrics.num_tasks)
+    if "round" in runs[0]:
+        out["rounds"] = [r["round"] for r in runs]
     return out
+
+
+@dataclass
+class Contender:
+    """One contender of a case, ready to run: a run to time, then a check of its product.
+
+    ``run`` computes the product to the end (what is timed) and keeps it in ``kept``;
+    ``check`` compares the product of the first run with the reference (untimed) and returns
+    the largest absolute error, which must be at most ``tolerance``. No product outlives its
+    run and check; ``close`` releases what else the contender holds.
+    """
+
+    name: str
+    row: dict
+    run: object
+    check: object
+    tolerance: float
+    sc: object = None
+    close: object = None
+    kept: dict = field(default_factory=dict)
+    runs: list = field(default_factory=list)
+    finished: bool = False
+
+    def finish(self) -> None:
+        """Release what the contender holds and put its runs' figures in its row (once)."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.close is not None:
+            self.close()
+        if self.runs:
+            self.row.update(summary(self.runs))
+            print(f"{self.row['case']:<28} {self.row['contender']:<10} median "
+                  f"{self.row['median_s']:8.3f} s ({self.row['runs']} runs)  peak "
+                  f"{format_bytes(self.row['peak_rss_bytes'])}", flush=True)
+        elif "refused" in self.row:
+            print(f"{self.row['case']:<28} {self.name:<10} {self.row['refused']}", flush=True)
+
+    def attempt(self, round_number: int | None = None) -> bool:
+        """Time one run and check its first product; False when it failed (row says why)."""
+        try:
+            result = one_run(partial(self.run, self.kept), self.sc,
+                             f"{self.row['case']} {self.name}")
+            if len(self.runs) == 0:
+                self.row.update(max_abs_error=self.check(self.kept), checked=True)
+        except InvalidParameterError as exc:  # e.g. broadcast over the memory budget
+            return self.failed(f"refused: {exc}")
+        except Py4JJavaError as exc:  # e.g. MLlib's one reducer out of JVM heap
+            if mllib_interop.context_stopped(self.sc):
+                raise
+            return self.failed(f"failed: {str(exc.java_exception).splitlines()[0]}"[:200])
+        finally:
+            self.kept.clear()
+        if self.row["max_abs_error"] > self.tolerance:  # a wrong product stops the job
+            raise AssertionError(
+                f"{self.row['case']} {self.name}: wrong product (max abs error "
+                f"{self.row['max_abs_error']:.3e}, more than {self.tolerance:.3e})")
+        self.runs.append(result if round_number is None else dict(result, round=round_number))
+        return True
+
+    def failed(self, why: str) -> bool:
+        """Record why a run failed (the runs before it stand); returns False."""
+        self.row.update(refused=why)
+        self.row.setdefault("checked", False)
+        return False
+
+
+def schedule(contenders: list, repeats: int, interleave: bool) -> list[tuple]:
+    """``(round, contender)`` in the order they run (round None without ``interleave``).
+
+    >>> schedule("ab", 2, False), schedule("abc", 2, True)
+    ([(None, 'a'), (None, 'a'), (None, 'b'), (None, 'b')], \
+[(0, 'a'), (0, 'b'), (0, 'c'), (1, 'b'), (1, 'c'), (1, 'a')])
+    """
+    contenders = list(contenders)
+    if not interleave:
+        return [(None, c) for c in contenders for _ in range(repeats)]
+    turns = [contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+             for r in range(repeats)] if contenders else []
+    return [(r, c) for r, turn in enumerate(turns) for c in turn]
+
+
+def run_contenders(contenders: list[Contender], args) -> None:
+    """Time every contender ``--repeats`` times, one after the other or in rounds.
+
+    Without ``--interleave``, each contender's runs follow one another and it is closed before
+    the next starts. With it, each round runs every contender once, the order turned by one
+    each round (:func:`schedule`), so that a shared machine's drift (another process, a slower
+    minute) falls on all of them alike; each row records the round of each run. A contender
+    stops repeating after a run over ``--long-run`` seconds.
+    """
+    stopped = set()
+    try:
+        for round_number, c in schedule(contenders, args.repeats, args.interleave):
+            if c.name in stopped:
+                continue
+            if not c.attempt(round_number) or c.runs[-1]["wall_s"] > args.long_run:
+                stopped.add(c.name)
+            if args.interleave and c.runs and c.runs[-1].get("round") == round_number:
+                print(f"{c.row['case']:<28} {c.name:<10} round {round_number + 1}: "
+                      f"{c.runs[-1]['wall_s']:8.3f} s", flush=True)
+            elif not args.interleave and (c.name in stopped or len(c.runs) == args.repeats):
+                c.finish()  # before the next contender starts
+    finally:
+        for c in contenders:
+            c.finish()
 
 
 def run_case(sc, case: Case, args, rng) -> list[dict]:
@@ -350,89 +471,81 @@ def run_case(sc, case: Case, args, rng) -> list[dict]:
     B.blocks.count()
     if case.spark_only:
         A, B = spark_only(A), spark_only(B)
-    rows = []
+    rows, contenders = [], []
     limit = "scipy" if case.is_sparse else "numpy"
     for name in args.contenders:
-        strategy, keywords = strategy_of(name)
+        strategy, _ = strategy_of(name)
         if not takes(strategy, "spark" if case.spark_only else "driver"):
             print(f"{case.name:<28} {name:<10} not run: its operands live only in Spark, and "
                   f"{strategy} multiplies arrays the driver holds", flush=True)
             continue
         row = {"case": case.name, "contender": limit if name == "numpy" else name,
                "ran": name}
+        rows.append(row)
         tasks = A.explain_multiply(B, strategy=strategy)[strategy].num_tasks \
             if strategy in STRATEGIES else 0
         if tasks > MAX_TASKS:
             row.update(refused=f"skipped: {name} would run {tasks} tasks in one stage "
                                f"(> {MAX_TASKS})", checked=False)
-            rows.append(row)
             print(f"{case.name:<28} {name:<10} {row['refused']}", flush=True)
             continue
-        if name == "numpy":
-            row.update(timed_runs(lambda: a @ b, args.repeats, args.long_run))
-            row.update(max_abs_error=0.0, checked=True, reference=True)
-        elif name == "mllib":
-            mA, mB = A.to_mllib(), B.to_mllib()
-            for m in (mA, mB):
-                m.persist(_storage_level())
-                mllib_interop.java_blocks(m).count()
-            product = None
-
-            def multiply_mllib(mA=mA, mB=mB):
-                nonlocal product
-                product = mA.multiply(mB)
-                mllib_interop.java_blocks(product).count()
-
-            try:
-                row.update(timed_runs(multiply_mllib, args.repeats, args.long_run, sc,
-                                      f"{case.name} mllib"))
-            except Py4JJavaError as exc:  # e.g. MLlib's one reducer out of JVM heap
-                cause = str(exc.java_exception).splitlines()[0]
-                row.update(refused=f"failed: {cause}"[:200], checked=False)
-                rows.append(row)
-                print(f"{case.name:<28} {name:<10} {row['refused']}", flush=True)
-                if mllib_interop.context_stopped(sc):
-                    raise
-                continue
-            got = BlockMatrix.from_mllib(product)
-            row["max_abs_error"] = check(got.to_scipy() if case.is_sparse else got.to_numpy(),
-                                         expected)
-            row["checked"] = True
-            for m in (mA, mB):
-                mllib_interop.java_blocks(m).unpersist(True)
-        else:
-            product = None
-
-            def multiply_ours(strategy=strategy, keywords=keywords):
-                nonlocal product
-                product = A.multiply(B, strategy=strategy, **keywords)
-                product.blocks.count()
-
-            try:
-                row.update(timed_runs(multiply_ours, args.repeats, args.long_run, sc,
-                                      f"{case.name} {name}"))
-            except InvalidParameterError as exc:  # e.g. broadcast over the memory budget
-                row.update(refused=str(exc), checked=False)
-                rows.append(row)
-                print(f"{case.name:<28} {name:<10} refused: {exc}", flush=True)
-                continue
-            by_reference = getattr(product.plan, "by_reference", False) or \
-                getattr(product.plan, "delivery", "") == "driver-file"
-            row["ran"] = product.plan.strategy + (" ref" if by_reference else "")
-            row["predicted_shuffle_bytes"] = product.plan.shuffle_bytes
-            row["max_abs_error"] = check(
-                product.to_scipy() if case.is_sparse else product.to_numpy(), expected)
-            row["checked"] = True
-        if row["max_abs_error"] > 1e-8 * scale:
-            raise AssertionError(f"{case.name} {name}: wrong product "
-                                 f"(max abs error {row['max_abs_error']:.3e}, scale {scale:.3e})")
-        rows.append(row)
-        print(f"{case.name:<28} {row['contender']:<10} median {row['median_s']:8.3f} s "
-              f"({row['runs']} runs)  peak {format_bytes(row['peak_rss_bytes'])}", flush=True)
+        contenders.append(contender(sc, name, row, (A, B), (a, b), case, expected,
+                                    tolerance=1e-8 * scale))
+    run_contenders(contenders, args)
     A.unpersist()
     B.unpersist()
     add_ratios(rows)
     return rows
+
+
+def contender(sc, name: str, row: dict, matrices: tuple, arrays: tuple, case: Case, expected,
+              tolerance: float) -> Contender:
+    """The run and the check of one contender on a case's operands.
+
+    ``matrices``: the BlockMatrix operands; ``arrays``: the same as numpy / scipy arrays.
+    MLlib's operands are converted and persisted in the JVM here, once, untimed; a product is
+    checked after the first run and released before the next run.
+    """
+    (A, B), (a, b) = matrices, arrays  # noqa: N806
+    if name == "numpy":
+        row.update(reference=True)
+        return Contender(name, row, run=lambda kept: a @ b, check=lambda kept: 0.0,
+                         tolerance=0.0)
+    if name == "mllib":
+        mA, mB = A.to_mllib(), B.to_mllib()
+        for m in (mA, mB):
+            m.persist(_storage_level())
+            mllib_interop.java_blocks(m).count()
+
+        def run_mllib(kept):
+            kept["product"] = product = mA.multiply(mB)
+            mllib_interop.java_blocks(product).count()
+
+        def check_mllib(kept):
+            got = BlockMatrix.from_mllib(kept["product"])
+            return check(got.to_scipy() if case.is_sparse else got.to_numpy(), expected)
+
+        def unpersist_mllib():
+            for m in (mA, mB):
+                mllib_interop.java_blocks(m).unpersist(True)
+
+        return Contender(name, row, run_mllib, check_mllib, tolerance, sc, unpersist_mllib)
+    strategy, keywords = strategy_of(name)
+
+    def run_ours(kept):
+        kept["product"] = product = A.multiply(B, strategy=strategy, **keywords)
+        product.blocks.count()
+
+    def check_ours(kept):
+        product = kept["product"]
+        plan = product.plan
+        by_reference = getattr(plan, "by_reference", False) or \
+            getattr(plan, "delivery", "") == "driver-file"
+        row.update(ran=plan.strategy + (" ref" if by_reference else ""),
+                   predicted_shuffle_bytes=plan.shuffle_bytes)
+        return check(product.to_scipy() if case.is_sparse else product.to_numpy(), expected)
+
+    return Contender(name, row, run_ours, check_ours, tolerance, sc)
 
 
 def spark_only(matrix: BlockMatrix) -> BlockMatrix:
@@ -521,23 +634,27 @@ def run_file_case(case: FileCase, args) -> list[dict]:
         ensure_input(inputs[0], "/A", case.a_shape, case.chunks, args.seed)
         ensure_input(inputs[1], "/B", case.b_shape, case.chunks, args.seed + 1)
     rows = []
-    for name in ("numpy", "auto"):  # the limit first, as in the other cases
-        if name not in args.contenders:
+    names = [name for name in ("numpy", "auto") if name in args.contenders]  # the limit first
+    runs = {name: [] for name in names}
+    for round_number, name in schedule(names, args.repeats, args.interleave):
+        if runs[name] and runs[name][-1]["wall_s"] > args.long_run:
             continue
-        runs = []
-        for rep in range(args.repeats):
-            warm_page_cache(*inputs)
-            runs.append(measure(commands[name], folder / f"{case.name}-{name}-{rep}.log"))
-            if runs[-1]["wall_s"] > args.long_run:
-                break
-        times = [r["wall_s"] for r in runs]
+        warm_page_cache(*inputs)
+        log = folder / f"{case.name}-{name}-{len(runs[name])}.log"
+        runs[name].append(dict(measure(commands[name], log), round=round_number))
+    for name in names:
+        times = [r["wall_s"] for r in runs[name]]
         row = {"case": case.name, "contender": name,
                "ran": f"{case.kind} job" if name == "auto" else "numpy script",
-               "times_s": [round(t, 4) for t in times], "median_s": statistics.median(times),
-               "runs": len(runs), "peak_rss_bytes": max(r["peak_rss"] for r in runs),
-               "cpu_s_per_run": {"total": round(statistics.mean(r["cpu_s"] for r in runs), 3)},
+               "times_s": [round(t, 6) for t in times], "median_s": statistics.median(times),
+               "runs": len(times), "peak_rss_bytes": max(r["peak_rss"] for r in runs[name]),
+               "cpu_s_per_run": {"total": round(statistics.mean(
+                   r["cpu_s"] for r in runs[name]), 3)},
                "checked": name == "numpy", "max_abs_error": 0.0,
-               "reference": name == "numpy", "processes": max(r["processes"] for r in runs)}
+               "reference": name == "numpy",
+               "processes": max(r["processes"] for r in runs[name])}
+        if args.interleave:
+            row["rounds"] = [r["round"] for r in runs[name]]
         if name == "auto" and "numpy" in args.contenders:
             row["max_abs_error"] = relative_difference(ours_out, numpy_out)
             row["checked"] = True
@@ -552,15 +669,39 @@ def run_file_case(case: FileCase, args) -> list[dict]:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Each row's time over the reference's (``x_numpy``) and MLlib's over it."""
-    base = next((r["median_s"] for r in rows if r.get("reference")), None)
-    mllib = next((r["median_s"] for r in rows if r["contender"] == "mllib" and "median_s" in r),
-                 None)
+    """Each row's time over the reference's (``x_numpy``) and MLlib's over it.
+
+    Runs interleaved in rounds (rows with ``rounds``) are compared round by round.
+    """
+    base = next((r for r in rows if r.get("reference") and "median_s" in r), None)
+    mllib = next((r for r in rows if r["contender"] == "mllib" and "median_s" in r), None)
     for row in rows:
-        if "median_s" not in row:
-            continue
-        row["x_numpy"] = round(row["median_s"] / base, 3) if base else None
-        row["mllib_speedup"] = round(mllib / row["median_s"], 3) if mllib else None
+        if "median_s" in row:
+            row["x_numpy"] = ratio(row, base)
+            row["mllib_speedup"] = ratio(mllib, row)
+
+
+def ratio(slower: dict | None, faster: dict | None) -> float | None:
+    """``slower``'s time over ``faster``'s, or None when either is missing.
+
+    The median of the ratios of runs made in the same round when both ran in rounds, else
+    the ratio of their medians.
+
+    >>> ratio({"median_s": 3.0, "times_s": [2.0, 4.0, 3.0], "rounds": [0, 1, 2]},
+    ...       {"median_s": 2.0, "times_s": [1.0, 4.0, 2.0], "rounds": [0, 1, 2]})
+    1.5
+    >>> ratio({"median_s": 3.0}, {"median_s": 2.0}), ratio({"median_s": 3.0}, None)
+    (1.5, None)
+    """
+    if slower is None or faster is None or not faster["median_s"]:
+        return None
+    if "rounds" in slower and "rounds" in faster:
+        by_round = dict(zip(faster["rounds"], faster["times_s"], strict=True))
+        pairs = [t / by_round[r] for r, t in zip(slower["rounds"], slower["times_s"],
+                                                 strict=True) if by_round.get(r)]
+        if pairs:
+            return round(statistics.median(pairs), 3)
+    return round(slower["median_s"] / faster["median_s"], 3)
 
 
 def blas_in_use() -> str:
@@ -611,8 +752,7 @@ def table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         if "median_s" not in r:
-            lines.append(f"{r['case']:<28} {r['contender']:<10} refused: "
-                         f"{r.get('refused', '')[:60]}")
+            lines.append(f"{r['case']:<28} {r['contender']:<10} {r.get('refused', '')[:70]}")
             continue
         shuffle = format_bytes(r["shuffle_write_bytes"]) if "shuffle_write_bytes" in r else "-"
         cpu = {kind: r["cpu_s_per_run"].get(kind, float("nan")) for kind in CPU_KINDS}
@@ -647,6 +787,7 @@ def main(argv=None) -> int:
     meta = {"command": " ".join(["python", "jobs/benchmark.py", *argv]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
             "repeats": args.repeats, "contenders": args.contenders, "quick": args.quick,
+            "interleave": args.interleave,
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "blas": blas_in_use(),
             "cases": [c.__dict__ for c in args.case_list]}
@@ -659,6 +800,8 @@ def main(argv=None) -> int:
             write_json(args.out, meta, rows, started)
     if spark_cases:
         rows.extend(run_spark_cases(spark_cases, args, meta, rows, started))
+    if args.interleave:
+        print("x numpy and MLlib/x: medians of the ratios of runs made in the same round")
     print(table(rows))
     if args.out:
         write_json(args.out, meta, rows, started)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,35 @@ def test_quick_benchmark_checks_every_contender(tmp_path):
                 assert r["ran"].removesuffix(" ref") in {s.name for s in candidate_strategies()}
     assert "MLlib/x" in done.stdout and "CPU s/run: JVM" in done.stdout
     assert f"wrote {out}" in done.stdout
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_interleaved_rounds_compare_runs_of_the_same_round(tmp_path):
+    out = tmp_path / "bench.json"
+    names = ["numpy", "mllib", "driver", "auto"]
+    done = run_job("--quick", "--cases", "dense-256,file-256", "--contenders", ",".join(names),
+                   "--repeats", "2", "--interleave", "--master", "local[2]", "--out", str(out),
+                   "--data", str(tmp_path / "data"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["meta"]["interleave"] is True
+    rows = {(r["case"], r["contender"]): r for r in data["rows"]}
+    assert set(rows) == {("dense-256", n) for n in names} | {("file-256", "numpy"),
+                                                             ("file-256", "auto")}
+    for (case, _), r in rows.items():
+        assert r["runs"] == 2 and r["rounds"] == [0, 1] and r["checked"] is True, r
+        base = rows[case, "numpy"]
+        within = [t / b for t, b in zip(r["times_s"], base["times_s"], strict=True)]
+        assert r["x_numpy"] == round(sum(within) / 2, 3), r  # the median of two
+        if case == "dense-256":
+            mllib = rows[case, "mllib"]["times_s"]
+            assert r["mllib_speedup"] == round(
+                sum(m / t for m, t in zip(mllib, r["times_s"], strict=True)) / 2, 3), r
+    # Every contender once per round, the order turned by one in the second round.
+    runs = re.findall(r"^dense-256 +(\S+) +round (\d):", done.stdout, re.MULTILINE)
+    assert runs == [(n, "1") for n in names] + [(n, "2") for n in names[1:] + names[:1]]
+    assert "medians of the ratios of runs made in the same round" in done.stdout
 
 
 @pytest.mark.parametrize("args,needle", [

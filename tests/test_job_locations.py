@@ -35,8 +35,9 @@ def tables(spark, tmp_path_factory):
     """A sparse A (coordinates, last two rows zero), a dense X (rows) in Parquet; B in HDF5."""
     folder = tmp_path_factory.mktemp("tables")
     sc = spark.sparkContext
-    a = sp.random(40, 30, density=0.1, random_state=5, format="csr")
+    a = sp.random(40, 30, density=0.1, random_state=5, format="lil")
     a[38:] = 0  # trailing zero rows: the recorded shape keeps them
+    a = a.tocsr()
     a.eliminate_zeros()
     b = np.random.default_rng(6).standard_normal((30, 20))
     x = np.random.default_rng(7).standard_normal((25, 18)).astype(np.float32)
