@@ -4,7 +4,8 @@ Usage::
 
     python jobs/benchmark.py [--cases dense-2048,dense-4096,...] [--repeats 3]
         [--contenders inner,outer,pasa,broadcast,auto,numpy,mllib] [--out bench.json]
-        [--master local[2]] [--conf KEY=VALUE ...] [--long-run 60] [--interleave] [--quick]
+        [--master local[2]] [--conf KEY=VALUE ...] [--long-run 60] [--warm-up 1] [--interleave]
+        [--quick]
     spark-submit --properties-file conf/spark-defaults.conf jobs/benchmark.py ...
 
 For each case the job builds seeded random operands once, distributes them as persisted
@@ -19,6 +20,8 @@ persisted in the JVM), and then, in this one process, on the same inputs and the
   driver's array written to a file the tasks read instead of broadcast);
 * ``mllib``: ``pyspark.mllib``'s ``BlockMatrix.multiply``, computed to the end on the JVM.
 
+On an in-process case each contender first runs ``--warm-up`` times untimed (default once:
+MLlib's JVM took 10.4 and 8.5 s for its first two products at n = 4096, then 3.6-4.8 s).
 Every contender's product is collected once, after its first run (outside the timing), and
 compared with the single-process result; a wrong product stops the job. Times are the median
 of ``--repeats`` runs (fewer when a run takes longer than ``--long-run`` seconds). Shuffle bytes
@@ -78,7 +81,7 @@ from _support.processes import measure, warm_page_cache
 from py4j.protocol import Py4JJavaError
 
 from blockmatrix import BlockMatrix, strategies
-from blockmatrix.cli.common import OneLineArgumentParser, positive_int, run
+from blockmatrix.cli.common import OneLineArgumentParser, non_negative_int, positive_int, run
 from blockmatrix.errors import InvalidParameterError
 from blockmatrix.interop import mllib as mllib_interop
 from blockmatrix.metrics import record
@@ -247,6 +250,9 @@ def parse_args(argv):
     parser.add_argument("--interleave", action="store_true",
                         help="run the contenders in rounds, each once per round, and compare "
                              "times round by round (default: each contender's runs in a row)")
+    parser.add_argument("--warm-up", type=non_negative_int, default=None,
+                        help="untimed runs of each contender on a case before its timed ones "
+                             "(default 1; 0 with --quick)")
     parser.add_argument("--long-run", type=float, default=60.0,
                         help="stop repeating a contender after a run longer than this many "
                              "seconds (default 60)")
@@ -278,6 +284,8 @@ def parse_args(argv):
             parser.error(f"unknown contender {name!r}: choose from {', '.join(CONTENDERS)}")
     if args.quick and "--repeats" not in " ".join(argv or []):
         args.repeats = 1
+    if args.warm_up is None:
+        args.warm_up = 0 if args.quick else 1
     extra = {}
     for item in args.conf:
         key, sep, value = item.partition("=")
@@ -370,6 +378,7 @@ class Contender:
     close: object = None
     kept: dict = field(default_factory=dict)
     runs: list = field(default_factory=list)
+    warm_runs: int = 0
     finished: bool = False
 
     def finish(self) -> None:
@@ -380,19 +389,39 @@ class Contender:
         if self.close is not None:
             self.close()
         if self.runs:
-            self.row.update(summary(self.runs))
+            self.row.update(summary(self.runs), warm_up_runs=self.warm_runs)
             print(f"{self.row['case']:<28} {self.row['contender']:<10} median "
                   f"{self.row['median_s']:8.3f} s ({self.row['runs']} runs)  peak "
                   f"{format_bytes(self.row['peak_rss_bytes'])}", flush=True)
         elif "refused" in self.row:
             print(f"{self.row['case']:<28} {self.name:<10} {self.row['refused']}", flush=True)
 
-    def attempt(self, round_number: int | None = None) -> bool:
-        """Time one run and check its first product; False when it failed (row says why)."""
+    def attempt(self, round_number: int | None = None, warm_up: int = 0) -> bool:
+        """One timed run, after ``warm_up`` untimed ones if none ran yet; False on failure.
+
+        The first product, timed or not, is checked against the reference. A failure (the
+        row says why) ends the contender; the runs before it stand.
+        """
+        while self.warm_runs < warm_up:
+            if self.run_once(timed=False) is None:
+                return False
+            self.warm_runs += 1
+        result = self.run_once(timed=True)
+        if result is None:
+            return False
+        self.runs.append(result if round_number is None else dict(result, round=round_number))
+        return True
+
+    def run_once(self, timed: bool) -> dict | None:
+        """One run (measured by :func:`one_run` when ``timed``), its product checked if first."""
+        label = f"{self.row['case']} {self.name}"
         try:
-            result = one_run(partial(self.run, self.kept), self.sc,
-                             f"{self.row['case']} {self.name}")
-            if len(self.runs) == 0:
+            if timed:
+                result = one_run(partial(self.run, self.kept), self.sc, label)
+            else:
+                result = {}
+                self.run(self.kept)
+            if "checked" not in self.row:
                 self.row.update(max_abs_error=self.check(self.kept), checked=True)
         except InvalidParameterError as exc:  # e.g. broadcast over the memory budget
             return self.failed(f"refused: {exc}")
@@ -404,16 +433,14 @@ class Contender:
             self.kept.clear()
         if self.row["max_abs_error"] > self.tolerance:  # a wrong product stops the job
             raise AssertionError(
-                f"{self.row['case']} {self.name}: wrong product (max abs error "
-                f"{self.row['max_abs_error']:.3e}, more than {self.tolerance:.3e})")
-        self.runs.append(result if round_number is None else dict(result, round=round_number))
-        return True
+                f"{label}: wrong product (max abs error {self.row['max_abs_error']:.3e}, "
+                f"more than {self.tolerance:.3e})")
+        return result
 
-    def failed(self, why: str) -> bool:
-        """Record why a run failed (the runs before it stand); returns False."""
+    def failed(self, why: str) -> None:
+        """Record why a run failed (the runs before it stand)."""
         self.row.update(refused=why)
         self.row.setdefault("checked", False)
-        return False
 
 
 def schedule(contenders: list, repeats: int, interleave: bool) -> list[tuple]:
@@ -445,7 +472,8 @@ def run_contenders(contenders: list[Contender], args) -> None:
         for round_number, c in schedule(contenders, args.repeats, args.interleave):
             if c.name in stopped:
                 continue
-            if not c.attempt(round_number) or c.runs[-1]["wall_s"] > args.long_run:
+            if not c.attempt(round_number, args.warm_up) or \
+                    c.runs[-1]["wall_s"] > args.long_run:
                 stopped.add(c.name)
             if args.interleave and c.runs and c.runs[-1].get("round") == round_number:
                 print(f"{c.row['case']:<28} {c.name:<10} round {round_number + 1}: "
@@ -787,7 +815,7 @@ def main(argv=None) -> int:
     meta = {"command": " ".join(["python", "jobs/benchmark.py", *argv]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
             "repeats": args.repeats, "contenders": args.contenders, "quick": args.quick,
-            "interleave": args.interleave,
+            "interleave": args.interleave, "warm_up": args.warm_up,
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "blas": blas_in_use(),
             "cases": [c.__dict__ for c in args.case_list]}

@@ -42,7 +42,7 @@ def test_quick_benchmark_checks_every_contender(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads(out.read_text())
     meta, rows = data["meta"], data["rows"]
-    assert meta["quick"] is True and meta["repeats"] == 1
+    assert meta["quick"] is True and meta["repeats"] == 1 and meta["warm_up"] == 0
     assert "jobs/benchmark.py --quick" in meta["command"]
     # which BLAS kernels every contender ran, and a forced choice, are on record
     assert meta["blas"].startswith("openblas ") and f"BLAS: {meta['blas']}" in done.stdout
@@ -101,16 +101,18 @@ def test_interleaved_rounds_compare_runs_of_the_same_round(tmp_path):
     out = tmp_path / "bench.json"
     names = ["numpy", "mllib", "driver", "auto"]
     done = run_job("--quick", "--cases", "dense-256,file-256", "--contenders", ",".join(names),
-                   "--repeats", "2", "--interleave", "--master", "local[2]", "--out", str(out),
+                   "--repeats", "2", "--interleave", "--warm-up", "1", "--master", "local[2]",
+                   "--out", str(out),
                    "--data", str(tmp_path / "data"))
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert data["meta"]["interleave"] is True
+    assert data["meta"]["interleave"] is True and data["meta"]["warm_up"] == 1
     rows = {(r["case"], r["contender"]): r for r in data["rows"]}
     assert set(rows) == {("dense-256", n) for n in names} | {("file-256", "numpy"),
                                                              ("file-256", "auto")}
     for (case, _), r in rows.items():
         assert r["runs"] == 2 and r["rounds"] == [0, 1] and r["checked"] is True, r
+        assert r.get("warm_up_runs", 0) == (0 if case == "file-256" else 1), r  # untimed
         base = rows[case, "numpy"]
         within = [t / b for t, b in zip(r["times_s"], base["times_s"], strict=True)]
         assert r["x_numpy"] == round(sum(within) / 2, 3), r  # the median of two
@@ -128,6 +130,7 @@ def test_interleaved_rounds_compare_runs_of_the_same_round(tmp_path):
     (["--cases", "dense-3"], "unknown case 'dense-3'"),
     (["--contenders", "inner,nope"], "unknown contender 'nope'"),
     (["--repeats", "0"], "positive"),
+    (["--warm-up", "-1"], "is negative"),
     (["--conf", "novalue"], "is not KEY=VALUE"),
 ])
 def test_bad_arguments_one_line_exit_2(args, needle):

@@ -106,13 +106,29 @@ def positive_int(text: str) -> int:
     >>> positive_int("8")
     8
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not positive: give an integer >= 1")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0.
+
+    >>> non_negative_int("0")
+    0
+    """
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: give an integer >= 0")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
 def where_it_ran(cores: int | None, sc) -> str:
