@@ -245,7 +245,7 @@ def multiply(sc, args, a, b, c, ooc_request, cores: int | None = None) -> int:
         conf = sc.getConf()
         options = MultiplyOptions.merged(
             multiply_defaults(sc, conf), {"num_partitions": args.num_partitions,
-                                    "num_mid_splits": args.num_mid_splits})
+                                          "num_mid_splits": args.num_mid_splits})
         plan = get_strategy(args.strategy).plan(A.layout(), B.layout(), options)
         refuse_ooc_flags(args, plan.strategy)
         plan.check_runnable()  # e.g. ooc on integer data: one line, before anything is written
