@@ -52,6 +52,9 @@ COLLECT_BYTES_PER_S = 143e6
 BROADCAST_BYTES_PER_S = 243e6
 #: Per-core read rate of HDF5 blocks by tasks (``read_direct`` into a fresh buffer, page cache).
 FILE_READ_BYTES_PER_CORE_S = 3.8e9
+#: Rate at which the driver alone writes one of its arrays into a file every task reads
+#: (``broadcast`` by reference): 512 MiB into an in-memory file took 0.21-0.24 s (2026-12-02).
+DRIVER_FILE_WRITE_BYTES_PER_S = 2.3e9
 #: Per-core rate at which tasks take an operand's blocks from Spark (cached in the JVM, pickled
 #: through the socket to the Python worker): 512 MiB of persisted 8 MiB blocks reached two
 #: workers in 0.585 s, 460 MB/s per core (2026-12-02, local[2]; a ``map`` over the blocks).

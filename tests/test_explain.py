@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from blockmatrix.cost import RECORD_OVERHEAD_BYTES
+from blockmatrix.cost import DRIVER_FILE_WRITE_BYTES_PER_S, RECORD_OVERHEAD_BYTES
 from blockmatrix.errors import (
     InvalidParameterError,
     PerformanceWarning,
@@ -26,9 +26,9 @@ from blockmatrix.explain import (
 from blockmatrix.layout import BlockLayout, split_evenly
 from blockmatrix.partitioner import MatrixMultPartitioner
 from blockmatrix.plan import MultiplyOptions
-from blockmatrix.sources import HDF5Dataset
+from blockmatrix.sources import DriverArray, HDF5Dataset
 from blockmatrix.strategies import auto as auto_strategy
-from blockmatrix.strategies import candidate_strategies, multiplying_strategies
+from blockmatrix.strategies import candidate_strategies, get_strategy, multiplying_strategies
 from blockmatrix.strategies._common import RIGHT
 
 
@@ -319,6 +319,24 @@ def test_broadcast_delivery_follows_the_operands_source(tmp_path):
         spark_only.predicted_seconds(2) - 0.1 - a.nbytes / 143e6)
     assert "read by every task from its file" in file.note
     assert "from the driver's own array" in driver.note
+
+
+def test_the_driver_writes_a_by_reference_operand_alone():
+    """A driver-file operand costs one writer's write, not a write spread over the cores."""
+    a = dense_layout(2000, 2000, 1000, 1000, num_partitions=2, rows_aligned=True)
+    held = dataclasses.replace(a, source=DriverArray(np.zeros(a.shape)))
+    options = MultiplyOptions(num_cores=2, by_reference=True, memory_budget_bytes=1 << 30)
+    plan = get_strategy("broadcast").plan(a, held, options)
+    assert plan.delivery == "driver-file" and plan.spilled_bytes == a.nbytes
+    terms = plan.seconds_terms(2, Rates())
+    assert terms["driver write"] == pytest.approx(a.nbytes / DRIVER_FILE_WRITE_BYTES_PER_S)
+    assert terms["read"] == pytest.approx(plan.read_bytes / (2 * Rates().disk_bytes_per_core_s))
+    slow = plan.seconds_terms(2, Rates(disk_bytes_per_core_s=Rates().disk_bytes_per_core_s / 10))
+    assert slow["driver write"] == pytest.approx(10 * terms["driver write"])
+    # an operand broadcast as before writes nothing
+    by_value = get_strategy("broadcast").plan(a, held, dataclasses.replace(
+        options, by_reference=False))
+    assert "driver write" not in by_value.seconds_terms(2, Rates())
 
 
 def test_the_report_predicts_every_plan_as_the_plan_does_ooc_too():

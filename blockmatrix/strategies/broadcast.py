@@ -45,11 +45,14 @@ import scipy.sparse as sp
 from .. import blocks as bk
 from .. import held
 from ..cost import (
+    DRIVER_FILE_WRITE_BYTES_PER_S,
     RECORD_OVERHEAD_BYTES,
     ProductModel,
+    Rates,
     grid_bytes,
     grouped_sums,
     result_blocks,
+    stage_seconds_terms,
     task_seconds,
 )
 from ..errors import InvalidParameterError
@@ -133,6 +136,20 @@ class BroadcastPlan(MultiplyPlan):
                 f"sums from several partitions "
                 f"({'split rows/columns' if self.partitions_known else 'partitions unknown'}): "
                 f"one |C|-sized shuffle")
+
+    def seconds_terms(self, cores: int, rates: Rates) -> dict[str, float]:
+        """Spark's stage terms, with a driver-file operand written by the driver alone.
+
+        :func:`blockmatrix.cost.stage_seconds_terms` prices written bytes as tasks write them,
+        on every core; the driver writes the operand by itself, at
+        :data:`~blockmatrix.cost.DRIVER_FILE_WRITE_BYTES_PER_S` (scaled as the file rate is).
+        """
+        terms = stage_seconds_terms(self, cores, rates)
+        if self.spilled_bytes:
+            terms["read"] = self.read_bytes / (rates.disk_bytes_per_core_s * cores)
+            terms["driver write"] = (self.spilled_bytes * rates.read_scale
+                                     / DRIVER_FILE_WRITE_BYTES_PER_S)
+        return terms
 
     def check_runnable(self) -> None:
         """Raise :class:`InvalidParameterError` if the broadcast operand exceeds the budget."""
