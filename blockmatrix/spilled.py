@@ -24,6 +24,7 @@ Everything here that runs in a task is module-level.
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 from typing import NamedTuple
@@ -129,8 +130,6 @@ def memory_file_array(fd: int, shape: tuple[int, int], dtype) -> np.ndarray:
     ``fd`` comes from :func:`blockmatrix.held.memory_file`, of the array's size. Whatever is
     stored in the array is what the tasks read: nothing is written anywhere.
     """
-    import mmap
-
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     return np.ndarray(shape, dtype=dtype, buffer=mmap.mmap(fd, nbytes))
 

@@ -106,10 +106,7 @@ def positive_int(text: str) -> int:
     >>> positive_int("8")
     8
     """
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive: give an integer >= 1")
-    return value
+    return _int_at_least(text, 1, "is not positive")
 
 
 def non_negative_int(text: str) -> int:
@@ -118,17 +115,18 @@ def non_negative_int(text: str) -> int:
     >>> non_negative_int("0")
     0
     """
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative: give an integer >= 0")
-    return value
+    return _int_at_least(text, 0, "is negative")
 
 
-def _integer(text: str) -> int:
+def _int_at_least(text: str, minimum: int, problem: str) -> int:
+    """``text`` as an integer >= ``minimum``; else an argparse error saying ``problem``."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} {problem}: give an integer >= {minimum}")
+    return value
 
 
 def where_it_ran(cores: int | None, sc) -> str:

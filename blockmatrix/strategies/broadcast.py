@@ -145,7 +145,7 @@ class BroadcastPlan(MultiplyPlan):
         :data:`~blockmatrix.cost.DRIVER_FILE_WRITE_BYTES_PER_S` (scaled as the file rate is).
         """
         terms = stage_seconds_terms(self, cores, rates)
-        if self.spilled_bytes:
+        if self.delivery == "driver-file":  # its spilled bytes: the operand the driver wrote
             terms["read"] = self.read_bytes / (rates.disk_bytes_per_core_s * cores)
             terms["driver write"] = (self.spilled_bytes * rates.read_scale
                                      / DRIVER_FILE_WRITE_BYTES_PER_S)
